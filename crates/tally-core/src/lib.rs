@@ -1,0 +1,20 @@
+//! Tally's pure core: the domain types every other crate speaks.
+//!
+//! This crate holds the usage record (the raw billing data), its validation
+//! rules, the ingest summary a caller gets back, exact money, and the caller's
+//! identity. It has no I/O and no async on purpose: everything here must be
+//! testable as plain functions and usable from any layer (HTTP, CLI, the
+//! rating engine) without dragging a runtime along. Nothing in this crate may
+//! depend on another Tally crate.
+
+pub mod identity;
+pub mod ingest;
+pub mod money;
+pub mod record;
+pub mod volume;
+
+pub use identity::{Identity, Role};
+pub use ingest::{IngestSummary, RejectCode, Rejection};
+pub use money::{Currency, Money, MoneyError};
+pub use record::{AttributeValue, Attributes, MeterKind, RecordKey, UsageRecord};
+pub use volume::{VolumeError, parse_volume_text};

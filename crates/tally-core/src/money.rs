@@ -1,0 +1,138 @@
+//! Exact money: an amount in one currency.
+//!
+//! Amounts are `rust_decimal::Decimal` and never binary floating point.
+//! Adding or comparing amounts of different currencies is an error rather
+//! than a silent conversion: an invoice is in one currency.
+
+use rust_decimal::Decimal;
+use serde::{Deserialize, Serialize};
+use std::fmt;
+use std::str::FromStr;
+
+/// An ISO 4217 alphabetic currency code such as `EUR` or `USD`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct Currency([u8; 3]);
+
+impl Currency {
+    /// The three-letter code.
+    pub fn code(&self) -> &str {
+        std::str::from_utf8(&self.0).expect("constructed from ASCII letters")
+    }
+}
+
+impl FromStr for Currency {
+    type Err = MoneyError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let b = s.as_bytes();
+        if b.len() == 3 && b.iter().all(|c| c.is_ascii_uppercase()) {
+            Ok(Currency([b[0], b[1], b[2]]))
+        } else {
+            Err(MoneyError::InvalidCurrency(s.to_string()))
+        }
+    }
+}
+
+impl TryFrom<String> for Currency {
+    type Error = MoneyError;
+    fn try_from(s: String) -> Result<Self, Self::Error> {
+        s.parse()
+    }
+}
+
+impl From<Currency> for String {
+    fn from(c: Currency) -> String {
+        c.code().to_string()
+    }
+}
+
+impl fmt::Display for Currency {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.code())
+    }
+}
+
+/// Errors of money arithmetic.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum MoneyError {
+    /// Not three uppercase ASCII letters.
+    #[error("'{0}' is not an ISO 4217 currency code: use three uppercase letters such as EUR")]
+    InvalidCurrency(String),
+    /// Two amounts of different currencies were combined.
+    #[error("cannot combine {0} with {1}: amounts must be in one currency")]
+    CurrencyMismatch(Currency, Currency),
+    /// The result does not fit a decimal.
+    #[error("amount overflow")]
+    Overflow,
+}
+
+/// An exact amount of money in one currency.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Money {
+    /// The amount, unrounded unless a rounding rule was applied.
+    pub amount: Decimal,
+    /// The currency of the amount.
+    pub currency: Currency,
+}
+
+impl Money {
+    /// An amount in a currency.
+    pub fn new(amount: Decimal, currency: Currency) -> Money {
+        Money { amount, currency }
+    }
+
+    /// Zero in a currency.
+    pub fn zero(currency: Currency) -> Money {
+        Money::new(Decimal::ZERO, currency)
+    }
+
+    /// The sum of two amounts of the same currency.
+    pub fn checked_add(self, other: Money) -> Result<Money, MoneyError> {
+        if self.currency != other.currency {
+            return Err(MoneyError::CurrencyMismatch(self.currency, other.currency));
+        }
+        let amount = self
+            .amount
+            .checked_add(other.amount)
+            .ok_or(MoneyError::Overflow)?;
+        Ok(Money::new(amount, self.currency))
+    }
+}
+
+impl fmt::Display for Money {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} {}", self.amount, self.currency)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn currency_codes_are_validated() {
+        assert_eq!("EUR".parse::<Currency>().unwrap().code(), "EUR");
+        assert!("eur".parse::<Currency>().is_err());
+        assert!("EURO".parse::<Currency>().is_err());
+    }
+
+    #[test]
+    fn mixing_currencies_is_an_error() {
+        let eur: Currency = "EUR".parse().unwrap();
+        let usd: Currency = "USD".parse().unwrap();
+        let err = Money::zero(eur).checked_add(Money::zero(usd)).unwrap_err();
+        assert_eq!(err, MoneyError::CurrencyMismatch(eur, usd));
+    }
+
+    proptest! {
+        #[test]
+        fn addition_is_exact(a in -1_000_000_000i64..1_000_000_000, b in -1_000_000_000i64..1_000_000_000) {
+            let eur: Currency = "EUR".parse().unwrap();
+            let x = Money::new(Decimal::new(a, 4), eur);
+            let y = Money::new(Decimal::new(b, 4), eur);
+            let s = x.checked_add(y).unwrap();
+            prop_assert_eq!(s.amount, Decimal::new(a + b, 4));
+        }
+    }
+}
