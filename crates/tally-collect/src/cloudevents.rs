@@ -11,7 +11,7 @@
 use std::borrow::Cow;
 
 use bytes::Bytes;
-use chrono::{DateTime, NaiveDateTime, Utc};
+use chrono::{DateTime, NaiveDateTime, SubsecRound, Utc};
 use serde::Deserialize;
 use serde_json::value::RawValue;
 use tally_core::{
@@ -136,7 +136,9 @@ fn parse_time(raw: Option<&RawValue>) -> Result<DateTime<Utc>, ElementError> {
         ));
     };
     match DateTime::parse_from_rfc3339(&text) {
-        Ok(t) => Ok(t.with_timezone(&Utc)),
+        // The store keeps microseconds; truncating here keeps a record equal
+        // before and after it is flushed.
+        Ok(t) => Ok(t.with_timezone(&Utc).trunc_subsecs(6)),
         Err(_) => {
             let naive = NaiveDateTime::parse_from_str(&text, "%Y-%m-%dT%H:%M:%S%.f")
                 .or_else(|_| NaiveDateTime::parse_from_str(&text, "%Y-%m-%d %H:%M:%S%.f"));
@@ -319,7 +321,9 @@ impl Decoder for CloudEventsDecoder {
                     err(RejectCode::InvalidKind, format!("field 'data.kind': {e}"))
                 })?,
             };
-            let volume = parse_volume(data.volume)?;
+            // Normalized (2.50 -> 2.5) so a volume reads the same from the log
+            // and from Parquet; the payload keeps the text as sent.
+            let volume = parse_volume(data.volume)?.normalize();
             let attributes = parse_attributes(data.attributes)?;
             Ok(UsageRecord {
                 id: id.to_string(),

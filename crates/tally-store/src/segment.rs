@@ -1,0 +1,251 @@
+//! Parquet segments: the long-term form of raw usage records.
+//!
+//! One segment holds records of one event-date partition, sorted by
+//! (time, source, id), compressed with zstd. The schema is the contract with
+//! the rating engine, which scans these files with DataFusion:
+//!
+//! | column | type | note |
+//! |---|---|---|
+//! | id, source | Utf8 | the idempotency key |
+//! | time, received_at | Timestamp(µs, UTC) | |
+//! | project_id, resource_id, meter | Utf8 | |
+//! | user_id, domain_id, unit | Utf8, nullable | |
+//! | kind | Utf8 | gauge, delta, cumulative |
+//! | volume | Decimal128(38, 18) | exact; validation keeps inputs within it |
+//! | attributes | Utf8 | a JSON object of scalars, keys sorted |
+//! | payload | Binary | the record exactly as received |
+
+use std::sync::Arc;
+
+use arrow::array::{
+    Array, ArrayRef, AsArray, BinaryBuilder, Decimal128Builder, RecordBatch, StringBuilder,
+    TimestampMicrosecondBuilder,
+};
+use arrow::datatypes::{DataType, Decimal128Type, Field, Schema, SchemaRef, TimeUnit, TimestampMicrosecondType};
+use bytes::Bytes;
+use parquet::arrow::ArrowWriter;
+use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+use parquet::basic::{Compression, ZstdLevel};
+use parquet::file::properties::WriterProperties;
+use rust_decimal::Decimal;
+use tally_core::{Attributes, UsageRecord};
+
+use crate::codec::{from_micros, to_micros};
+
+/// Scale of the stored volume column.
+pub const VOLUME_SCALE: u32 = 18;
+
+/// Errors of encoding or decoding a segment.
+#[derive(Debug, thiserror::Error)]
+pub enum SegmentError {
+    /// Arrow refused a batch.
+    #[error("arrow: {0}")]
+    Arrow(#[from] arrow::error::ArrowError),
+    /// Parquet refused the file.
+    #[error("parquet: {0}")]
+    Parquet(#[from] parquet::errors::ParquetError),
+    /// A column held a value Tally never writes.
+    #[error("segment holds an invalid value: {0}")]
+    Invalid(String),
+}
+
+/// The Arrow schema of a segment.
+pub fn schema() -> SchemaRef {
+    let ts = DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into()));
+    Arc::new(Schema::new(vec![
+        Field::new("id", DataType::Utf8, false),
+        Field::new("source", DataType::Utf8, false),
+        Field::new("time", ts.clone(), false),
+        Field::new("received_at", ts, false),
+        Field::new("project_id", DataType::Utf8, false),
+        Field::new("user_id", DataType::Utf8, true),
+        Field::new("domain_id", DataType::Utf8, true),
+        Field::new("resource_id", DataType::Utf8, false),
+        Field::new("meter", DataType::Utf8, false),
+        Field::new("kind", DataType::Utf8, false),
+        Field::new("volume", DataType::Decimal128(38, VOLUME_SCALE as i8), false),
+        Field::new("unit", DataType::Utf8, true),
+        Field::new("attributes", DataType::Utf8, false),
+        Field::new("payload", DataType::Binary, false),
+    ]))
+}
+
+/// A volume as the stored i128 at scale 18.
+pub fn volume_to_i128(v: Decimal) -> i128 {
+    // Validation guarantees scale <= 18 and |v| < 1e20, so this is exact
+    // and fits.
+    v.mantissa() * 10i128.pow(VOLUME_SCALE - v.scale())
+}
+
+/// The stored i128 back as a normalized decimal.
+pub fn volume_from_i128(mut m: i128) -> Result<Decimal, SegmentError> {
+    let mut scale = VOLUME_SCALE;
+    while scale > 0 && m % 10 == 0 {
+        m /= 10;
+        scale -= 1;
+    }
+    Decimal::try_from_i128_with_scale(m, scale)
+        .map_err(|e| SegmentError::Invalid(format!("volume: {e}")))
+}
+
+/// Builds one Arrow batch from records (in the given order).
+pub fn to_batch(records: &[&UsageRecord]) -> Result<RecordBatch, SegmentError> {
+    let n = records.len();
+    let mut id = StringBuilder::with_capacity(n, n * 36);
+    let mut source = StringBuilder::with_capacity(n, n * 16);
+    let mut time = TimestampMicrosecondBuilder::with_capacity(n).with_timezone("UTC");
+    let mut received = TimestampMicrosecondBuilder::with_capacity(n).with_timezone("UTC");
+    let mut project = StringBuilder::with_capacity(n, n * 32);
+    let mut user = StringBuilder::new();
+    let mut domain = StringBuilder::new();
+    let mut resource = StringBuilder::with_capacity(n, n * 36);
+    let mut meter = StringBuilder::with_capacity(n, n * 12);
+    let mut kind = StringBuilder::with_capacity(n, n * 5);
+    let mut volume = Decimal128Builder::with_capacity(n)
+        .with_precision_and_scale(38, VOLUME_SCALE as i8)?;
+    let mut unit = StringBuilder::new();
+    let mut attributes = StringBuilder::with_capacity(n, n * 64);
+    let mut payload = BinaryBuilder::with_capacity(n, n * 400);
+    for r in records {
+        id.append_value(&r.id);
+        source.append_value(&r.source);
+        time.append_value(to_micros(r.time));
+        received.append_value(to_micros(r.received_at));
+        project.append_value(&r.project_id);
+        user.append_option(r.user_id.as_deref());
+        domain.append_option(r.domain_id.as_deref());
+        resource.append_value(&r.resource_id);
+        meter.append_value(&r.meter);
+        kind.append_value(r.kind.as_str());
+        volume.append_value(volume_to_i128(r.volume));
+        unit.append_option(r.unit.as_deref());
+        attributes.append_value(r.attributes_json());
+        payload.append_value(&r.payload);
+    }
+    let columns: Vec<ArrayRef> = vec![
+        Arc::new(id.finish()),
+        Arc::new(source.finish()),
+        Arc::new(time.finish()),
+        Arc::new(received.finish()),
+        Arc::new(project.finish()),
+        Arc::new(user.finish()),
+        Arc::new(domain.finish()),
+        Arc::new(resource.finish()),
+        Arc::new(meter.finish()),
+        Arc::new(kind.finish()),
+        Arc::new(volume.finish()),
+        Arc::new(unit.finish()),
+        Arc::new(attributes.finish()),
+        Arc::new(payload.finish()),
+    ];
+    Ok(RecordBatch::try_new(schema(), columns)?)
+}
+
+/// Reads rows `rows` of a batch back into records.
+pub fn from_batch(
+    batch: &RecordBatch,
+    rows: impl Iterator<Item = usize>,
+) -> Result<Vec<UsageRecord>, SegmentError> {
+    let s = |i: usize| batch.column(i).as_string::<i32>();
+    let (id, source, project, user, domain, resource, meter, kind, unit, attrs) =
+        (s(0), s(1), s(4), s(5), s(6), s(7), s(8), s(9), s(11), s(12));
+    let time = batch.column(2).as_primitive::<TimestampMicrosecondType>();
+    let received = batch.column(3).as_primitive::<TimestampMicrosecondType>();
+    let volume = batch.column(10).as_primitive::<Decimal128Type>();
+    let payload = batch.column(13).as_binary::<i32>();
+    let opt = |a: &arrow::array::StringArray, i: usize| {
+        (!a.is_null(i)).then(|| a.value(i).to_string())
+    };
+    let mut out = Vec::new();
+    for i in rows {
+        let attributes: Attributes = serde_json::from_str(attrs.value(i))
+            .map_err(|e| SegmentError::Invalid(format!("attributes: {e}")))?;
+        out.push(UsageRecord {
+            id: id.value(i).to_string(),
+            source: source.value(i).to_string(),
+            time: from_micros(time.value(i)),
+            received_at: from_micros(received.value(i)),
+            project_id: project.value(i).to_string(),
+            user_id: opt(user, i),
+            domain_id: opt(domain, i),
+            resource_id: resource.value(i).to_string(),
+            meter: meter.value(i).to_string(),
+            kind: kind
+                .value(i)
+                .parse()
+                .map_err(|e| SegmentError::Invalid(format!("{e}")))?,
+            volume: volume_from_i128(volume.value(i))?,
+            unit: opt(unit, i),
+            attributes,
+            payload: Bytes::copy_from_slice(payload.value(i)),
+        });
+    }
+    Ok(out)
+}
+
+/// Encodes records (already sorted) as one Parquet file.
+pub fn encode(records: &[&UsageRecord], zstd_level: i32) -> Result<Vec<u8>, SegmentError> {
+    let props = WriterProperties::builder()
+        .set_compression(Compression::ZSTD(ZstdLevel::try_new(zstd_level)?))
+        .set_max_row_group_row_count(Some(256 * 1024))
+        .build();
+    let mut writer = ArrowWriter::try_new(Vec::new(), schema(), Some(props))?;
+    for chunk in records.chunks(64 * 1024) {
+        writer.write(&to_batch(chunk)?)?;
+    }
+    Ok(writer.into_inner()?)
+}
+
+/// Reads the record batches of a Parquet segment.
+pub fn read_batches(file: Bytes) -> Result<Vec<RecordBatch>, SegmentError> {
+    let reader = ParquetRecordBatchReaderBuilder::try_new(file)?
+        .with_batch_size(64 * 1024)
+        .build()?;
+    Ok(reader.collect::<Result<Vec<_>, _>>()?)
+}
+
+/// Decodes every record of a Parquet segment.
+pub fn decode(file: Bytes) -> Result<Vec<UsageRecord>, SegmentError> {
+    let mut out = Vec::new();
+    for batch in read_batches(file)? {
+        out.extend(from_batch(&batch, 0..batch.num_rows())?);
+    }
+    Ok(out)
+}
+
+/// The order records take inside a segment and in query results.
+pub fn sort_key(r: &UsageRecord) -> (i64, &str, &str) {
+    (to_micros(r.time), &r.source, &r.id)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::codec::tests::sample;
+    use proptest::prelude::*;
+
+    #[test]
+    fn records_survive_parquet() {
+        let records: Vec<_> = (0..100).map(sample).collect();
+        let refs: Vec<_> = records.iter().collect();
+        let file = encode(&refs, 1).unwrap();
+        let back = decode(Bytes::from(file)).unwrap();
+        assert_eq!(back, records);
+    }
+
+    proptest! {
+        #[test]
+        fn volumes_are_exact_through_storage(m in -99_999_999_999_999_999i64..99_999_999_999_999_999i64, s in 0u32..=18) {
+            let v = Decimal::new(m, s).normalize();
+            let back = volume_from_i128(volume_to_i128(v)).unwrap();
+            prop_assert_eq!(back, v);
+            prop_assert_eq!(back.to_string(), v.to_string());
+        }
+    }
+
+    #[test]
+    fn largest_volume_fits() {
+        let v: Decimal = "99999999999999999999.999999".parse().unwrap();
+        assert_eq!(volume_from_i128(volume_to_i128(v)).unwrap(), v);
+    }
+}
