@@ -241,7 +241,10 @@ pub struct RawStore {
 #[derive(Default)]
 struct Handles {
     writer: Option<JoinHandle<()>>,
-    tasks: Vec<TaskHandle<()>>,
+    /// Ends by itself once the writer is gone (its channel closes).
+    flusher: Option<TaskHandle<()>>,
+    /// Watch `closing` and end within about a second.
+    maintenance: Vec<TaskHandle<()>>,
 }
 
 fn day_of(t: DateTime<Utc>) -> dedupe::Day {
@@ -311,7 +314,8 @@ impl RawStore {
             commands,
             handles: Arc::new(Mutex::new(Handles {
                 writer: Some(writer),
-                tasks: vec![flusher],
+                flusher: Some(flusher),
+                maintenance: Vec::new(),
             })),
         };
         store.update_gauges().await;
@@ -346,7 +350,7 @@ impl RawStore {
                 }
             }
         });
-        self.handles.lock().expect("handles").tasks.push(task);
+        self.handles.lock().expect("handles").maintenance.push(task);
     }
 
     /// Appends records durably (write-ahead log, group commit). Returns once
@@ -634,15 +638,23 @@ impl RawStore {
         if self.commands.send(Command::Stop { reply }).is_ok() {
             let _ = rx.await;
         }
-        let (writer, tasks) = {
+        let (writer, flusher, maintenance) = {
             let mut h = self.handles.lock().expect("handles");
-            (h.writer.take(), std::mem::take(&mut h.tasks))
+            (
+                h.writer.take(),
+                h.flusher.take(),
+                std::mem::take(&mut h.maintenance),
+            )
         };
         if let Some(w) = writer {
             let _ = tokio::task::spawn_blocking(move || w.join()).await;
         }
-        for t in tasks {
-            t.abort();
+        // Never abort a flush or compaction midway: let them finish.
+        if let Some(f) = flusher {
+            let _ = f.await;
+        }
+        for t in maintenance {
+            let _ = t.await;
         }
         let seqs: Vec<u64> = self
             .shared
