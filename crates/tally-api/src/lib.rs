@@ -1,1 +1,143 @@
+//! Tally's HTTP API: the ingest endpoint of the collect module and the first
+//! endpoints of the show module (raw records, health, metrics).
+//!
+//! Handlers stay thin: they authenticate the caller into an
+//! [`tally_core::Identity`], parse the request, and hand both to the data
+//! layer, which applies the caller's scope itself. Every error is JSON
+//! `{"code": ..., "message": ...}` with a stable code.
 
+pub mod error;
+pub mod events;
+pub mod ingest;
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::Router;
+use axum::extract::{FromRequestParts, State};
+use axum::http::request::Parts;
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use metrics_exporter_prometheus::PrometheusHandle;
+use tally_admin::ApiKeys;
+use tally_core::Identity;
+use tally_store::RawStore;
+
+pub use error::ApiError;
+
+/// Limits of the HTTP API.
+#[derive(Debug, Clone)]
+pub struct ApiLimits {
+    /// Largest request body accepted, bytes.
+    pub max_body_bytes: usize,
+    /// Most records in one ingest request.
+    pub max_batch_records: usize,
+}
+
+impl Default for ApiLimits {
+    fn default() -> Self {
+        ApiLimits {
+            max_body_bytes: 16 << 20,
+            max_batch_records: 100_000,
+        }
+    }
+}
+
+/// What every handler can reach.
+pub struct AppState {
+    /// The raw usage store.
+    pub store: RawStore,
+    /// API keys, for authentication.
+    pub keys: ApiKeys,
+    /// Request limits.
+    pub limits: ApiLimits,
+    /// The Prometheus recorder's handle, when metrics are on.
+    pub metrics: Option<PrometheusHandle>,
+    /// When the server started.
+    pub started: Instant,
+}
+
+/// Builds the router with every route.
+pub fn router(state: Arc<AppState>) -> Router {
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/metrics", get(metrics_text))
+        .route("/v1/events", get(events::list).post(ingest::post_events))
+        .fallback(|| async {
+            ApiError::new(
+                StatusCode::NOT_FOUND,
+                "not_found",
+                "no such endpoint: see the README for the API",
+            )
+        })
+        .with_state(state)
+}
+
+/// The authenticated caller of a request.
+pub struct Caller(pub Identity);
+
+impl FromRequestParts<Arc<AppState>> for Caller {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &Arc<AppState>,
+    ) -> Result<Self, Self::Rejection> {
+        let unauthorized = |m: &str| ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", m);
+        let header = parts
+            .headers
+            .get(header::AUTHORIZATION)
+            .ok_or_else(|| {
+                unauthorized("missing 'Authorization: Bearer <API key>' header; the first admin key is in <data-dir>/admin-key")
+            })?
+            .to_str()
+            .map_err(|_| unauthorized("the Authorization header is not valid text"))?;
+        let key = header
+            .strip_prefix("Bearer ")
+            .or_else(|| header.strip_prefix("bearer "))
+            .ok_or_else(|| unauthorized("the Authorization header must be 'Bearer <API key>'"))?
+            .trim();
+        match state.keys.authenticate(key).await {
+            Ok(Some(identity)) => Ok(Caller(identity)),
+            Ok(None) => Err(unauthorized("the API key is unknown or revoked")),
+            Err(e) => Err(ApiError::internal(e)),
+        }
+    }
+}
+
+async fn healthz(State(state): State<Arc<AppState>>) -> Response {
+    let stats = state.store.stats().await.ok();
+    let body = |status: &str, problem: Option<String>| {
+        serde_json::json!({
+            "status": status,
+            "problem": problem,
+            "uptime_seconds": state.started.elapsed().as_secs(),
+            "store": stats,
+        })
+    };
+    match state.store.health() {
+        Ok(()) => (StatusCode::OK, axum::Json(body("ok", None))).into_response(),
+        Err(problem) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            axum::Json(body("failing", Some(problem))),
+        )
+            .into_response(),
+    }
+}
+
+async fn metrics_text(State(state): State<Arc<AppState>>) -> Response {
+    match &state.metrics {
+        Some(h) => (
+            [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+            h.render(),
+        )
+            .into_response(),
+        None => ApiError::new(
+            StatusCode::NOT_FOUND,
+            "metrics_disabled",
+            "metrics are not enabled in this process",
+        )
+        .into_response(),
+    }
+}

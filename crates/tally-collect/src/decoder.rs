@@ -92,3 +92,15 @@ pub fn decode_elements(
     }
     out
 }
+
+/// The input formats Tally knows, by name. The HTTP endpoint's `format`
+/// query parameter and `tally ingest --format` pick from these.
+pub fn decoder_for(format: &str) -> Option<std::sync::Arc<dyn Decoder>> {
+    match format {
+        "cloudevents" => Some(std::sync::Arc::new(crate::CloudEventsDecoder)),
+        _ => None,
+    }
+}
+
+/// Names accepted by [`decoder_for`].
+pub const FORMATS: &[&str] = &["cloudevents"];
