@@ -75,6 +75,16 @@ pub struct EventList {
     next_cursor: Option<String>,
 }
 
+impl EventList {
+    /// The API's view of a page of records.
+    pub fn new(records: Vec<UsageRecord>, next: Option<&QueryCursor>) -> EventList {
+        EventList {
+            events: records.into_iter().map(EventView::from).collect(),
+            next_cursor: next.map(QueryCursor::encode),
+        }
+    }
+}
+
 fn parse_time(params: &HashMap<String, String>, name: &str) -> Result<Option<DateTime<Utc>>, ApiError> {
     params
         .get(name)
@@ -139,8 +149,5 @@ pub async fn list(
             StoreError::BadCursor => ApiError::bad_request("invalid_cursor", e.to_string()),
             other => ApiError::internal(other),
         })?;
-    Ok(Json(EventList {
-        events: page.records.into_iter().map(EventView::from).collect(),
-        next_cursor: page.next.map(|c| c.encode()),
-    }))
+    Ok(Json(EventList::new(page.records, page.next.as_ref())))
 }

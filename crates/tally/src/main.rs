@@ -1,1 +1,135 @@
-fn main(){}
+//! The `tally` binary: one command with subcommands for every job.
+//!
+//! This is the edge of the program: it parses arguments and configuration,
+//! sets up logging and metrics, and calls the library crates. `anyhow` is
+//! used here and only here, to add context to errors on their way to the
+//! user.
+
+mod admin;
+mod client;
+mod config;
+mod demo;
+mod events;
+mod gen_cmd;
+mod ingest;
+mod output;
+mod serve;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+#[cfg(test)]
+use crate::output::OutputFormat;
+
+/// Tally meters, rates and bills the use of OpenStack clouds.
+#[derive(Parser, Debug)]
+#[command(name = "tally", version, about, long_about = None)]
+struct Cli {
+    /// Configuration file (TOML). Default: ./tally.toml when it exists.
+    /// Every key can also be set with a TALLY_... environment variable.
+    #[arg(long, global = true, env = "TALLY_CONFIG")]
+    config: Option<PathBuf>,
+    /// Data directory (overrides `data_dir` in the configuration).
+    #[arg(long, global = true)]
+    data_dir: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run the server: HTTP ingest and API, flushing, compaction.
+    Serve {
+        /// Address to listen on (overrides `listen`).
+        #[arg(long)]
+        listen: Option<String>,
+    },
+    /// Import event files (NDJSON or JSON arrays; plain, .gz or .zst).
+    Ingest(ingest::IngestArgs),
+    /// List raw usage records with their original payloads.
+    Events(events::EventsArgs),
+    /// Generate realistic OpenStack-like usage as CloudEvents NDJSON.
+    Gen(gen_cmd::GenArgs),
+    /// Start a server on a data directory and send it a generated sample.
+    Demo(demo::DemoArgs),
+    /// Administration: API keys.
+    Admin {
+        #[command(subcommand)]
+        command: admin::AdminCommand,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(run(cli));
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    let mut cfg = config::Config::load(cli.config.as_deref())?;
+    if let Some(d) = cli.data_dir {
+        cfg.data_dir = d;
+    }
+    match cli.command {
+        Command::Serve { listen } => {
+            if let Some(l) = listen {
+                cfg.listen = l;
+            }
+            config::init_logging(&cfg);
+            serve::run(cfg, None, serve::shutdown_signal()).await?;
+        }
+        Command::Ingest(args) => {
+            config::init_logging_quiet(&cfg);
+            return ingest::run(cfg, args).await;
+        }
+        Command::Events(args) => {
+            config::init_logging_quiet(&cfg);
+            events::run(cfg, args).await?;
+        }
+        Command::Gen(args) => gen_cmd::run(args)?,
+        Command::Demo(args) => {
+            config::init_logging_quiet(&cfg);
+            demo::run(cfg, args).await?;
+        }
+        Command::Admin { command } => {
+            config::init_logging_quiet(&cfg);
+            admin::run(cfg, command).await?;
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn output_flag_parses() {
+        let cli = Cli::try_parse_from(["tally", "ingest", "--output", "json", "a.ndjson"]).unwrap();
+        match cli.command {
+            Command::Ingest(a) => assert_eq!(a.output, OutputFormat::Json),
+            other => panic!("{other:?}"),
+        }
+    }
+}

@@ -1,0 +1,215 @@
+//! The configuration: one TOML file, every key overridable by a `TALLY_...`
+//! environment variable (nested keys with `__`, e.g.
+//! `TALLY_INGEST__MAX_BODY_BYTES`), then by command-line flags.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::Context;
+use figment::Figment;
+use figment::providers::{Env, Format, Serialized, Toml};
+use serde::{Deserialize, Serialize};
+
+/// Everything configurable, with defaults that work on a laptop.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Config {
+    /// Where Tally keeps its data.
+    pub data_dir: PathBuf,
+    /// Address `tally serve` listens on.
+    pub listen: String,
+    /// Billing database URL; default: a SQLite file in the data directory.
+    pub database_url: Option<String>,
+    /// Where Parquet segments go; default: `<data_dir>/raw`.
+    pub raw_store_url: Option<String>,
+    /// `text` or `json` log lines.
+    pub log_format: String,
+    /// Ingest limits and dedupe.
+    pub ingest: IngestConfig,
+    /// Raw store tuning.
+    pub store: StoreSection,
+}
+
+/// `[ingest]`
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct IngestConfig {
+    /// Largest request body, bytes.
+    pub max_body_bytes: usize,
+    /// Most records per request.
+    pub max_batch_records: usize,
+    /// Days a record id is remembered for dedupe.
+    pub dedupe_window_days: u32,
+    /// Most ids remembered.
+    pub dedupe_max_keys: usize,
+}
+
+/// `[store]`
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct StoreSection {
+    /// Seal a log file at this size.
+    pub wal_rotate_bytes: u64,
+    /// ... or this age, seconds.
+    pub flush_interval_secs: u64,
+    /// zstd level of segments.
+    pub zstd_level: i32,
+    /// Compact a partition with this many small segments.
+    pub compaction_min_segments: usize,
+    /// Target rows of a compacted segment.
+    pub compaction_target_rows: usize,
+    /// Seconds between compaction passes.
+    pub compaction_interval_secs: u64,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            data_dir: PathBuf::from("./tally-data"),
+            listen: "127.0.0.1:8080".into(),
+            database_url: None,
+            raw_store_url: None,
+            log_format: "text".into(),
+            ingest: IngestConfig::default(),
+            store: StoreSection::default(),
+        }
+    }
+}
+
+impl Default for IngestConfig {
+    fn default() -> Self {
+        let limits = tally_api::ApiLimits::default();
+        let store = tally_store::StoreConfig::new(".");
+        IngestConfig {
+            max_body_bytes: limits.max_body_bytes,
+            max_batch_records: limits.max_batch_records,
+            dedupe_window_days: store.dedupe_window_days,
+            dedupe_max_keys: store.dedupe_max_keys,
+        }
+    }
+}
+
+impl Default for StoreSection {
+    fn default() -> Self {
+        let s = tally_store::StoreConfig::new(".");
+        StoreSection {
+            wal_rotate_bytes: s.wal_rotate_bytes,
+            flush_interval_secs: s.flush_interval.as_secs(),
+            zstd_level: s.zstd_level,
+            compaction_min_segments: s.compaction_min_segments,
+            compaction_target_rows: s.compaction_target_rows,
+            compaction_interval_secs: s.compaction_interval.as_secs(),
+        }
+    }
+}
+
+impl Config {
+    /// Defaults, then the file, then `TALLY_*` variables.
+    pub fn load(file: Option<&Path>) -> anyhow::Result<Config> {
+        let mut fig = Figment::from(Serialized::defaults(Config::default()));
+        match file {
+            Some(f) => {
+                anyhow::ensure!(f.exists(), "configuration file {} does not exist", f.display());
+                fig = fig.merge(Toml::file(f));
+            }
+            None if Path::new("tally.toml").exists() => fig = fig.merge(Toml::file("tally.toml")),
+            None => {}
+        }
+        fig = fig.merge(
+            Env::prefixed("TALLY_")
+                .ignore(&["config", "api_key", "log"])
+                .split("__"),
+        );
+        fig.extract().context("invalid configuration (file or TALLY_* variables)")
+    }
+
+    /// The billing database URL in force.
+    pub fn database_url(&self) -> String {
+        self.database_url
+            .clone()
+            .unwrap_or_else(|| tally_db::Database::sqlite_url_in(&self.data_dir))
+    }
+
+    /// The raw store settings in force.
+    pub fn store_config(&self) -> tally_store::StoreConfig {
+        let mut s = tally_store::StoreConfig::new(&self.data_dir);
+        s.raw_url = self.raw_store_url.clone();
+        s.wal_rotate_bytes = self.store.wal_rotate_bytes;
+        s.flush_interval = Duration::from_secs(self.store.flush_interval_secs.max(1));
+        s.zstd_level = self.store.zstd_level;
+        s.compaction_min_segments = self.store.compaction_min_segments;
+        s.compaction_target_rows = self.store.compaction_target_rows;
+        s.compaction_interval = Duration::from_secs(self.store.compaction_interval_secs.max(1));
+        s.dedupe_window_days = self.ingest.dedupe_window_days;
+        s.dedupe_max_keys = self.ingest.dedupe_max_keys;
+        s
+    }
+
+    /// The HTTP limits in force.
+    pub fn api_limits(&self) -> tally_api::ApiLimits {
+        tally_api::ApiLimits {
+            max_body_bytes: self.ingest.max_body_bytes,
+            max_batch_records: self.ingest.max_batch_records,
+        }
+    }
+}
+
+fn filter(default: &str) -> tracing_subscriber::EnvFilter {
+    tracing_subscriber::EnvFilter::try_from_env("TALLY_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default))
+}
+
+/// Logging for the server: info and up, text or JSON lines on stderr.
+pub fn init_logging(cfg: &Config) {
+    let f = filter("info,sqlx=warn");
+    let builder = tracing_subscriber::fmt().with_env_filter(f).with_writer(std::io::stderr);
+    if cfg.log_format == "json" {
+        let _ = builder.json().try_init();
+    } else {
+        let _ = builder.try_init();
+    }
+}
+
+/// Logging for one-shot commands: warnings only, so output stays readable.
+pub fn init_logging_quiet(cfg: &Config) {
+    let f = filter("warn");
+    let builder = tracing_subscriber::fmt().with_env_filter(f).with_writer(std::io::stderr);
+    if cfg.log_format == "json" {
+        let _ = builder.json().try_init();
+    } else {
+        let _ = builder.try_init();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn file_then_environment_override_defaults() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file(
+                "t.toml",
+                "listen = \"0.0.0.0:9000\"\n[ingest]\nmax_body_bytes = 100\n",
+            )?;
+            jail.set_env("TALLY_INGEST__MAX_BATCH_RECORDS", "7");
+            jail.set_env("TALLY_LISTEN", "127.0.0.1:9999");
+            let c = Config::load(Some(Path::new("t.toml"))).unwrap();
+            assert_eq!(c.listen, "127.0.0.1:9999");
+            assert_eq!(c.ingest.max_body_bytes, 100);
+            assert_eq!(c.ingest.max_batch_records, 7);
+            assert_eq!(c.ingest.dedupe_window_days, 35);
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn bad_values_are_reported() {
+        figment::Jail::expect_with(|jail| {
+            jail.set_env("TALLY_INGEST__MAX_BODY_BYTES", "lots");
+            let err = Config::load(None).unwrap_err();
+            assert!(format!("{err:#}").contains("max_body_bytes"), "{err:#}");
+            Ok(())
+        });
+    }
+}

@@ -1,0 +1,124 @@
+//! `tally serve`: the long-running process.
+
+use std::future::Future;
+use std::io::Write;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::Context;
+use tally_admin::ApiKeys;
+use tally_api::AppState;
+use tally_core::Role;
+use tally_db::Database;
+use tally_store::{DataDirLock, LockHolder, RawStore};
+use tokio::sync::oneshot;
+
+use crate::config::Config;
+
+/// Waits for Ctrl-C or SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term => {},
+    }
+}
+
+/// Creates the first admin key on an empty database, prints it once and
+/// writes it to `<data-dir>/admin-key` (mode 0600).
+async fn ensure_admin_key(keys: &ApiKeys, data_dir: &Path) -> anyhow::Result<()> {
+    if keys.any().await? {
+        return Ok(());
+    }
+    let key = keys.create(Role::Admin, "first admin key").await?;
+    let path = data_dir.join("admin-key");
+    let mut opts = std::fs::OpenOptions::new();
+    opts.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        opts.mode(0o600);
+    }
+    let mut f = opts
+        .open(&path)
+        .with_context(|| format!("cannot write {}", path.display()))?;
+    writeln!(f, "{}", key.secret)?;
+    f.sync_all()?;
+    println!(
+        "Created the first admin API key (shown once; also in {}):\n  {}",
+        path.display(),
+        key.secret
+    );
+    Ok(())
+}
+
+/// Runs the server until `shutdown` completes; sends the bound address on
+/// `ready` once it accepts connections.
+pub async fn run(
+    cfg: Config,
+    ready: Option<oneshot::Sender<SocketAddr>>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    std::fs::create_dir_all(&cfg.data_dir)
+        .with_context(|| format!("cannot create the data directory {}", cfg.data_dir.display()))?;
+    let _lock = DataDirLock::acquire(
+        &cfg.data_dir,
+        &LockHolder {
+            pid: std::process::id(),
+            command: "serve".into(),
+            listen: Some(cfg.listen.clone()),
+        },
+    )
+    .map_err(|e| anyhow::anyhow!("{e}: stop the other process or use another --data-dir"))?;
+    let db = Database::open(&cfg.database_url()).await?;
+    let keys = ApiKeys::new(db.pool.clone());
+    ensure_admin_key(&keys, &cfg.data_dir).await?;
+    let metrics = metrics_exporter_prometheus::PrometheusBuilder::new()
+        .install_recorder()
+        .ok();
+    let started = Instant::now();
+    let store = RawStore::open(cfg.store_config(), db)
+        .await
+        .context("cannot open the raw usage store")?;
+    tracing::info!(elapsed_ms = started.elapsed().as_millis() as u64, "raw store open (log replayed)");
+    store.spawn_maintenance();
+    let listener = tokio::net::TcpListener::bind(&cfg.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}: is another server using it? Pass --listen ADDR", cfg.listen))?;
+    let addr = listener.local_addr()?;
+    let state = Arc::new(AppState {
+        store: store.clone(),
+        keys,
+        limits: cfg.api_limits(),
+        metrics,
+        started,
+    });
+    tracing::info!(%addr, data_dir = %cfg.data_dir.display(), "tally listening");
+    eprintln!("tally listening on http://{addr} (data directory {})", cfg.data_dir.display());
+    if let Some(tx) = ready {
+        let _ = tx.send(addr);
+    }
+    axum::serve(listener, tally_api::router(state))
+        .with_graceful_shutdown(shutdown)
+        .await
+        .context("the HTTP server failed")?;
+    tracing::info!("shutting down: flushing the log to Parquet");
+    store.shutdown().await.context("flush at shutdown failed; the log will be replayed at next start")?;
+    eprintln!("tally stopped cleanly");
+    Ok(())
+}
