@@ -221,7 +221,25 @@ where
             let mut elements = Vec::new();
             let mut size = 0;
             let mut base = self.index;
-            while let Some(raw) = seq.next_element::<Box<RawValue>>()? {
+            loop {
+                let raw = match seq.next_element::<Box<RawValue>>() {
+                    Ok(Some(raw)) => raw,
+                    Ok(None) => break,
+                    Err(e) => {
+                        // Hand over what was read before the break, so the
+                        // caller stores it and can say how far it got.
+                        if !elements.is_empty() {
+                            let chunk = FileChunk {
+                                base_index: base,
+                                elements,
+                            };
+                            if let Err(se) = (self.sink)(chunk) {
+                                self.sink_error = Some(se);
+                            }
+                        }
+                        return Err(e);
+                    }
+                };
                 let bytes = Bytes::from(raw.get().as_bytes().to_vec());
                 size += bytes.len();
                 elements.push(bytes);

@@ -473,14 +473,34 @@ impl RawStore {
                 found.extend(chunk.iter().filter(|r| matches(r)).cloned());
             }
         }
-        let segments = catalog::active_segments(&self.shared.db.pool, from_us, to_us).await?;
+        // Segments are sorted by (time, source, id): each one contributes at
+        // most its first `limit + 1` matching rows, and segments ending
+        // before the cursor are skipped by the catalog.
+        let start_us = from_us.max(after.map_or(i64::MIN, |c| c.t));
+        let segments = catalog::active_segments(&self.shared.db.pool, start_us, to_us).await?;
+        let row_filter = segment::RowFilter {
+            project_id: filter.project_id.as_deref(),
+            resource_id: filter.resource_id.as_deref(),
+            meter: filter.meter.as_deref(),
+            from_us,
+            to_us,
+            after: after.map(|c| (c.t, c.s.as_str(), c.i.as_str())),
+        };
         for seg in segments.iter().filter(|s| !in_memory.contains(&s.flush_id)) {
             let file = self.shared.objects.get(&seg.path).await?;
-            let records = segment::decode(file).map_err(|source| StoreError::Segment {
+            let seg_err = |source| StoreError::Segment {
                 path: seg.path.clone(),
                 source,
-            })?;
-            found.extend(records.into_iter().filter(|r| matches(r)));
+            };
+            let mut wanted = limit.saturating_add(1);
+            for batch in segment::read_batches(file).map_err(seg_err)? {
+                let rows = segment::matching_rows(&batch, &row_filter, wanted);
+                wanted -= rows.len();
+                found.extend(segment::from_batch(&batch, rows.into_iter()).map_err(seg_err)?);
+                if wanted == 0 {
+                    break;
+                }
+            }
         }
         found.sort_by(|a, b| segment::sort_key(a).cmp(&segment::sort_key(b)));
         let next = if found.len() > limit {

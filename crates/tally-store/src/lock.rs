@@ -47,7 +47,7 @@ pub enum LockError {
 /// The held lock; dropping it releases the directory.
 #[derive(Debug)]
 pub struct DataDirLock {
-    _file: File,
+    file: File,
 }
 
 impl DataDirLock {
@@ -82,11 +82,17 @@ impl DataDirLock {
             }
             Err(std::fs::TryLockError::Error(e)) => return Err(io(e)),
         }
-        file.set_len(0).map_err(io)?;
-        file.rewind().map_err(io)?;
-        file.write_all(serde_json::to_string(holder).expect("serializable").as_bytes())
-            .map_err(io)?;
-        Ok(DataDirLock { _file: file })
+        let mut lock = DataDirLock { file };
+        lock.update(holder).map_err(io)?;
+        Ok(lock)
+    }
+
+    /// Rewrites who holds the lock (a server learns its port after binding).
+    pub fn update(&mut self, holder: &LockHolder) -> std::io::Result<()> {
+        self.file.set_len(0)?;
+        self.file.rewind()?;
+        self.file
+            .write_all(serde_json::to_string(holder).expect("serializable").as_bytes())
     }
 }
 

@@ -249,3 +249,51 @@ mod tests {
         assert_eq!(volume_from_i128(volume_to_i128(v)).unwrap(), v);
     }
 }
+
+/// Row conditions evaluated on a segment's columns before any record is
+/// built, so a query only materializes the rows it returns.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct RowFilter<'a> {
+    /// Only this project.
+    pub project_id: Option<&'a str>,
+    /// Only this resource.
+    pub resource_id: Option<&'a str>,
+    /// Only this meter.
+    pub meter: Option<&'a str>,
+    /// Event time at or after, µs.
+    pub from_us: i64,
+    /// Event time before, µs.
+    pub to_us: i64,
+    /// Only rows sorting after this (time µs, source, id).
+    pub after: Option<(i64, &'a str, &'a str)>,
+}
+
+/// The first `max` rows of `batch` (in batch order) that pass `filter`.
+pub fn matching_rows(batch: &RecordBatch, filter: &RowFilter<'_>, max: usize) -> Vec<usize> {
+    let s = |i: usize| batch.column(i).as_string::<i32>();
+    let (id, source, project, resource, meter) = (s(0), s(1), s(4), s(7), s(8));
+    let time = batch.column(2).as_primitive::<TimestampMicrosecondType>();
+    let mut rows = Vec::new();
+    for i in 0..batch.num_rows() {
+        if rows.len() >= max {
+            break;
+        }
+        let t = time.value(i);
+        if t < filter.from_us || t >= filter.to_us {
+            continue;
+        }
+        if filter.project_id.is_some_and(|p| p != project.value(i))
+            || filter.resource_id.is_some_and(|r| r != resource.value(i))
+            || filter.meter.is_some_and(|m| m != meter.value(i))
+        {
+            continue;
+        }
+        if let Some(after) = filter.after
+            && (t, source.value(i), id.value(i)) <= after
+        {
+            continue;
+        }
+        rows.push(i);
+    }
+    rows
+}

@@ -76,7 +76,7 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     std::fs::create_dir_all(&cfg.data_dir)
         .with_context(|| format!("cannot create the data directory {}", cfg.data_dir.display()))?;
-    let _lock = DataDirLock::acquire(
+    let mut lock = DataDirLock::acquire(
         &cfg.data_dir,
         &LockHolder {
             pid: std::process::id(),
@@ -101,6 +101,12 @@ pub async fn run(
         .await
         .with_context(|| format!("cannot listen on {}: is another server using it? Pass --listen ADDR", cfg.listen))?;
     let addr = listener.local_addr()?;
+    lock.update(&LockHolder {
+        pid: std::process::id(),
+        command: "serve".into(),
+        listen: Some(addr.to_string()),
+    })
+    .context("cannot record the server's address in the lock file")?;
     let state = Arc::new(AppState {
         store: store.clone(),
         keys,

@@ -1,0 +1,153 @@
+//! Starting `tally` as a user would, for end-to-end tests.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+/// The tally binary built for these tests.
+pub fn tally_bin() -> &'static str {
+    env!("CARGO_BIN_EXE_tally")
+}
+
+/// A `tally` command with a data directory and no stray configuration.
+pub fn tally(data_dir: &Path) -> Command {
+    let mut c = Command::new(tally_bin());
+    c.arg("--data-dir").arg(data_dir);
+    c.env_remove("TALLY_API_KEY").env("TALLY_LOG", "warn");
+    c
+}
+
+/// A running `tally serve` on a free loopback port.
+pub struct Server {
+    pub child: Child,
+    pub url: String,
+    pub key: String,
+    pub data_dir: PathBuf,
+}
+
+impl Server {
+    /// Starts a server on `data_dir` with extra environment variables.
+    pub fn start_with(data_dir: &Path, env: &[(&str, &str)]) -> Server {
+        let mut cmd = tally(data_dir);
+        cmd.args(["serve", "--listen", "127.0.0.1:0"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().expect("tally serve starts");
+        let stderr = child.stderr.take().expect("stderr piped");
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            let mut sent = false;
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if !sent && let Some(rest) = line.strip_prefix("tally listening on ") {
+                    let url = rest.split_whitespace().next().unwrap_or("").to_string();
+                    let _ = tx.send(url);
+                    sent = true;
+                }
+                if std::env::var_os("TALLY_TEST_VERBOSE").is_some() {
+                    eprintln!("[serve] {line}");
+                }
+            }
+        });
+        let url = match rx.recv_timeout(Duration::from_secs(60)) {
+            Ok(u) => u,
+            Err(_) => {
+                let _ = child.kill();
+                panic!("tally serve did not report its address within 60 s");
+            }
+        };
+        let key = std::fs::read_to_string(data_dir.join("admin-key"))
+            .expect("first start writes admin-key")
+            .trim()
+            .to_string();
+        Server {
+            child,
+            url,
+            key,
+            data_dir: data_dir.to_path_buf(),
+        }
+    }
+
+    /// Starts a server with default settings.
+    pub fn start(data_dir: &Path) -> Server {
+        Server::start_with(data_dir, &[])
+    }
+
+    /// `kill -9`.
+    pub fn kill9(mut self) {
+        self.child.kill().expect("kill -9");
+        let _ = self.child.wait();
+    }
+
+    /// SIGTERM and wait for a clean exit.
+    pub fn stop(mut self) {
+        let status = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .expect("kill -TERM");
+        assert!(status.success());
+        let status = self.child.wait().expect("server exits");
+        assert!(status.success(), "server exited with {status}");
+    }
+
+    /// POST a body to /v1/events with the admin key.
+    pub async fn post(&self, content_type: &str, body: impl Into<reqwest::Body>) -> reqwest::Response {
+        client()
+            .post(format!("{}/v1/events", self.url))
+            .bearer_auth(&self.key)
+            .header("content-type", content_type)
+            .body(body)
+            .send()
+            .await
+            .expect("request sent")
+    }
+
+    /// Every raw record visible to the admin key, following cursors.
+    pub async fn all_events(&self) -> Vec<serde_json::Value> {
+        self.all_events_as(&self.key.clone(), "").await
+    }
+
+    /// Every raw record visible to `key`, with extra query text.
+    pub async fn all_events_as(&self, key: &str, query: &str) -> Vec<serde_json::Value> {
+        let mut out = Vec::new();
+        let mut cursor: Option<String> = None;
+        loop {
+            let mut url = format!("{}/v1/events?limit=1000{query}", self.url);
+            if let Some(c) = &cursor {
+                url.push_str(&format!("&cursor={c}"));
+            }
+            let resp = client().get(url).bearer_auth(key).send().await.unwrap();
+            assert_eq!(resp.status(), 200);
+            let page: serde_json::Value = resp.json().await.unwrap();
+            out.extend(page["events"].as_array().unwrap().iter().cloned());
+            match page["next_cursor"].as_str() {
+                Some(c) => cursor = Some(c.to_string()),
+                None => return out,
+            }
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A plain HTTP client.
+pub fn client() -> reqwest::Client {
+    reqwest::Client::new()
+}
+
+/// A valid CloudEvent with id `id`.
+pub fn event(id: &str, project: &str, volume: &str) -> String {
+    format!(
+        r#"{{"specversion":"1.0","id":"{id}","source":"test","type":"volume.size","subject":"vol-1","time":"2026-10-01T12:00:00Z","data":{{"project_id":"{project}","volume":{volume},"unit":"GiB","kind":"gauge","attributes":{{"volume_type":"ssd"}}}}}}"#
+    )
+}
