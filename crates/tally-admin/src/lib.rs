@@ -84,7 +84,15 @@ pub struct ApiKeys {
     pool: Pool,
 }
 
-type KeyRow = (String, String, Option<String>, String, i64, Option<i64>, Option<i64>);
+type KeyRow = (
+    String,
+    String,
+    Option<String>,
+    String,
+    i64,
+    Option<i64>,
+    Option<i64>,
+);
 
 impl ApiKeys {
     /// The registry of a database.
@@ -267,7 +275,10 @@ mod tests {
             project_id: "p1".into(),
         };
         let k = keys.create(role.clone(), "").await.unwrap();
-        assert_eq!(keys.authenticate(&k.secret).await.unwrap().unwrap().role, role);
+        assert_eq!(
+            keys.authenticate(&k.secret).await.unwrap().unwrap().role,
+            role
+        );
         let err = keys
             .create(
                 Role::ProjectReader {

@@ -85,7 +85,10 @@ impl EventList {
     }
 }
 
-fn parse_time(params: &HashMap<String, String>, name: &str) -> Result<Option<DateTime<Utc>>, ApiError> {
+fn parse_time(
+    params: &HashMap<String, String>,
+    name: &str,
+) -> Result<Option<DateTime<Utc>>, ApiError> {
     params
         .get(name)
         .map(|v| {
@@ -109,11 +112,22 @@ pub async fn list(
     Caller(caller): Caller,
     Query(params): Query<HashMap<String, String>>,
 ) -> Result<Json<EventList>, ApiError> {
-    const KNOWN: &[&str] = &["project_id", "resource_id", "meter", "from", "to", "cursor", "limit"];
+    const KNOWN: &[&str] = &[
+        "project_id",
+        "resource_id",
+        "meter",
+        "from",
+        "to",
+        "cursor",
+        "limit",
+    ];
     if let Some(unknown) = params.keys().find(|k| !KNOWN.contains(&k.as_str())) {
         return Err(ApiError::bad_request(
             "invalid_query",
-            format!("unknown query parameter '{unknown}': use {}", KNOWN.join(", ")),
+            format!(
+                "unknown query parameter '{unknown}': use {}",
+                KNOWN.join(", ")
+            ),
         ));
     }
     let limit = match params.get("limit") {

@@ -2,10 +2,10 @@
 
 use std::sync::Arc;
 
+use axum::Json;
 use axum::body::Body;
 use axum::extract::{Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
-use axum::Json;
 use bytes::Bytes;
 use chrono::{SubsecRound, Utc};
 use std::collections::HashMap;
@@ -35,14 +35,20 @@ pub async fn post_events(
         return Err(refuse(ApiError::new(
             StatusCode::FORBIDDEN,
             "forbidden",
-            format!("a {} key cannot ingest usage: use an admin key", caller.role.name()),
+            format!(
+                "a {} key cannot ingest usage: use an admin key",
+                caller.role.name()
+            ),
         )));
     }
     let format = params.get("format").map_or("cloudevents", String::as_str);
     let decoder = decoder_for(format).ok_or_else(|| {
         refuse(ApiError::bad_request(
             "unknown_format",
-            format!("unknown format '{format}': use one of {}", FORMATS.join(", ")),
+            format!(
+                "unknown format '{format}': use one of {}",
+                FORMATS.join(", ")
+            ),
         ))
     })?;
     let content_type = headers
@@ -63,7 +69,9 @@ pub async fn post_events(
         ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,
             "payload_too_large",
-            format!("the body is larger than the limit of {limit} bytes (ingest.max_body_bytes): split it into smaller batches"),
+            format!(
+                "the body is larger than the limit of {limit} bytes (ingest.max_body_bytes): split it into smaller batches"
+            ),
         )
     };
     if let Some(len) = headers

@@ -93,7 +93,10 @@ fn opt_string<'a>(
     if !raw.get().starts_with('"') {
         return Err(err(
             RejectCode::InvalidField,
-            format!("field '{field}' must be a string, got {}", json_type_name(raw)),
+            format!(
+                "field '{field}' must be a string, got {}",
+                json_type_name(raw)
+            ),
         ));
     }
     let s: Cow<'a, str> = serde_json::from_str(raw.get()).map_err(|e| {
@@ -202,9 +205,7 @@ fn parse_attributes(
         if name.is_empty() || name.len() > MAX_ID_LEN {
             return Err(err(
                 RejectCode::InvalidAttribute,
-                format!(
-                    "attribute name '{name}' must be 1 to {MAX_ID_LEN} bytes long"
-                ),
+                format!("attribute name '{name}' must be 1 to {MAX_ID_LEN} bytes long"),
             ));
         }
         if let serde_json::Value::String(s) = &value
@@ -270,7 +271,9 @@ impl Decoder for CloudEventsDecoder {
                 Some(other) => {
                     return Err(err(
                         RejectCode::UnsupportedSpecversion,
-                        format!("field 'specversion' is '{other}'; Tally accepts CloudEvents '1.0'"),
+                        format!(
+                            "field 'specversion' is '{other}'; Tally accepts CloudEvents '1.0'"
+                        ),
                     ));
                 }
                 None => {
@@ -301,7 +304,10 @@ impl Decoder for CloudEventsDecoder {
             if !data_raw.get().starts_with('{') {
                 return Err(err(
                     RejectCode::InvalidField,
-                    format!("field 'data' must be an object, got {}", json_type_name(data_raw)),
+                    format!(
+                        "field 'data' must be an object, got {}",
+                        json_type_name(data_raw)
+                    ),
                 ));
             }
             let data: WireData<'_> = serde_json::from_str(data_raw.get()).map_err(|e| {
@@ -310,16 +316,15 @@ impl Decoder for CloudEventsDecoder {
                     format!("field 'data' is not usable: {e}"),
                 )
             })?;
-            let project_id =
-                id_field(data.project_id, "data.project_id", true)?.expect("required");
+            let project_id = id_field(data.project_id, "data.project_id", true)?.expect("required");
             let user_id = id_field(data.user_id, "data.user_id", false)?;
             let domain_id = id_field(data.domain_id, "data.domain_id", false)?;
             let unit = id_field(data.unit, "data.unit", false)?;
             let kind = match opt_string(data.kind, "data.kind")? {
                 None => MeterKind::Delta,
-                Some(k) => k.parse::<MeterKind>().map_err(|e| {
-                    err(RejectCode::InvalidKind, format!("field 'data.kind': {e}"))
-                })?,
+                Some(k) => k
+                    .parse::<MeterKind>()
+                    .map_err(|e| err(RejectCode::InvalidKind, format!("field 'data.kind': {e}")))?,
             };
             // Normalized (2.50 -> 2.5) so a volume reads the same from the log
             // and from Parquet; the payload keeps the text as sent.
@@ -399,7 +404,10 @@ mod tests {
         let r = decode(&event(r#"{"project_id":"p1","volume":0.1}"#)).unwrap();
         assert_eq!(r.volume, Decimal::from_str("0.1").unwrap());
         assert_eq!(r.kind, MeterKind::Delta);
-        let r = decode(&event(r#"{"project_id":"p1","volume":12345678901234567.25}"#)).unwrap();
+        let r = decode(&event(
+            r#"{"project_id":"p1","volume":12345678901234567.25}"#,
+        ))
+        .unwrap();
         assert_eq!(r.volume.to_string(), "12345678901234567.25");
     }
 
@@ -412,28 +420,99 @@ mod tests {
     fn each_rule_has_its_code_and_names_its_field() {
         let cases: Vec<(String, RejectCode, &str)> = vec![
             ("[1]".into(), RejectCode::MalformedJson, "not a JSON object"),
-            ("{\"id\":".into(), RejectCode::MalformedJson, "not valid JSON"),
-            (r#"{"specversion":"1.0"}"#.into(), RejectCode::MissingField, "'id'"),
-            (r#"{"id":7}"#.into(), RejectCode::InvalidField, "'id' must be a string"),
-            (r#"{"id":"x","specversion":"0.3"}"#.into(), RejectCode::UnsupportedSpecversion, "'specversion'"),
-            (r#"{"id":"x"}"#.into(), RejectCode::MissingField, "'specversion'"),
-            (event(r#"{"volume":1}"#), RejectCode::MissingField, "'data.project_id'"),
-            (event(r#"{"project_id":"p"}"#), RejectCode::MissingField, "'data.volume'"),
-            (event(r#"{"project_id":"p","volume":"ten"}"#), RejectCode::InvalidVolume, "not a decimal"),
-            (event(r#"{"project_id":"p","volume":"NaN"}"#), RejectCode::InvalidVolume, "not a finite"),
-            (event(r#"{"project_id":"p","volume":"Infinity"}"#), RejectCode::InvalidVolume, "not a finite"),
-            (event(r#"{"project_id":"p","volume":true}"#), RejectCode::InvalidVolume, "got a boolean"),
-            (event(r#"{"project_id":"p","volume":1,"kind":"rate"}"#), RejectCode::InvalidKind, "'data.kind'"),
-            (event(r#"{"project_id":"p","volume":1,"attributes":{"tags":["a"]}}"#), RejectCode::InvalidAttribute, "'data.attributes.tags'"),
-            (event(r#"{"project_id":"p","volume":1,"attributes":{"m":{"a":1}}}"#), RejectCode::InvalidAttribute, "got an object"),
-            (event("[]"), RejectCode::InvalidField, "'data' must be an object"),
-            (event(r#"{"project_id":5,"volume":1}"#), RejectCode::InvalidField, "'data.project_id' must be a string"),
-            (event(r#"{"project_id":"","volume":1}"#), RejectCode::MissingField, "'data.project_id'"),
+            (
+                "{\"id\":".into(),
+                RejectCode::MalformedJson,
+                "not valid JSON",
+            ),
+            (
+                r#"{"specversion":"1.0"}"#.into(),
+                RejectCode::MissingField,
+                "'id'",
+            ),
+            (
+                r#"{"id":7}"#.into(),
+                RejectCode::InvalidField,
+                "'id' must be a string",
+            ),
+            (
+                r#"{"id":"x","specversion":"0.3"}"#.into(),
+                RejectCode::UnsupportedSpecversion,
+                "'specversion'",
+            ),
+            (
+                r#"{"id":"x"}"#.into(),
+                RejectCode::MissingField,
+                "'specversion'",
+            ),
+            (
+                event(r#"{"volume":1}"#),
+                RejectCode::MissingField,
+                "'data.project_id'",
+            ),
+            (
+                event(r#"{"project_id":"p"}"#),
+                RejectCode::MissingField,
+                "'data.volume'",
+            ),
+            (
+                event(r#"{"project_id":"p","volume":"ten"}"#),
+                RejectCode::InvalidVolume,
+                "not a decimal",
+            ),
+            (
+                event(r#"{"project_id":"p","volume":"NaN"}"#),
+                RejectCode::InvalidVolume,
+                "not a finite",
+            ),
+            (
+                event(r#"{"project_id":"p","volume":"Infinity"}"#),
+                RejectCode::InvalidVolume,
+                "not a finite",
+            ),
+            (
+                event(r#"{"project_id":"p","volume":true}"#),
+                RejectCode::InvalidVolume,
+                "got a boolean",
+            ),
+            (
+                event(r#"{"project_id":"p","volume":1,"kind":"rate"}"#),
+                RejectCode::InvalidKind,
+                "'data.kind'",
+            ),
+            (
+                event(r#"{"project_id":"p","volume":1,"attributes":{"tags":["a"]}}"#),
+                RejectCode::InvalidAttribute,
+                "'data.attributes.tags'",
+            ),
+            (
+                event(r#"{"project_id":"p","volume":1,"attributes":{"m":{"a":1}}}"#),
+                RejectCode::InvalidAttribute,
+                "got an object",
+            ),
+            (
+                event("[]"),
+                RejectCode::InvalidField,
+                "'data' must be an object",
+            ),
+            (
+                event(r#"{"project_id":5,"volume":1}"#),
+                RejectCode::InvalidField,
+                "'data.project_id' must be a string",
+            ),
+            (
+                event(r#"{"project_id":"","volume":1}"#),
+                RejectCode::MissingField,
+                "'data.project_id'",
+            ),
         ];
         for (json, code, needle) in cases {
             let (c, m, _) = code_and_message(&json);
             assert_eq!(c, code, "{json}: {m}");
-            assert!(m.contains(needle), "{json}: message '{m}' should mention {needle}");
+            assert!(
+                m.contains(needle),
+                "{json}: message '{m}' should mention {needle}"
+            );
         }
     }
 

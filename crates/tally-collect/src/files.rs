@@ -168,10 +168,12 @@ where
             reader.consume(n);
         }
         let window = buf.len().min(chunk_bytes);
-        let newline = buf[..window]
-            .iter()
-            .rposition(|&c| c == b'\n')
-            .or_else(|| buf[window..].iter().position(|&c| c == b'\n').map(|i| window + i));
+        let newline = buf[..window].iter().rposition(|&c| c == b'\n').or_else(|| {
+            buf[window..]
+                .iter()
+                .position(|&c| c == b'\n')
+                .map(|i| window + i)
+        });
         let cut = match newline {
             Some(i) => i + 1,
             None if eof => buf.len(),
@@ -315,16 +317,21 @@ mod tests {
 
     fn collect(path: &Path, chunk: usize) -> Result<Vec<(u64, Vec<String>)>, ReadError<String>> {
         let mut out = Vec::new();
-        read_chunks(path, chunk, Arc::default(), |c: FileChunk| -> Result<(), String> {
-            out.push((
-                c.base_index,
-                c.elements
-                    .iter()
-                    .map(|e| String::from_utf8(e.to_vec()).unwrap())
-                    .collect(),
-            ));
-            Ok(())
-        })?;
+        read_chunks(
+            path,
+            chunk,
+            Arc::default(),
+            |c: FileChunk| -> Result<(), String> {
+                out.push((
+                    c.base_index,
+                    c.elements
+                        .iter()
+                        .map(|e| String::from_utf8(e.to_vec()).unwrap())
+                        .collect(),
+                ));
+                Ok(())
+            },
+        )?;
         Ok(out)
     }
 
@@ -340,7 +347,9 @@ mod tests {
     }
 
     fn lines(n: usize) -> Vec<String> {
-        (0..n).map(|i| format!("{{\"i\":{i},\"s\":\"x\\n]\"}}")).collect()
+        (0..n)
+            .map(|i| format!("{{\"i\":{i},\"s\":\"x\\n]\"}}"))
+            .collect()
     }
 
     #[test]

@@ -83,11 +83,8 @@ fn first_non_blank(b: &[u8]) -> Option<u8> {
 }
 
 fn split_array(body: &Bytes) -> Result<Vec<Bytes>, BodyError> {
-    let items: Vec<&RawValue> = serde_json::from_slice(body).map_err(|e| {
-        malformed(format!(
-            "the body is not a valid JSON array of events: {e}"
-        ))
-    })?;
+    let items: Vec<&RawValue> = serde_json::from_slice(body)
+        .map_err(|e| malformed(format!("the body is not a valid JSON array of events: {e}")))?;
     let base = body.as_ptr() as usize;
     Ok(items
         .into_iter()
@@ -111,7 +108,10 @@ pub fn split_lines(body: &Bytes) -> Vec<Bytes> {
         if line_end > start && bytes[line_end - 1] == b'\r' {
             line_end -= 1;
         }
-        if bytes[start..line_end].iter().any(|c| !c.is_ascii_whitespace()) {
+        if bytes[start..line_end]
+            .iter()
+            .any(|c| !c.is_ascii_whitespace())
+        {
             out.push(body.slice(start..line_end));
         }
         start = end + 1;

@@ -18,5 +18,7 @@ pub mod files;
 pub mod framing;
 
 pub use cloudevents::CloudEventsDecoder;
-pub use decoder::{Decoded, Decoder, ElementError, FORMATS, decode_body, decode_elements, decoder_for};
+pub use decoder::{
+    Decoded, Decoder, ElementError, FORMATS, decode_body, decode_elements, decoder_for,
+};
 pub use framing::{BodyError, Framing};

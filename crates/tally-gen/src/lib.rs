@@ -41,12 +41,48 @@ struct Flavor {
 }
 
 const FLAVORS: &[Flavor] = &[
-    Flavor { name: "m1.tiny", id: "1", vcpus: 1, ram_mb: 512, disk_gb: 1 },
-    Flavor { name: "m1.small", id: "2", vcpus: 1, ram_mb: 2048, disk_gb: 20 },
-    Flavor { name: "m1.medium", id: "3", vcpus: 2, ram_mb: 4096, disk_gb: 40 },
-    Flavor { name: "m1.large", id: "4", vcpus: 4, ram_mb: 8192, disk_gb: 80 },
-    Flavor { name: "m1.xlarge", id: "5", vcpus: 8, ram_mb: 16384, disk_gb: 160 },
-    Flavor { name: "g1.gpu", id: "6", vcpus: 16, ram_mb: 65536, disk_gb: 200 },
+    Flavor {
+        name: "m1.tiny",
+        id: "1",
+        vcpus: 1,
+        ram_mb: 512,
+        disk_gb: 1,
+    },
+    Flavor {
+        name: "m1.small",
+        id: "2",
+        vcpus: 1,
+        ram_mb: 2048,
+        disk_gb: 20,
+    },
+    Flavor {
+        name: "m1.medium",
+        id: "3",
+        vcpus: 2,
+        ram_mb: 4096,
+        disk_gb: 40,
+    },
+    Flavor {
+        name: "m1.large",
+        id: "4",
+        vcpus: 4,
+        ram_mb: 8192,
+        disk_gb: 80,
+    },
+    Flavor {
+        name: "m1.xlarge",
+        id: "5",
+        vcpus: 8,
+        ram_mb: 16384,
+        disk_gb: 160,
+    },
+    Flavor {
+        name: "g1.gpu",
+        id: "6",
+        vcpus: 16,
+        ram_mb: 65536,
+        disk_gb: 200,
+    },
 ];
 const ZONES: &[&str] = &["az1", "az2", "az3"];
 const VOLUME_TYPES: &[&str] = &["ssd", "hdd", "nvme"];
@@ -95,7 +131,14 @@ pub struct Generator {
 fn uuid(rng: &mut ChaCha8Rng) -> String {
     let b: [u8; 16] = rng.random();
     let h: String = b.iter().map(|x| format!("{x:02x}")).collect();
-    format!("{}-{}-{}-{}-{}", &h[0..8], &h[8..12], &h[12..16], &h[16..20], &h[20..32])
+    format!(
+        "{}-{}-{}-{}-{}",
+        &h[0..8],
+        &h[8..12],
+        &h[12..16],
+        &h[16..20],
+        &h[20..32]
+    )
 }
 
 impl Generator {
@@ -149,24 +192,40 @@ impl Generator {
                 }
             })
             .collect();
-        let simple = |rng: &mut ChaCha8Rng, n: usize, sizes: (u64, u64), labels: &[&'static str]| {
-            (0..n)
-                .map(|i| {
-                    let (created, deleted) = lifetime(rng, 0.7, 0.2);
-                    Simple {
-                        id: uuid(rng),
-                        project: i % n_projects,
-                        created,
-                        deleted,
-                        size: rng.random_range(sizes.0..sizes.1),
-                        label: labels[rng.random_range(0..labels.len())],
-                    }
-                })
-                .collect::<Vec<_>>()
-        };
-        let volumes = simple(&mut rng, (cfg.instances / 2) as usize, (10, 500), VOLUME_TYPES);
-        let floating_ips = simple(&mut rng, (cfg.instances / 3) as usize, (1, 2), &["ACTIVE", "DOWN"]);
-        let images = simple(&mut rng, n_projects * 2, (200 << 20, 8 << 30), &["qcow2", "raw"]);
+        let simple =
+            |rng: &mut ChaCha8Rng, n: usize, sizes: (u64, u64), labels: &[&'static str]| {
+                (0..n)
+                    .map(|i| {
+                        let (created, deleted) = lifetime(rng, 0.7, 0.2);
+                        Simple {
+                            id: uuid(rng),
+                            project: i % n_projects,
+                            created,
+                            deleted,
+                            size: rng.random_range(sizes.0..sizes.1),
+                            label: labels[rng.random_range(0..labels.len())],
+                        }
+                    })
+                    .collect::<Vec<_>>()
+            };
+        let volumes = simple(
+            &mut rng,
+            (cfg.instances / 2) as usize,
+            (10, 500),
+            VOLUME_TYPES,
+        );
+        let floating_ips = simple(
+            &mut rng,
+            (cfg.instances / 3) as usize,
+            (1, 2),
+            &["ACTIVE", "DOWN"],
+        );
+        let images = simple(
+            &mut rng,
+            n_projects * 2,
+            (200 << 20, 8 << 30),
+            &["qcow2", "raw"],
+        );
         let containers = simple(&mut rng, n_projects, (1 << 20, 500 << 30), &["standard"]);
         let slots = period.num_minutes() / i64::from(cfg.interval_minutes.max(1));
         Generator {
@@ -224,13 +283,20 @@ impl Generator {
             if !alive(inst.created, inst.deleted) {
                 continue;
             }
-            let (id, project, zone, created, deleted) =
-                (inst.id.clone(), inst.project, inst.zone, inst.created, inst.deleted);
+            let (id, project, zone, created, deleted) = (
+                inst.id.clone(),
+                inst.project,
+                inst.zone,
+                inst.created,
+                inst.deleted,
+            );
             let flavor_now = match inst.resized_to {
                 Some((at, f)) if at <= slot_start => f,
                 _ => inst.flavor,
             };
-            let resize = inst.resized_to.filter(|(at, _)| *at >= slot_start && *at < slot_end);
+            let resize = inst
+                .resized_to
+                .filter(|(at, _)| *at >= slot_start && *at < slot_end);
             let f = &FLAVORS[flavor_now];
             let attrs = |status: &str, event: &str, f: &Flavor| {
                 format!(
@@ -240,10 +306,16 @@ impl Generator {
             };
             if created >= slot_start {
                 let a = attrs("active", "compute.instance.create.end", f);
-                self.event(created, "instance", &id, project, "gauge", "1", "instance", &a);
+                self.event(
+                    created, "instance", &id, project, "gauge", "1", "instance", &a,
+                );
             }
             if let Some((at, to)) = resize {
-                let a = attrs("active", "compute.instance.resize.confirm.end", &FLAVORS[to]);
+                let a = attrs(
+                    "active",
+                    "compute.instance.resize.confirm.end",
+                    &FLAVORS[to],
+                );
                 self.event(at, "instance", &id, project, "gauge", "1", "instance", &a);
             }
             let poll = slot_start.max(created) + Duration::seconds(self.rng.random_range(0..300));
@@ -251,15 +323,60 @@ impl Generator {
                 let a = attrs("active", "poll", f);
                 self.event(poll, "instance", &id, project, "gauge", "1", "instance", &a);
                 let sa = format!(r#""flavor_name":"{}""#, f.name);
-                self.event(poll, "vcpus", &id, project, "gauge", &f.vcpus.to_string(), "vcpu", &sa);
-                self.event(poll, "memory", &id, project, "gauge", &f.ram_mb.to_string(), "MiB", &sa);
-                self.event(poll, "disk.root.size", &id, project, "gauge", &f.disk_gb.to_string(), "GiB", &sa);
+                self.event(
+                    poll,
+                    "vcpus",
+                    &id,
+                    project,
+                    "gauge",
+                    &f.vcpus.to_string(),
+                    "vcpu",
+                    &sa,
+                );
+                self.event(
+                    poll,
+                    "memory",
+                    &id,
+                    project,
+                    "gauge",
+                    &f.ram_mb.to_string(),
+                    "MiB",
+                    &sa,
+                );
+                self.event(
+                    poll,
+                    "disk.root.size",
+                    &id,
+                    project,
+                    "gauge",
+                    &f.disk_gb.to_string(),
+                    "GiB",
+                    &sa,
+                );
                 let out: u64 = self.rng.random_range(0..5_000_000_000);
                 let inn: u64 = self.rng.random_range(0..2_000_000_000);
                 let nic = format!("{id}-tap0");
                 let na = format!(r#""instance_id":"{id}""#);
-                self.event(poll, "network.outgoing.bytes", &nic, project, "delta", &out.to_string(), "B", &na);
-                self.event(poll, "network.incoming.bytes", &nic, project, "delta", &inn.to_string(), "B", &na);
+                self.event(
+                    poll,
+                    "network.outgoing.bytes",
+                    &nic,
+                    project,
+                    "delta",
+                    &out.to_string(),
+                    "B",
+                    &na,
+                );
+                self.event(
+                    poll,
+                    "network.incoming.bytes",
+                    &nic,
+                    project,
+                    "delta",
+                    &inn.to_string(),
+                    "B",
+                    &na,
+                );
             }
             if let Some(d) = deleted.filter(|d| *d >= slot_start && *d < slot_end) {
                 let a = attrs("deleted", "compute.instance.delete.end", f);
@@ -289,9 +406,16 @@ impl Generator {
                 if !alive(r.created, r.deleted) {
                     continue;
                 }
-                let (id, project, size, label, created, deleted) =
-                    (r.id.clone(), r.project, r.size, r.label, r.created, r.deleted);
-                let poll = slot_start.max(created) + Duration::seconds(self.rng.random_range(0..300));
+                let (id, project, size, label, created, deleted) = (
+                    r.id.clone(),
+                    r.project,
+                    r.size,
+                    r.label,
+                    r.created,
+                    r.deleted,
+                );
+                let poll =
+                    slot_start.max(created) + Duration::seconds(self.rng.random_range(0..300));
                 if deleted.is_some_and(|d| poll >= d) || poll >= slot_end {
                     continue;
                 }
@@ -302,7 +426,16 @@ impl Generator {
                     size
                 };
                 let attrs = format!(r#""{label_name}":"{label}","availability_zone":"az1""#);
-                self.event(poll, meter, &id, project, "gauge", &volume.to_string(), unit, &attrs);
+                self.event(
+                    poll,
+                    meter,
+                    &id,
+                    project,
+                    "gauge",
+                    &volume.to_string(),
+                    unit,
+                    &attrs,
+                );
             }
         }
     }
@@ -336,8 +469,8 @@ pub fn write_ndjson(cfg: GenConfig, out: &mut impl Write) -> io::Result<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use decoding::decode_all;
     use chrono::TimeZone;
+    use decoding::decode_all;
 
     mod decoding {
         use chrono::Utc;
@@ -345,9 +478,7 @@ mod tests {
 
         pub fn decode_all(text: &str) -> (usize, usize) {
             let body = text.as_bytes().to_vec();
-            let body = Framing::Ndjson
-                .split(&body.into())
-                .expect("ndjson splits");
+            let body = Framing::Ndjson.split(&body.into()).expect("ndjson splits");
             let mut ok = 0;
             let mut bad = 0;
             for e in &body {

@@ -100,11 +100,15 @@ impl<'a> Reader<'a> {
     }
 
     fn u32(&mut self) -> Result<u32, CodecError> {
-        Ok(u32::from_le_bytes(self.take(4)?.try_into().expect("4 bytes")))
+        Ok(u32::from_le_bytes(
+            self.take(4)?.try_into().expect("4 bytes"),
+        ))
     }
 
     fn i64(&mut self) -> Result<i64, CodecError> {
-        Ok(i64::from_le_bytes(self.take(8)?.try_into().expect("8 bytes")))
+        Ok(i64::from_le_bytes(
+            self.take(8)?.try_into().expect("8 bytes"),
+        ))
     }
 
     fn string(&mut self) -> Result<String, CodecError> {
@@ -188,7 +192,11 @@ pub(crate) mod tests {
             time: from_micros(1_790_000_000_000_000 + i as i64 * 1_000_000),
             received_at: from_micros(1_790_000_100_000_000),
             project_id: format!("p-{}", i % 3),
-            user_id: if i % 2 == 0 { Some("u".into()) } else { None },
+            user_id: if i.is_multiple_of(2) {
+                Some("u".into())
+            } else {
+                None
+            },
             domain_id: None,
             resource_id: format!("r-{}", i % 5),
             meter: "volume.size".into(),

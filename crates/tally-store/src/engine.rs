@@ -267,9 +267,10 @@ impl RawStore {
         for d in [&wal_dir, &keys_dir] {
             std::fs::create_dir_all(d).map_err(io(format!("cannot create {}", d.display())))?;
         }
-        let raw_url = config.raw_url.clone().unwrap_or_else(|| {
-            format!("file://{}", config.data_dir.join("raw").display())
-        });
+        let raw_url = config
+            .raw_url
+            .clone()
+            .unwrap_or_else(|| format!("file://{}", config.data_dir.join("raw").display()));
         let objects = RawObjects::open(&raw_url)?;
         let shared = Arc::new(Shared {
             dedupe: Mutex::new(DedupeIndex::new(
@@ -450,8 +451,14 @@ impl RawStore {
             let t = to_micros(r.time);
             t >= from_us
                 && t < to_us
-                && filter.project_id.as_ref().is_none_or(|p| *p == r.project_id)
-                && filter.resource_id.as_ref().is_none_or(|p| *p == r.resource_id)
+                && filter
+                    .project_id
+                    .as_ref()
+                    .is_none_or(|p| *p == r.project_id)
+                && filter
+                    .resource_id
+                    .as_ref()
+                    .is_none_or(|p| *p == r.resource_id)
                 && filter.meter.as_ref().is_none_or(|p| *p == r.meter)
                 && after.is_none_or(|c| QueryCursor::of(r) > *c)
         };
@@ -693,7 +700,10 @@ impl RawStore {
 
 impl Shared {
     async fn load_key_files(&self) -> Result<(), StoreError> {
-        let committed: HashSet<String> = catalog::flush_ids(&self.db.pool).await?.into_iter().collect();
+        let committed: HashSet<String> = catalog::flush_ids(&self.db.pool)
+            .await?
+            .into_iter()
+            .collect();
         let mut ix = self.dedupe.lock().expect("dedupe lock");
         let mut files = self.key_files.lock().expect("key files lock");
         let entries = std::fs::read_dir(&self.keys_dir)
@@ -769,7 +779,10 @@ impl Shared {
     /// Deletes segment files that no catalog row claims: the leftovers of a
     /// flush that crashed before committing.
     async fn remove_orphan_segments(&self) -> Result<(), StoreError> {
-        let known: HashSet<String> = catalog::all_paths(&self.db.pool).await?.into_iter().collect();
+        let known: HashSet<String> = catalog::all_paths(&self.db.pool)
+            .await?
+            .into_iter()
+            .collect();
         for path in self.objects.list("segments").await? {
             if path.ends_with(".parquet") && !known.contains(&path) {
                 tracing::info!(path, "removing a segment left by an interrupted flush");
@@ -796,7 +809,8 @@ impl Shared {
             let started = Instant::now();
             self.write_flush(&flush_id, FlushOrigin::Wal(seq), chunks, Vec::new())
                 .await?;
-            metrics::histogram!("tally_store_flush_seconds").record(started.elapsed().as_secs_f64());
+            metrics::histogram!("tally_store_flush_seconds")
+                .record(started.elapsed().as_secs_f64());
             tracing::debug!(seq, records = count, "flushed log file to Parquet");
         }
         self.memtable.write().expect("memtable lock").remove(&seq);
@@ -823,52 +837,61 @@ impl Shared {
         let key_path = self.keys_dir.join(format!("{flush_id}.keys"));
         let write_keys = origin != FlushOrigin::Compaction;
         type Encoded = (Vec<(SegmentEntry, Vec<u8>)>, dedupe::Day);
-        let encoded: Encoded = tokio::task::spawn_blocking(move || -> Result<Encoded, StoreError> {
-            let mut by_date: BTreeMap<NaiveDate, Vec<&UsageRecord>> = BTreeMap::new();
-            for r in chunks.iter().flat_map(|c| c.iter()) {
-                by_date.entry(r.time.date_naive()).or_default().push(r);
-            }
-            let mut max_day = i32::MIN;
-            if write_keys {
-                let keys: Vec<(KeyHash, dedupe::Day)> = chunks
-                    .iter()
-                    .flat_map(|c| c.iter())
-                    .map(|r| (dedupe::key_hash(&r.source, &r.id), day_of(r.received_at)))
-                    .collect();
-                max_day = keys.iter().map(|(_, d)| *d).max().unwrap_or(i32::MIN);
-                dedupe::write_key_file(&key_path, &keys)
-                    .map_err(io(format!("cannot write key file {}", key_path.display())))?;
-            }
-            let mut files = Vec::new();
-            for (n, (date, mut records)) in by_date.into_iter().enumerate() {
-                records.sort_by(|a, b| segment::sort_key(a).cmp(&segment::sort_key(b)));
-                let path = format!("segments/date={date}/{id}-{n:04}.parquet");
-                let bytes = segment::encode(&records, zstd_level).map_err(|source| {
-                    StoreError::Segment {
-                        path: path.clone(),
-                        source,
-                    }
-                })?;
-                let entry = SegmentEntry {
-                    path,
-                    flush_id: id.clone(),
-                    partition_date: date.to_string(),
-                    min_time_us: to_micros(records[0].time),
-                    max_time_us: to_micros(records[records.len() - 1].time),
-                    min_received_us: records.iter().map(|r| to_micros(r.received_at)).min().unwrap_or(0),
-                    max_received_us: records.iter().map(|r| to_micros(r.received_at)).max().unwrap_or(0),
-                    row_count: records.len() as i64,
-                    byte_size: bytes.len() as i64,
-                };
-                files.push((entry, bytes));
-            }
-            Ok((files, max_day))
-        })
-        .await
-        .map_err(|e| StoreError::Io {
-            context: "segment encoding task failed".into(),
-            source: std::io::Error::other(e.to_string()),
-        })??;
+        let encoded: Encoded =
+            tokio::task::spawn_blocking(move || -> Result<Encoded, StoreError> {
+                let mut by_date: BTreeMap<NaiveDate, Vec<&UsageRecord>> = BTreeMap::new();
+                for r in chunks.iter().flat_map(|c| c.iter()) {
+                    by_date.entry(r.time.date_naive()).or_default().push(r);
+                }
+                let mut max_day = i32::MIN;
+                if write_keys {
+                    let keys: Vec<(KeyHash, dedupe::Day)> = chunks
+                        .iter()
+                        .flat_map(|c| c.iter())
+                        .map(|r| (dedupe::key_hash(&r.source, &r.id), day_of(r.received_at)))
+                        .collect();
+                    max_day = keys.iter().map(|(_, d)| *d).max().unwrap_or(i32::MIN);
+                    dedupe::write_key_file(&key_path, &keys)
+                        .map_err(io(format!("cannot write key file {}", key_path.display())))?;
+                }
+                let mut files = Vec::new();
+                for (n, (date, mut records)) in by_date.into_iter().enumerate() {
+                    records.sort_by(|a, b| segment::sort_key(a).cmp(&segment::sort_key(b)));
+                    let path = format!("segments/date={date}/{id}-{n:04}.parquet");
+                    let bytes = segment::encode(&records, zstd_level).map_err(|source| {
+                        StoreError::Segment {
+                            path: path.clone(),
+                            source,
+                        }
+                    })?;
+                    let entry = SegmentEntry {
+                        path,
+                        flush_id: id.clone(),
+                        partition_date: date.to_string(),
+                        min_time_us: to_micros(records[0].time),
+                        max_time_us: to_micros(records[records.len() - 1].time),
+                        min_received_us: records
+                            .iter()
+                            .map(|r| to_micros(r.received_at))
+                            .min()
+                            .unwrap_or(0),
+                        max_received_us: records
+                            .iter()
+                            .map(|r| to_micros(r.received_at))
+                            .max()
+                            .unwrap_or(0),
+                        row_count: records.len() as i64,
+                        byte_size: bytes.len() as i64,
+                    };
+                    files.push((entry, bytes));
+                }
+                Ok((files, max_day))
+            })
+            .await
+            .map_err(|e| StoreError::Io {
+                context: "segment encoding task failed".into(),
+                source: std::io::Error::other(e.to_string()),
+            })??;
         let (files, max_day) = encoded;
         let mut entries = Vec::with_capacity(files.len());
         for (entry, bytes) in files {
@@ -913,7 +936,9 @@ fn writer_loop(
     let interval = shared.config.flush_interval;
     let mut stop_reply = None;
     loop {
-        let wait = interval.saturating_sub(opened.elapsed()).max(Duration::from_millis(10));
+        let wait = interval
+            .saturating_sub(opened.elapsed())
+            .max(Duration::from_millis(10));
         let first = match rx.recv_timeout(wait) {
             Ok(c) => Some(c),
             Err(RecvTimeoutError::Timeout) => None,

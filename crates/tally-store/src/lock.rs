@@ -91,8 +91,11 @@ impl DataDirLock {
     pub fn update(&mut self, holder: &LockHolder) -> std::io::Result<()> {
         self.file.set_len(0)?;
         self.file.rewind()?;
-        self.file
-            .write_all(serde_json::to_string(holder).expect("serializable").as_bytes())
+        self.file.write_all(
+            serde_json::to_string(holder)
+                .expect("serializable")
+                .as_bytes(),
+        )
     }
 }
 
@@ -111,7 +114,10 @@ mod tests {
         let held = DataDirLock::acquire(dir.path(), &me).unwrap();
         let err = DataDirLock::acquire(dir.path(), &me).unwrap_err();
         let msg = err.to_string();
-        assert!(msg.contains("tally serve") && msg.contains("127.0.0.1:8080"), "{msg}");
+        assert!(
+            msg.contains("tally serve") && msg.contains("127.0.0.1:8080"),
+            "{msg}"
+        );
         drop(held);
         DataDirLock::acquire(dir.path(), &me).unwrap();
     }

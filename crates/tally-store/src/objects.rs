@@ -96,9 +96,8 @@ impl RawObjects {
             .await?;
         if let Some(root) = &self.local_root {
             let file = root.join(path);
-            let sync = |p: &std::path::Path| -> std::io::Result<()> {
-                std::fs::File::open(p)?.sync_all()
-            };
+            let sync =
+                |p: &std::path::Path| -> std::io::Result<()> { std::fs::File::open(p)?.sync_all() };
             sync(&file).map_err(|source| ObjectsError::Sync {
                 path: file.clone(),
                 source,

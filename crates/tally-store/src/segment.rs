@@ -21,7 +21,9 @@ use arrow::array::{
     Array, ArrayRef, AsArray, BinaryBuilder, Decimal128Builder, RecordBatch, StringBuilder,
     TimestampMicrosecondBuilder,
 };
-use arrow::datatypes::{DataType, Decimal128Type, Field, Schema, SchemaRef, TimeUnit, TimestampMicrosecondType};
+use arrow::datatypes::{
+    DataType, Decimal128Type, Field, Schema, SchemaRef, TimeUnit, TimestampMicrosecondType,
+};
 use bytes::Bytes;
 use parquet::arrow::ArrowWriter;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
@@ -63,7 +65,11 @@ pub fn schema() -> SchemaRef {
         Field::new("resource_id", DataType::Utf8, false),
         Field::new("meter", DataType::Utf8, false),
         Field::new("kind", DataType::Utf8, false),
-        Field::new("volume", DataType::Decimal128(38, VOLUME_SCALE as i8), false),
+        Field::new(
+            "volume",
+            DataType::Decimal128(38, VOLUME_SCALE as i8),
+            false,
+        ),
         Field::new("unit", DataType::Utf8, true),
         Field::new("attributes", DataType::Utf8, false),
         Field::new("payload", DataType::Binary, false),
@@ -101,8 +107,8 @@ pub fn to_batch(records: &[&UsageRecord]) -> Result<RecordBatch, SegmentError> {
     let mut resource = StringBuilder::with_capacity(n, n * 36);
     let mut meter = StringBuilder::with_capacity(n, n * 12);
     let mut kind = StringBuilder::with_capacity(n, n * 5);
-    let mut volume = Decimal128Builder::with_capacity(n)
-        .with_precision_and_scale(38, VOLUME_SCALE as i8)?;
+    let mut volume =
+        Decimal128Builder::with_capacity(n).with_precision_and_scale(38, VOLUME_SCALE as i8)?;
     let mut unit = StringBuilder::new();
     let mut attributes = StringBuilder::with_capacity(n, n * 64);
     let mut payload = BinaryBuilder::with_capacity(n, n * 400);
@@ -153,9 +159,8 @@ pub fn from_batch(
     let received = batch.column(3).as_primitive::<TimestampMicrosecondType>();
     let volume = batch.column(10).as_primitive::<Decimal128Type>();
     let payload = batch.column(13).as_binary::<i32>();
-    let opt = |a: &arrow::array::StringArray, i: usize| {
-        (!a.is_null(i)).then(|| a.value(i).to_string())
-    };
+    let opt =
+        |a: &arrow::array::StringArray, i: usize| (!a.is_null(i)).then(|| a.value(i).to_string());
     let mut out = Vec::new();
     for i in rows {
         let attributes: Attributes = serde_json::from_str(attrs.value(i))

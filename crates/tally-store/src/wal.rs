@@ -159,16 +159,20 @@ pub fn replay(file_path: &Path) -> Result<Replay, ReplayError> {
         let body = data.slice(pos + HEADER..pos + HEADER + len);
         let mut reader = codec::Reader::new(&body);
         for _ in 0..count {
-            out.records.push(reader.record().map_err(|source| ReplayError::Codec {
-                path: file_path.to_path_buf(),
-                source,
-            })?);
+            out.records
+                .push(reader.record().map_err(|source| ReplayError::Codec {
+                    path: file_path.to_path_buf(),
+                    source,
+                })?);
         }
         pos += HEADER + len;
     }
     if pos < data.len() {
         out.truncated_bytes = (data.len() - pos) as u64;
-        let f = OpenOptions::new().write(true).open(file_path).map_err(io_err)?;
+        let f = OpenOptions::new()
+            .write(true)
+            .open(file_path)
+            .map_err(io_err)?;
         f.set_len(pos as u64).map_err(io_err)?;
         f.sync_all().map_err(io_err)?;
     }

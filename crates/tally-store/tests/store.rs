@@ -15,7 +15,9 @@ fn record(i: u64, project: &str, received: DateTime<Utc>) -> UsageRecord {
     UsageRecord {
         id: format!("ev-{i}"),
         source: "test".into(),
-        time: Utc.with_ymd_and_hms(2026, 10, 1 + (i % 3) as u32, 12, 0, 0).unwrap()
+        time: Utc
+            .with_ymd_and_hms(2026, 10, 1 + (i % 3) as u32, 12, 0, 0)
+            .unwrap()
             + chrono::Duration::seconds(i as i64),
         received_at: received,
         project_id: project.into(),
@@ -63,7 +65,11 @@ async fn appended_records_are_readable_and_survive_restart() {
         .await
         .unwrap();
     assert_eq!((out.accepted, out.duplicates), (10, 0));
-    assert_eq!(all(&store, &admin()).await.len(), 10, "readable before flush");
+    assert_eq!(
+        all(&store, &admin()).await.len(),
+        10,
+        "readable before flush"
+    );
     store.shutdown().await.unwrap();
 
     let store = open(dir.path(), |_| {}).await;
@@ -105,7 +111,11 @@ async fn duplicates_within_one_request_and_across_concurrent_requests_count_once
     let now = Utc::now();
     let store = open(dir.path(), |_| {}).await;
     let out = store
-        .append(vec![record(1, "p", now), record(1, "p", now), record(2, "p", now)])
+        .append(vec![
+            record(1, "p", now),
+            record(1, "p", now),
+            record(2, "p", now),
+        ])
         .await
         .unwrap();
     assert_eq!((out.accepted, out.duplicates), (2, 1));
@@ -169,7 +179,10 @@ async fn project_readers_see_only_their_project() {
         ..Default::default()
     };
     let page = store.query(&reader, &other, None, 100).await.unwrap();
-    assert!(page.records.is_empty(), "asking for another project gives nothing");
+    assert!(
+        page.records.is_empty(),
+        "asking for another project gives nothing"
+    );
     store.shutdown().await.unwrap();
 }
 
@@ -257,6 +270,13 @@ async fn filters_select_by_resource_meter_and_time() {
         meter: Some("nope".into()),
         ..Default::default()
     };
-    assert!(store.query(&admin(), &f, None, 100).await.unwrap().records.is_empty());
+    assert!(
+        store
+            .query(&admin(), &f, None, 100)
+            .await
+            .unwrap()
+            .records
+            .is_empty()
+    );
     store.shutdown().await.unwrap();
 }

@@ -73,9 +73,13 @@ pub async fn run(cfg: Config, cmd: AdminCommand) -> anyhow::Result<()> {
         } => {
             let role = match (role, project) {
                 (RoleName::Admin, None) => Role::Admin,
-                (RoleName::Admin, Some(_)) => anyhow::bail!("--project applies to project_reader keys only"),
+                (RoleName::Admin, Some(_)) => {
+                    anyhow::bail!("--project applies to project_reader keys only")
+                }
                 (RoleName::ProjectReader, Some(project_id)) => Role::ProjectReader { project_id },
-                (RoleName::ProjectReader, None) => anyhow::bail!("a project_reader key needs --project ID"),
+                (RoleName::ProjectReader, None) => {
+                    anyhow::bail!("a project_reader key needs --project ID")
+                }
             };
             let key = keys.create(role, &label).await?;
             match output {
@@ -85,7 +89,11 @@ pub async fn run(cfg: Config, cmd: AdminCommand) -> anyhow::Result<()> {
                 ),
                 OutputFormat::Table => {
                     println!("{}", key.secret);
-                    eprintln!("key id {} ({}); the secret above is shown only once", key.info.key_id, key.info.role.name());
+                    eprintln!(
+                        "key id {} ({}); the secret above is shown only once",
+                        key.info.key_id,
+                        key.info.role.name()
+                    );
                 }
             }
         }
@@ -94,7 +102,10 @@ pub async fn run(cfg: Config, cmd: AdminCommand) -> anyhow::Result<()> {
             match output {
                 OutputFormat::Json => println!("{}", serde_json::to_string(&list)?),
                 OutputFormat::Table => {
-                    println!("{:<14}  {:<16}  {:<22}  {:<22}  label", "key id", "role", "created", "last used");
+                    println!(
+                        "{:<14}  {:<16}  {:<22}  {:<22}  label",
+                        "key id", "role", "created", "last used"
+                    );
                     for k in list {
                         println!(
                             "{:<14}  {:<16}  {:<22}  {:<22}  {}{}",
@@ -103,7 +114,11 @@ pub async fn run(cfg: Config, cmd: AdminCommand) -> anyhow::Result<()> {
                             k.created_at,
                             k.last_used_at.unwrap_or_else(|| "-".into()),
                             k.label,
-                            if k.revoked_at.is_some() { " (revoked)" } else { "" }
+                            if k.revoked_at.is_some() {
+                                " (revoked)"
+                            } else {
+                                ""
+                            }
                         );
                     }
                 }

@@ -109,7 +109,11 @@ impl Config {
         let mut fig = Figment::from(Serialized::defaults(Config::default()));
         match file {
             Some(f) => {
-                anyhow::ensure!(f.exists(), "configuration file {} does not exist", f.display());
+                anyhow::ensure!(
+                    f.exists(),
+                    "configuration file {} does not exist",
+                    f.display()
+                );
                 fig = fig.merge(Toml::file(f));
             }
             None if Path::new("tally.toml").exists() => fig = fig.merge(Toml::file("tally.toml")),
@@ -120,7 +124,8 @@ impl Config {
                 .ignore(&["config", "api_key", "log"])
                 .split("__"),
         );
-        fig.extract().context("invalid configuration (file or TALLY_* variables)")
+        fig.extract()
+            .context("invalid configuration (file or TALLY_* variables)")
     }
 
     /// The billing database URL in force.
@@ -162,7 +167,9 @@ fn filter(default: &str) -> tracing_subscriber::EnvFilter {
 /// Logging for the server: info and up, text or JSON lines on stderr.
 pub fn init_logging(cfg: &Config) {
     let f = filter("info,sqlx=warn");
-    let builder = tracing_subscriber::fmt().with_env_filter(f).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(f)
+        .with_writer(std::io::stderr);
     if cfg.log_format == "json" {
         let _ = builder.json().try_init();
     } else {
@@ -173,7 +180,9 @@ pub fn init_logging(cfg: &Config) {
 /// Logging for one-shot commands: warnings only, so output stays readable.
 pub fn init_logging_quiet(cfg: &Config) {
     let f = filter("warn");
-    let builder = tracing_subscriber::fmt().with_env_filter(f).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(f)
+        .with_writer(std::io::stderr);
     if cfg.log_format == "json" {
         let _ = builder.json().try_init();
     } else {
@@ -182,6 +191,8 @@ pub fn init_logging_quiet(cfg: &Config) {
 }
 
 #[cfg(test)]
+// figment's test jail returns its large error type by design.
+#[allow(clippy::result_large_err)]
 mod tests {
     use super::*;
 

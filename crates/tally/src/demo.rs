@@ -99,9 +99,15 @@ pub async fn run(mut cfg: Config, args: DemoArgs) -> anyhow::Result<()> {
         started.elapsed().as_secs_f64()
     );
     eprintln!("\nTry:");
-    eprintln!("  curl -s -H \"Authorization: Bearer $(cat {}/admin-key)\" 'http://{addr}/v1/events?meter=volume.size&limit=2'", data_dir.display());
+    eprintln!(
+        "  curl -s -H \"Authorization: Bearer $(cat {}/admin-key)\" 'http://{addr}/v1/events?meter=volume.size&limit=2'",
+        data_dir.display()
+    );
     eprintln!("  curl -s http://{addr}/metrics | grep tally_");
-    eprintln!("  tally events --server http://{addr} --data-dir {} --meter instance --limit 5", data_dir.display());
+    eprintln!(
+        "  tally events --server http://{addr} --data-dir {} --meter instance --limit 5",
+        data_dir.display()
+    );
     if args.exit_after_ingest {
         let _ = stop_tx.send(());
     } else {

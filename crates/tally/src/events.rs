@@ -89,7 +89,11 @@ pub async fn run(cfg: Config, args: EventsArgs) -> anyhow::Result<()> {
                 from: args.from,
                 to: args.to,
             };
-            let cursor = args.cursor.as_deref().map(QueryCursor::decode).transpose()?;
+            let cursor = args
+                .cursor
+                .as_deref()
+                .map(QueryCursor::decode)
+                .transpose()?;
             // The local data directory belongs to whoever can read it: the
             // operator, with admin scope.
             let operator = Identity {
@@ -111,7 +115,9 @@ pub async fn run(cfg: Config, args: EventsArgs) -> anyhow::Result<()> {
 }
 
 fn print_table(page: &serde_json::Value) {
-    let s = |v: &serde_json::Value, k: &str| v.get(k).and_then(|x| x.as_str()).unwrap_or("-").to_string();
+    let s = |v: &serde_json::Value, k: &str| {
+        v.get(k).and_then(|x| x.as_str()).unwrap_or("-").to_string()
+    };
     println!(
         "{:<20}  {:<32}  {:<36}  {:<22}  {:>14}  unit",
         "time", "project", "resource", "meter", "volume"

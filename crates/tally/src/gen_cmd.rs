@@ -43,7 +43,10 @@ impl GenArgs {
             instances: self.instances,
             days: self.days,
             seed: self.seed,
-            start: DateTime::from_naive_utc_and_offset(start.and_hms_opt(0, 0, 0).expect("midnight"), Utc),
+            start: DateTime::from_naive_utc_and_offset(
+                start.and_hms_opt(0, 0, 0).expect("midnight"),
+                Utc,
+            ),
             interval_minutes: self.interval_minutes,
         }
     }

@@ -69,7 +69,11 @@ fn progress_bar(total: u64, output: OutputFormat) -> ProgressBar {
 /// Runs `tally ingest`.
 pub async fn run(cfg: Config, args: IngestArgs) -> anyhow::Result<ExitCode> {
     let decoder = decoder_for(&args.format).ok_or_else(|| {
-        anyhow::anyhow!("unknown --format '{}': use one of {}", args.format, FORMATS.join(", "))
+        anyhow::anyhow!(
+            "unknown --format '{}': use one of {}",
+            args.format,
+            FORMATS.join(", ")
+        )
     })?;
     for p in &args.paths {
         anyhow::ensure!(p.is_file(), "{} is not a readable file", p.display());
@@ -171,10 +175,15 @@ fn pipeline(
     let reader = std::thread::spawn(move || -> anyhow::Result<()> {
         let mut offset = 0u64;
         for path in paths {
-            let n = read_chunks(&path, CHUNK_BYTES, reader_bytes.clone(), |mut chunk: FileChunk| {
-                chunk.base_index += offset;
-                chunk_tx.send(chunk).map_err(|_| "the import stopped")
-            })
+            let n = read_chunks(
+                &path,
+                CHUNK_BYTES,
+                reader_bytes.clone(),
+                |mut chunk: FileChunk| {
+                    chunk.base_index += offset;
+                    chunk_tx.send(chunk).map_err(|_| "the import stopped")
+                },
+            )
             .map_err(|e: ReadError<&str>| anyhow::anyhow!("{e}"))?;
             offset += n;
         }
@@ -194,7 +203,12 @@ fn pipeline(
                         Err(_) => return,
                     };
                     let received_at = Utc::now().trunc_subsecs(6);
-                    let d = decode_elements(decoder.as_ref(), &chunk.elements, chunk.base_index, received_at);
+                    let d = decode_elements(
+                        decoder.as_ref(),
+                        &chunk.elements,
+                        chunk.base_index,
+                        received_at,
+                    );
                     if tx.send(d).is_err() {
                         return;
                     }
@@ -224,14 +238,16 @@ fn pipeline(
         if batch.len() >= batch_records
             && let Err(e) = write(&mut batch, &mut summary)
         {
-            failure = Some(e.context("writing a batch failed; records of earlier batches are stored"));
+            failure =
+                Some(e.context("writing a batch failed; records of earlier batches are stored"));
         }
     }
     if failure.is_none()
         && !batch.is_empty()
         && let Err(e) = write(&mut batch, &mut summary)
     {
-        failure = Some(e.context("writing the last batch failed; records of earlier batches are stored"));
+        failure =
+            Some(e.context("writing the last batch failed; records of earlier batches are stored"));
     }
     for d in decoders {
         let _ = d.join();
@@ -253,7 +269,11 @@ async fn remote(
 ) -> anyhow::Result<Outcome> {
     let key = client::api_key(args.api_key.as_deref(), &cfg.data_dir)?;
     let http = client::http();
-    let url = format!("{}/v1/events?format={}", server.trim_end_matches('/'), args.format);
+    let url = format!(
+        "{}/v1/events?format={}",
+        server.trim_end_matches('/'),
+        args.format
+    );
     let (tx, mut rx) = tokio::sync::mpsc::channel::<FileChunk>(2);
     let paths = args.paths.clone();
     let bytes_read = Arc::new(AtomicU64::new(0));
@@ -261,10 +281,15 @@ async fn remote(
     let reader = tokio::task::spawn_blocking(move || -> anyhow::Result<()> {
         let mut offset = 0u64;
         for path in paths {
-            let n = read_chunks(&path, 1 << 20, reader_bytes.clone(), |mut chunk: FileChunk| {
-                chunk.base_index += offset;
-                tx.blocking_send(chunk).map_err(|_| "the import stopped")
-            })
+            let n = read_chunks(
+                &path,
+                1 << 20,
+                reader_bytes.clone(),
+                |mut chunk: FileChunk| {
+                    chunk.base_index += offset;
+                    tx.blocking_send(chunk).map_err(|_| "the import stopped")
+                },
+            )
             .map_err(|e: ReadError<&str>| anyhow::anyhow!("{e}"))?;
             offset += n;
         }
@@ -294,7 +319,10 @@ async fn remote(
             };
             match answer {
                 Ok(r) => {
-                    let mut s: IngestSummary = r.json().await.context("unexpected answer from the server")?;
+                    let mut s: IngestSummary = r
+                        .json()
+                        .await
+                        .context("unexpected answer from the server")?;
                     for rej in &mut s.rejected {
                         rej.index += base;
                     }

@@ -74,8 +74,12 @@ pub async fn run(
     ready: Option<oneshot::Sender<SocketAddr>>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    std::fs::create_dir_all(&cfg.data_dir)
-        .with_context(|| format!("cannot create the data directory {}", cfg.data_dir.display()))?;
+    std::fs::create_dir_all(&cfg.data_dir).with_context(|| {
+        format!(
+            "cannot create the data directory {}",
+            cfg.data_dir.display()
+        )
+    })?;
     let mut lock = DataDirLock::acquire(
         &cfg.data_dir,
         &LockHolder {
@@ -95,11 +99,19 @@ pub async fn run(
     let store = RawStore::open(cfg.store_config(), db)
         .await
         .context("cannot open the raw usage store")?;
-    tracing::info!(elapsed_ms = started.elapsed().as_millis() as u64, "raw store open (log replayed)");
+    tracing::info!(
+        elapsed_ms = started.elapsed().as_millis() as u64,
+        "raw store open (log replayed)"
+    );
     store.spawn_maintenance();
     let listener = tokio::net::TcpListener::bind(&cfg.listen)
         .await
-        .with_context(|| format!("cannot listen on {}: is another server using it? Pass --listen ADDR", cfg.listen))?;
+        .with_context(|| {
+            format!(
+                "cannot listen on {}: is another server using it? Pass --listen ADDR",
+                cfg.listen
+            )
+        })?;
     let addr = listener.local_addr()?;
     lock.update(&LockHolder {
         pid: std::process::id(),
@@ -115,7 +127,10 @@ pub async fn run(
         started,
     });
     tracing::info!(%addr, data_dir = %cfg.data_dir.display(), "tally listening");
-    eprintln!("tally listening on http://{addr} (data directory {})", cfg.data_dir.display());
+    eprintln!(
+        "tally listening on http://{addr} (data directory {})",
+        cfg.data_dir.display()
+    );
     if let Some(tx) = ready {
         let _ = tx.send(addr);
     }
@@ -124,7 +139,10 @@ pub async fn run(
         .await
         .context("the HTTP server failed")?;
     tracing::info!("shutting down: flushing the log to Parquet");
-    store.shutdown().await.context("flush at shutdown failed; the log will be replayed at next start")?;
+    store
+        .shutdown()
+        .await
+        .context("flush at shutdown failed; the log will be replayed at next start")?;
     eprintln!("tally stopped cleanly");
     Ok(())
 }

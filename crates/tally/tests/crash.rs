@@ -32,7 +32,9 @@ async fn run_once(kill_after: Duration, round: usize) {
         clients.push(tokio::spawn(async move {
             // Bounded so the check after the restart stays quick in debug builds.
             for b in 0..40 {
-                let ids: Vec<String> = (0..200).map(|i| format!("r{round}-c{c}-b{b}-{i}")).collect();
+                let ids: Vec<String> = (0..200)
+                    .map(|i| format!("r{round}-c{c}-b{b}-{i}"))
+                    .collect();
                 let body: Vec<String> = ids.iter().map(|id| event(id, "p", "1")).collect();
                 sent.lock().unwrap().extend(ids.iter().cloned());
                 let resp = client()
@@ -63,19 +65,34 @@ async fn run_once(kill_after: Duration, round: usize) {
     }
     let acked = acked.lock().unwrap().clone();
     let sent = sent.lock().unwrap().clone();
-    assert!(!acked.is_empty(), "some batches were acknowledged before the kill");
+    assert!(
+        !acked.is_empty(),
+        "some batches were acknowledged before the kill"
+    );
 
     let server = Server::start(dir.path());
     let events = server.all_events().await;
     let mut counts: HashMap<String, usize> = HashMap::new();
     for e in &events {
-        *counts.entry(e["id"].as_str().unwrap().to_string()).or_default() += 1;
+        *counts
+            .entry(e["id"].as_str().unwrap().to_string())
+            .or_default() += 1;
     }
     for id in &acked {
-        assert_eq!(counts.get(id).copied(), Some(1), "acknowledged {id} must be stored exactly once");
+        assert_eq!(
+            counts.get(id).copied(),
+            Some(1),
+            "acknowledged {id} must be stored exactly once"
+        );
     }
-    assert!(counts.values().all(|&n| n == 1), "no record is stored twice");
-    assert!(counts.keys().all(|id| sent.contains(id)), "nothing appears that was not sent");
+    assert!(
+        counts.values().all(|&n| n == 1),
+        "no record is stored twice"
+    );
+    assert!(
+        counts.keys().all(|id| sent.contains(id)),
+        "nothing appears that was not sent"
+    );
 
     // Redelivering everything that was sent stores each missing record once.
     let all: Vec<String> = sent.iter().cloned().collect();
@@ -83,11 +100,20 @@ async fn run_once(kill_after: Duration, round: usize) {
     let mut duplicates = 0;
     for chunk in all.chunks(1000) {
         let body: Vec<String> = chunk.iter().map(|id| event(id, "p", "1")).collect();
-        let v: Value = server.post("application/x-ndjson", body.join("\n")).await.json().await.unwrap();
+        let v: Value = server
+            .post("application/x-ndjson", body.join("\n"))
+            .await
+            .json()
+            .await
+            .unwrap();
         accepted += v["accepted"].as_u64().unwrap();
         duplicates += v["duplicates"].as_u64().unwrap();
     }
-    assert_eq!(duplicates as usize, counts.len(), "everything stored is recognised");
+    assert_eq!(
+        duplicates as usize,
+        counts.len(),
+        "everything stored is recognised"
+    );
     assert_eq!(accepted as usize + counts.len(), sent.len());
     assert_eq!(server.all_events().await.len(), sent.len());
     server.stop();

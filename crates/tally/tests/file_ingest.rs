@@ -12,7 +12,11 @@ fn ingest_json(dir: &std::path::Path, files: &[&std::path::Path]) -> Value {
         .args(["--output", "json"])
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     serde_json::from_slice(&out.stdout).expect("stdout is exactly the JSON summary")
 }
 
@@ -24,11 +28,26 @@ fn generated_gzip_and_zstd_files_import_and_reimport_as_duplicates() {
     let zst = dir.path().join("more.ndjson.zst");
     for (path, seed) in [(&gz, "1"), (&zst, "2")] {
         let out = tally(&data)
-            .args(["gen", "--instances", "10", "--days", "2", "--start", "2026-10-01", "--seed", seed, "--out"])
+            .args([
+                "gen",
+                "--instances",
+                "10",
+                "--days",
+                "2",
+                "--start",
+                "2026-10-01",
+                "--seed",
+                seed,
+                "--out",
+            ])
             .arg(path)
             .output()
             .unwrap();
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
     let v = ingest_json(&data, &[&gz, &zst]);
     let accepted = v["accepted"].as_u64().unwrap();
@@ -43,7 +62,9 @@ fn generated_gzip_and_zstd_files_import_and_reimport_as_duplicates() {
     assert_eq!(again["duplicates"].as_u64().unwrap(), accepted);
 
     let out = tally(&data)
-        .args(["events", "--output", "json", "--limit", "1000", "--meter", "instance"])
+        .args([
+            "events", "--output", "json", "--limit", "1000", "--meter", "instance",
+        ])
         .output()
         .unwrap();
     assert!(out.status.success());
@@ -78,7 +99,11 @@ fn local_ingest_while_a_server_runs_says_what_to_do_and_server_mode_works() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
     let file = dir.path().join("e.ndjson");
-    std::fs::write(&file, [event("l1", "p", "1"), event("l2", "p", "2")].join("\n")).unwrap();
+    std::fs::write(
+        &file,
+        [event("l1", "p", "1"), event("l2", "p", "2")].join("\n"),
+    )
+    .unwrap();
     let server = Server::start(&data);
     let out = tally(&data).arg("ingest").arg(&file).output().unwrap();
     assert!(!out.status.success());
@@ -91,7 +116,11 @@ fn local_ingest_while_a_server_runs_says_what_to_do_and_server_mode_works() {
         .arg(&file)
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let v: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["accepted"], 2);
     server.stop();
@@ -102,7 +131,15 @@ fn a_broken_array_file_reports_how_far_it_got() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
     let file = dir.path().join("broken.json");
-    std::fs::write(&file, format!("[{}, {}, {{\"id\":", event("b1", "p", "1"), event("b2", "p", "2"))).unwrap();
+    std::fs::write(
+        &file,
+        format!(
+            "[{}, {}, {{\"id\":",
+            event("b1", "p", "1"),
+            event("b2", "p", "2")
+        ),
+    )
+    .unwrap();
     let out = tally(&data).arg("ingest").arg(&file).output().unwrap();
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);

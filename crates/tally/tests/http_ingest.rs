@@ -15,7 +15,10 @@ async fn single_batch_and_ndjson_bodies_are_accepted_with_per_record_errors() {
         .await;
     assert_eq!(r.status(), 200);
     let v: Value = r.json().await.unwrap();
-    assert_eq!(v, serde_json::json!({"accepted": 1, "duplicates": 0, "rejected": []}));
+    assert_eq!(
+        v,
+        serde_json::json!({"accepted": 1, "duplicates": 0, "rejected": []})
+    );
 
     let no_offset = event("a3", "p1", "1").replace("2026-10-01T12:00:00Z", "2026-10-01T12:00:00");
     let batch = format!(
@@ -25,7 +28,9 @@ async fn single_batch_and_ndjson_bodies_are_accepted_with_per_record_errors() {
         event("a4", "p1", "\"NaN\""),
         event("a5", "p2", "5")
     );
-    let r = server.post("application/cloudevents-batch+json", batch).await;
+    let r = server
+        .post("application/cloudevents-batch+json", batch)
+        .await;
     assert_eq!(r.status(), 200);
     let v: Value = r.json().await.unwrap();
     assert_eq!(v["accepted"], 2);
@@ -38,8 +43,17 @@ async fn single_batch_and_ndjson_bodies_are_accepted_with_per_record_errors() {
     assert_eq!(rejected[1]["index"], 2);
     assert_eq!(rejected[1]["code"], "invalid_volume");
 
-    let nd = format!("{}\nnot json\n{}\n", event("a6", "p1", "6"), event("a1", "p1", "1"));
-    let v: Value = server.post("application/x-ndjson", nd).await.json().await.unwrap();
+    let nd = format!(
+        "{}\nnot json\n{}\n",
+        event("a6", "p1", "6"),
+        event("a1", "p1", "1")
+    );
+    let v: Value = server
+        .post("application/x-ndjson", nd)
+        .await
+        .json()
+        .await
+        .unwrap();
     assert_eq!(v["accepted"], 1);
     assert_eq!(v["duplicates"], 1);
     assert_eq!(v["rejected"][0]["index"], 1);
@@ -51,7 +65,11 @@ async fn single_batch_and_ndjson_bodies_are_accepted_with_per_record_errors() {
     assert_eq!(ids, ["a1", "a2", "a5", "a6"]);
     let a1 = events.iter().find(|e| e["id"] == "a1").unwrap();
     assert_eq!(a1["volume"], "0.1", "volumes stay exact");
-    assert_eq!(a1["payload"], event("a1", "p1", "\"0.1\""), "payload kept byte for byte");
+    assert_eq!(
+        a1["payload"],
+        event("a1", "p1", "\"0.1\""),
+        "payload kept byte for byte"
+    );
     assert_eq!(a1["attributes"]["volume_type"], "ssd");
     server.stop();
 }
@@ -70,11 +88,24 @@ async fn requests_refused_as_a_whole_change_nothing() {
     let body = format!("[{}]", event("x1", "p", "1"));
 
     // No key, wrong key.
-    let r = client().post(&url).header("content-type", "application/cloudevents-batch+json").body(body.clone()).send().await.unwrap();
+    let r = client()
+        .post(&url)
+        .header("content-type", "application/cloudevents-batch+json")
+        .body(body.clone())
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 401);
     let v: Value = r.json().await.unwrap();
     assert_eq!(v["code"], "unauthorized");
-    let r = client().post(&url).bearer_auth("tly_wrong").header("content-type", "application/cloudevents-batch+json").body(body.clone()).send().await.unwrap();
+    let r = client()
+        .post(&url)
+        .bearer_auth("tly_wrong")
+        .header("content-type", "application/cloudevents-batch+json")
+        .body(body.clone())
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 401);
 
     // Unsupported content type.
@@ -82,10 +113,20 @@ async fn requests_refused_as_a_whole_change_nothing() {
     assert_eq!(r.status(), 415);
     let v: Value = r.json().await.unwrap();
     assert_eq!(v["code"], "unsupported_media_type");
-    assert!(v["message"].as_str().unwrap().contains("application/x-ndjson"));
+    assert!(
+        v["message"]
+            .as_str()
+            .unwrap()
+            .contains("application/x-ndjson")
+    );
 
     // Malformed JSON array.
-    let r = server.post("application/cloudevents-batch+json", format!("[{}", event("x2", "p", "1"))).await;
+    let r = server
+        .post(
+            "application/cloudevents-batch+json",
+            format!("[{}", event("x2", "p", "1")),
+        )
+        .await;
     assert_eq!(r.status(), 400);
     assert_eq!(r.json::<Value>().await.unwrap()["code"], "malformed_json");
 
@@ -105,10 +146,20 @@ async fn requests_refused_as_a_whole_change_nothing() {
 
     assert!(server.all_events().await.is_empty(), "nothing was stored");
 
-    let r = client().get(format!("{}/v1/events?limit=0", server.url)).bearer_auth(&server.key).send().await.unwrap();
+    let r = client()
+        .get(format!("{}/v1/events?limit=0", server.url))
+        .bearer_auth(&server.key)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 400);
     assert_eq!(r.json::<Value>().await.unwrap()["code"], "invalid_query");
-    let r = client().get(format!("{}/v1/events?cursor=zzz", server.url)).bearer_auth(&server.key).send().await.unwrap();
+    let r = client()
+        .get(format!("{}/v1/events?cursor=zzz", server.url))
+        .bearer_auth(&server.key)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.json::<Value>().await.unwrap()["code"], "invalid_cursor");
     server.stop();
 }
@@ -118,7 +169,9 @@ async fn redelivery_three_times_shuffled_and_concurrent_counts_once() {
     let dir = tempfile::tempdir().unwrap();
     let server = Server::start(dir.path());
     let n = 3000;
-    let events: Vec<String> = (0..n).map(|i| event(&format!("r{i}"), "p", &i.to_string())).collect();
+    let events: Vec<String> = (0..n)
+        .map(|i| event(&format!("r{i}"), "p", &i.to_string()))
+        .collect();
     let mut tasks = Vec::new();
     for round in 0..3u64 {
         let mut mine = events.clone();
@@ -168,19 +221,46 @@ async fn dedupe_and_data_survive_a_restart_and_metrics_count() {
     let dir = tempfile::tempdir().unwrap();
     let server = Server::start(dir.path());
     let body: Vec<String> = (0..50).map(|i| event(&format!("s{i}"), "p", "1")).collect();
-    let v: Value = server.post("application/x-ndjson", body.join("\n")).await.json().await.unwrap();
+    let v: Value = server
+        .post("application/x-ndjson", body.join("\n"))
+        .await
+        .json()
+        .await
+        .unwrap();
     assert_eq!(v["accepted"], 50);
-    let metrics = client().get(format!("{}/metrics", server.url)).send().await.unwrap().text().await.unwrap();
-    assert!(metrics.contains("tally_ingest_records_accepted_total 50"), "{metrics}");
+    let metrics = client()
+        .get(format!("{}/metrics", server.url))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("tally_ingest_records_accepted_total 50"),
+        "{metrics}"
+    );
     assert!(metrics.contains("tally_wal_fsync_seconds"), "{metrics}");
     server.stop();
 
     let server = Server::start(dir.path());
-    let v: Value = server.post("application/x-ndjson", body.join("\n")).await.json().await.unwrap();
+    let v: Value = server
+        .post("application/x-ndjson", body.join("\n"))
+        .await
+        .json()
+        .await
+        .unwrap();
     assert_eq!(v["accepted"], 0);
     assert_eq!(v["duplicates"], 50);
     assert_eq!(server.all_events().await.len(), 50);
-    let health: Value = client().get(format!("{}/healthz", server.url)).send().await.unwrap().json().await.unwrap();
+    let health: Value = client()
+        .get(format!("{}/healthz", server.url))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     assert_eq!(health["status"], "ok");
     server.stop();
 }
@@ -189,13 +269,32 @@ async fn dedupe_and_data_survive_a_restart_and_metrics_count() {
 async fn project_reader_keys_see_only_their_project_and_cannot_ingest() {
     let dir = tempfile::tempdir().unwrap();
     let server = Server::start(dir.path());
-    let body = [event("k1", "p1", "1"), event("k2", "p2", "2"), event("k3", "p2", "3")].join("\n");
+    let body = [
+        event("k1", "p1", "1"),
+        event("k2", "p2", "2"),
+        event("k3", "p2", "3"),
+    ]
+    .join("\n");
     server.post("application/x-ndjson", body).await;
     let out = common::tally(dir.path())
-        .args(["admin", "key", "create", "--role", "project-reader", "--project", "p2", "--output", "json"])
+        .args([
+            "admin",
+            "key",
+            "create",
+            "--role",
+            "project-reader",
+            "--project",
+            "p2",
+            "--output",
+            "json",
+        ])
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let created: Value = serde_json::from_slice(&out.stdout).unwrap();
     let key = created["key"].as_str().unwrap();
 

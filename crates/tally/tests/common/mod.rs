@@ -96,7 +96,11 @@ impl Server {
     }
 
     /// POST a body to /v1/events with the admin key.
-    pub async fn post(&self, content_type: &str, body: impl Into<reqwest::Body>) -> reqwest::Response {
+    pub async fn post(
+        &self,
+        content_type: &str,
+        body: impl Into<reqwest::Body>,
+    ) -> reqwest::Response {
         client()
             .post(format!("{}/v1/events", self.url))
             .bearer_auth(&self.key)
