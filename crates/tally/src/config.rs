@@ -164,11 +164,9 @@ fn filter(default: &str) -> tracing_subscriber::EnvFilter {
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default))
 }
 
-/// Logging for the server: info and up, text or JSON lines on stderr.
-pub fn init_logging(cfg: &Config) {
-    let f = filter("info,sqlx=warn");
+fn init_logging_with(cfg: &Config, default_filter: &str) {
     let builder = tracing_subscriber::fmt()
-        .with_env_filter(f)
+        .with_env_filter(filter(default_filter))
         .with_writer(std::io::stderr);
     if cfg.log_format == "json" {
         let _ = builder.json().try_init();
@@ -177,17 +175,14 @@ pub fn init_logging(cfg: &Config) {
     }
 }
 
+/// Logging for the server: info and up, text or JSON lines on stderr.
+pub fn init_logging(cfg: &Config) {
+    init_logging_with(cfg, "info,sqlx=warn");
+}
+
 /// Logging for one-shot commands: warnings only, so output stays readable.
 pub fn init_logging_quiet(cfg: &Config) {
-    let f = filter("warn");
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(f)
-        .with_writer(std::io::stderr);
-    if cfg.log_format == "json" {
-        let _ = builder.json().try_init();
-    } else {
-        let _ = builder.try_init();
-    }
+    init_logging_with(cfg, "warn");
 }
 
 #[cfg(test)]

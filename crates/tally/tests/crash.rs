@@ -100,12 +100,7 @@ async fn run_once(kill_after: Duration, round: usize) {
     let mut duplicates = 0;
     for chunk in all.chunks(1000) {
         let body: Vec<String> = chunk.iter().map(|id| event(id, "p", "1")).collect();
-        let v: Value = server
-            .post("application/x-ndjson", body.join("\n"))
-            .await
-            .json()
-            .await
-            .unwrap();
+        let v: Value = server.post_ndjson(body.join("\n")).await;
         accepted += v["accepted"].as_u64().unwrap();
         duplicates += v["duplicates"].as_u64().unwrap();
     }

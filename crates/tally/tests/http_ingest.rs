@@ -48,12 +48,7 @@ async fn single_batch_and_ndjson_bodies_are_accepted_with_per_record_errors() {
         event("a6", "p1", "6"),
         event("a1", "p1", "1")
     );
-    let v: Value = server
-        .post("application/x-ndjson", nd)
-        .await
-        .json()
-        .await
-        .unwrap();
+    let v: Value = server.post_ndjson(nd).await;
     assert_eq!(v["accepted"], 1);
     assert_eq!(v["duplicates"], 1);
     assert_eq!(v["rejected"][0]["index"], 1);
@@ -132,7 +127,7 @@ async fn requests_refused_as_a_whole_change_nothing() {
 
     // Too many records.
     let six: Vec<String> = (0..6).map(|i| event(&format!("y{i}"), "p", "1")).collect();
-    let r = server.post("application/x-ndjson", six.join("\n")).await;
+    let r = server.post_ndjson(six.join("\n")).await;
     assert_eq!(r.status(), 413);
     assert_eq!(r.json::<Value>().await.unwrap()["code"], "too_many_records");
 
@@ -221,12 +216,7 @@ async fn dedupe_and_data_survive_a_restart_and_metrics_count() {
     let dir = tempfile::tempdir().unwrap();
     let server = Server::start(dir.path());
     let body: Vec<String> = (0..50).map(|i| event(&format!("s{i}"), "p", "1")).collect();
-    let v: Value = server
-        .post("application/x-ndjson", body.join("\n"))
-        .await
-        .json()
-        .await
-        .unwrap();
+    let v: Value = server.post("application/x-ndjson", body.join("\n")).await;
     assert_eq!(v["accepted"], 50);
     let metrics = client()
         .get(format!("{}/metrics", server.url))
@@ -244,12 +234,7 @@ async fn dedupe_and_data_survive_a_restart_and_metrics_count() {
     server.stop();
 
     let server = Server::start(dir.path());
-    let v: Value = server
-        .post("application/x-ndjson", body.join("\n"))
-        .await
-        .json()
-        .await
-        .unwrap();
+    let v: Value = server.post_ndjson(body.join("\n")).await;
     assert_eq!(v["accepted"], 0);
     assert_eq!(v["duplicates"], 50);
     assert_eq!(server.all_events().await.len(), 50);

@@ -111,6 +111,15 @@ impl Server {
             .expect("request sent")
     }
 
+    /// POST an NDJSON body with the admin key; the JSON answer.
+    pub async fn post_ndjson(&self, body: impl Into<reqwest::Body>) -> serde_json::Value {
+        self.post("application/x-ndjson", body)
+            .await
+            .json()
+            .await
+            .expect("a JSON answer")
+    }
+
     /// Every raw record visible to the admin key, following cursors.
     pub async fn all_events(&self) -> Vec<serde_json::Value> {
         self.all_events_as(&self.key.clone(), "").await
