@@ -99,7 +99,13 @@ fn opt_string<'a>(
             ),
         ));
     }
-    let s: Cow<'a, str> = serde_json::from_str(raw.get()).map_err(|e| {
+    let text = raw.get();
+    // Fast path: a string without escapes is its own content (RawValue has
+    // already checked it is valid JSON and UTF-8).
+    if text.len() >= 2 && !text[1..text.len() - 1].contains(['\\', '"']) {
+        return Ok(Some(Cow::Borrowed(&text[1..text.len() - 1])));
+    }
+    let s: Cow<'a, str> = serde_json::from_str(text).map_err(|e| {
         err(
             RejectCode::InvalidField,
             format!("field '{field}' is not a valid JSON string: {e}"),

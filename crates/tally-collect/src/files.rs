@@ -168,12 +168,8 @@ where
             reader.consume(n);
         }
         let window = buf.len().min(chunk_bytes);
-        let newline = buf[..window].iter().rposition(|&c| c == b'\n').or_else(|| {
-            buf[window..]
-                .iter()
-                .position(|&c| c == b'\n')
-                .map(|i| window + i)
-        });
+        let newline = memchr::memrchr(b'\n', &buf[..window])
+            .or_else(|| memchr::memchr(b'\n', &buf[window..]).map(|i| window + i));
         let cut = match newline {
             Some(i) => i + 1,
             None if eof => buf.len(),

@@ -120,7 +120,7 @@ pub fn split_lines(body: &Bytes) -> Vec<Bytes> {
 }
 
 fn memchr_newline(b: &[u8]) -> Option<usize> {
-    b.iter().position(|&c| c == b'\n')
+    memchr::memchr(b'\n', b)
 }
 
 #[cfg(test)]

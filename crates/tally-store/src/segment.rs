@@ -28,7 +28,8 @@ use bytes::Bytes;
 use parquet::arrow::ArrowWriter;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use parquet::basic::{Compression, ZstdLevel};
-use parquet::file::properties::WriterProperties;
+use parquet::file::properties::{EnabledStatistics, WriterProperties};
+use parquet::schema::types::ColumnPath;
 use rust_decimal::Decimal;
 use tally_core::{Attributes, UsageRecord};
 
@@ -190,9 +191,16 @@ pub fn from_batch(
 
 /// Encodes records (already sorted) as one Parquet file.
 pub fn encode(records: &[&UsageRecord], zstd_level: i32) -> Result<Vec<u8>, SegmentError> {
+    // Ids and payloads are unique per row: a dictionary would only be built
+    // to be thrown away, and statistics on payload bytes are never used.
+    let unique = |c: &str| ColumnPath::from(c);
     let props = WriterProperties::builder()
         .set_compression(Compression::ZSTD(ZstdLevel::try_new(zstd_level)?))
         .set_max_row_group_row_count(Some(256 * 1024))
+        .set_column_dictionary_enabled(unique("id"), false)
+        .set_column_dictionary_enabled(unique("payload"), false)
+        .set_column_statistics_enabled(unique("payload"), EnabledStatistics::None)
+        .set_column_statistics_enabled(unique("attributes"), EnabledStatistics::None)
         .build();
     let mut writer = ArrowWriter::try_new(Vec::new(), schema(), Some(props))?;
     for chunk in records.chunks(64 * 1024) {

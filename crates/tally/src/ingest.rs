@@ -221,13 +221,27 @@ fn pipeline(
     let mut summary = IngestSummary::default();
     let mut batch: Vec<UsageRecord> = Vec::with_capacity(batch_records);
     let mut failure: Option<anyhow::Error> = None;
-    let write = |batch: &mut Vec<UsageRecord>, summary: &mut IngestSummary| -> anyhow::Result<()> {
-        let records = std::mem::replace(batch, Vec::with_capacity(batch_records));
-        let out = rt.block_on(store.import(records))?;
+    // One batch is written while the next is decoded: encoding Parquet and
+    // decoding JSON then use both cores.
+    type Write =
+        tokio::task::JoinHandle<Result<tally_store::AppendOutcome, tally_store::StoreError>>;
+    let mut in_flight: Option<Write> = None;
+    let finish = |w: Write, summary: &mut IngestSummary| -> anyhow::Result<()> {
+        let out = rt.block_on(w).context("the write task failed")??;
         summary.accepted += out.accepted;
         summary.duplicates += out.duplicates;
         Ok(())
     };
+    let mut write =
+        |batch: &mut Vec<UsageRecord>, summary: &mut IngestSummary| -> anyhow::Result<()> {
+            if let Some(w) = in_flight.take() {
+                finish(w, summary)?;
+            }
+            let records = std::mem::replace(batch, Vec::with_capacity(batch_records));
+            let store = store.clone();
+            in_flight = Some(rt.spawn(async move { store.import(records).await }));
+            Ok(())
+        };
     for decoded in decoded_rx.iter() {
         if failure.is_some() {
             continue; // drain so the workers and reader can finish
@@ -245,6 +259,13 @@ fn pipeline(
     if failure.is_none()
         && !batch.is_empty()
         && let Err(e) = write(&mut batch, &mut summary)
+    {
+        failure = Some(e.context("writing a batch failed; records of earlier batches are stored"));
+    }
+    drop(write);
+    if let Some(w) = in_flight.take()
+        && let Err(e) = finish(w, &mut summary)
+        && failure.is_none()
     {
         failure =
             Some(e.context("writing the last batch failed; records of earlier batches are stored"));
