@@ -262,7 +262,6 @@ fn pipeline(
     {
         failure = Some(e.context("writing a batch failed; records of earlier batches are stored"));
     }
-    drop(write);
     if let Some(w) = in_flight.take()
         && let Err(e) = finish(w, &mut summary)
         && failure.is_none()
