@@ -127,7 +127,7 @@ async fn requests_refused_as_a_whole_change_nothing() {
 
     // Too many records.
     let six: Vec<String> = (0..6).map(|i| event(&format!("y{i}"), "p", "1")).collect();
-    let r = server.post_ndjson(six.join("\n")).await;
+    let r = server.post("application/x-ndjson", six.join("\n")).await;
     assert_eq!(r.status(), 413);
     assert_eq!(r.json::<Value>().await.unwrap()["code"], "too_many_records");
 
@@ -216,7 +216,7 @@ async fn dedupe_and_data_survive_a_restart_and_metrics_count() {
     let dir = tempfile::tempdir().unwrap();
     let server = Server::start(dir.path());
     let body: Vec<String> = (0..50).map(|i| event(&format!("s{i}"), "p", "1")).collect();
-    let v: Value = server.post("application/x-ndjson", body.join("\n")).await;
+    let v: Value = server.post_ndjson(body.join("\n")).await;
     assert_eq!(v["accepted"], 50);
     let metrics = client()
         .get(format!("{}/metrics", server.url))
