@@ -214,7 +214,11 @@ mod tests {
         figment::Jail::expect_with(|jail| {
             jail.set_env("TALLY_INGEST__MAX_BODY_BYTES", "lots");
             let err = Config::load(None).unwrap_err();
-            assert!(format!("{err:#}").contains("max_body_bytes"), "{err:#}");
+            let text = format!("{err:#}").to_lowercase();
+            assert!(
+                text.contains("max_body_bytes") && text.contains("tally_"),
+                "{text}"
+            );
             Ok(())
         });
     }
