@@ -45,8 +45,9 @@ pub struct IngestArgs {
     /// Output format of the summary.
     #[arg(long, value_enum, default_value_t)]
     pub output: OutputFormat,
-    /// Records per durable write when importing locally.
-    #[arg(long, default_value_t = 500_000)]
+    /// Records per durable write when importing locally. Two batches are in
+    /// memory at once (one written, one filling): this bounds peak memory.
+    #[arg(long, default_value_t = 200_000)]
     pub batch_records: usize,
 }
 
