@@ -63,7 +63,8 @@ struct WireData<'a> {
     unit: Option<&'a RawValue>,
     #[serde(borrow)]
     kind: Option<&'a RawValue>,
-    attributes: Option<serde_json::Map<String, serde_json::Value>>,
+    #[serde(borrow)]
+    attributes: Option<&'a RawValue>,
 }
 
 fn json_type_name(raw: &RawValue) -> &'static str {
@@ -203,6 +204,31 @@ fn parse_volume(raw: Option<&RawValue>) -> Result<rust_decimal::Decimal, Element
     })
 }
 
+/// Reads `data.attributes` straight into scalars; on any problem, reads it
+/// again the slow way to say which attribute is wrong and why.
+fn read_attributes(raw: Option<&RawValue>) -> Result<Attributes, ElementError> {
+    let Some(raw) = raw.filter(|r| r.get() != "null") else {
+        return Ok(Attributes::new());
+    };
+    if let Ok(attrs) = serde_json::from_str::<Attributes>(raw.get())
+        && attrs.iter().all(|(name, v)| {
+            !name.is_empty()
+                && name.len() <= MAX_ID_LEN
+                && v.as_str().is_none_or(|s| s.len() <= MAX_ATTRIBUTE_LEN)
+        })
+    {
+        return Ok(attrs);
+    }
+    let map: serde_json::Map<String, serde_json::Value> =
+        serde_json::from_str(raw.get()).map_err(|e| {
+            err(
+                RejectCode::InvalidAttribute,
+                format!("field 'data.attributes' must be an object of scalars: {e}"),
+            )
+        })?;
+    parse_attributes(Some(map))
+}
+
 fn parse_attributes(
     map: Option<serde_json::Map<String, serde_json::Value>>,
 ) -> Result<Attributes, ElementError> {
@@ -335,7 +361,7 @@ impl Decoder for CloudEventsDecoder {
             // Normalized (2.50 -> 2.5) so a volume reads the same from the log
             // and from Parquet; the payload keeps the text as sent.
             let volume = parse_volume(data.volume)?.normalize();
-            let attributes = parse_attributes(data.attributes)?;
+            let attributes = read_attributes(data.attributes)?;
             Ok(UsageRecord {
                 id: id.to_string(),
                 source: source.into_owned(),

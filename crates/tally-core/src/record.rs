@@ -63,7 +63,7 @@ impl FromStr for MeterKind {
 /// because a producer switched from integer to float would be a billing bug.
 /// That is why numbers keep `serde_json::Number` (integer or float as sent)
 /// rather than being coerced to one numeric type.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(untagged)]
 pub enum AttributeValue {
     /// JSON `null`.
@@ -74,6 +74,48 @@ pub enum AttributeValue {
     Number(serde_json::Number),
     /// A JSON string.
     String(String),
+}
+
+/// Deserialized by hand rather than with `#[serde(untagged)]`, which
+/// buffers every value before trying each variant: attributes are read for
+/// every record on every ingest and scan.
+impl<'de> Deserialize<'de> for AttributeValue {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Scalar;
+        impl<'de> serde::de::Visitor<'de> for Scalar {
+            type Value = AttributeValue;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a string, number, boolean or null")
+            }
+            fn visit_unit<E>(self) -> Result<AttributeValue, E> {
+                Ok(AttributeValue::Null)
+            }
+            fn visit_none<E>(self) -> Result<AttributeValue, E> {
+                Ok(AttributeValue::Null)
+            }
+            fn visit_bool<E>(self, v: bool) -> Result<AttributeValue, E> {
+                Ok(AttributeValue::Bool(v))
+            }
+            fn visit_i64<E>(self, v: i64) -> Result<AttributeValue, E> {
+                Ok(AttributeValue::Number(v.into()))
+            }
+            fn visit_u64<E>(self, v: u64) -> Result<AttributeValue, E> {
+                Ok(AttributeValue::Number(v.into()))
+            }
+            fn visit_f64<E: serde::de::Error>(self, v: f64) -> Result<AttributeValue, E> {
+                serde_json::Number::from_f64(v)
+                    .map(AttributeValue::Number)
+                    .ok_or_else(|| E::custom("attribute numbers must be finite"))
+            }
+            fn visit_str<E>(self, v: &str) -> Result<AttributeValue, E> {
+                Ok(AttributeValue::String(v.to_string()))
+            }
+            fn visit_string<E>(self, v: String) -> Result<AttributeValue, E> {
+                Ok(AttributeValue::String(v))
+            }
+        }
+        d.deserialize_any(Scalar)
+    }
 }
 
 impl AttributeValue {
@@ -183,6 +225,23 @@ mod tests {
             serde_json::to_string(&attrs).unwrap(),
             r#"{"a":8,"b":"8","c":8.0}"#
         );
+    }
+
+    #[test]
+    fn attributes_deserialize_as_scalars_of_their_own_type() {
+        let a: Attributes =
+            serde_json::from_str(r#"{"a":8,"b":"8","c":8.0,"d":null,"e":true,"f":-3}"#).unwrap();
+        assert_eq!(a["a"], AttributeValue::Number(8u64.into()));
+        assert_eq!(a["b"], AttributeValue::String("8".into()));
+        assert_eq!(a["d"], AttributeValue::Null);
+        assert_eq!(a["e"], AttributeValue::Bool(true));
+        assert_eq!(a["f"], AttributeValue::Number((-3i64).into()));
+        assert_eq!(
+            serde_json::to_string(&a).unwrap(),
+            r#"{"a":8,"b":"8","c":8.0,"d":null,"e":true,"f":-3}"#
+        );
+        assert!(serde_json::from_str::<Attributes>(r#"{"x":[1]}"#).is_err());
+        assert!(serde_json::from_str::<Attributes>(r#"{"x":{"y":1}}"#).is_err());
     }
 
     #[test]
