@@ -65,7 +65,7 @@ async fn main() -> anyhow::Result<()> {
     if in_batch > 0 {
         bodies.push((in_batch, Bytes::from(current)));
     }
-    let total_events: usize = bodies.iter().map(|(n, _)| n).sum();
+    let events_sent: usize = bodies.iter().map(|(n, _)| n).sum();
     let queue = Arc::new(Mutex::new(bodies));
     let latencies = Arc::new(Mutex::new(Vec::new()));
     let accepted = Arc::new(Mutex::new(0u64));
@@ -116,10 +116,10 @@ async fn main() -> anyhow::Result<()> {
     let mut lat = latencies.lock().expect("lat").clone();
     lat.sort();
     let out = serde_json::json!({
-        "events": total_events,
+        "events": events_sent,
         "accepted": *accepted.lock().expect("acc"),
         "seconds": secs,
-        "events_per_second": total_events as f64 / secs,
+        "events_per_second": events_sent as f64 / secs,
         "requests": lat.len(),
         "batch": args.batch,
         "connections": args.connections,

@@ -94,11 +94,10 @@ pub async fn run(cfg: Config, args: IngestArgs) -> anyhow::Result<ExitCode> {
     print_summary(&summary, args.output);
     if args.output == OutputFormat::Table {
         let secs = started.elapsed().as_secs_f64();
+        let records = summary.total();
         eprintln!(
-            "{} records in {:.1} s ({:.0} records/s)",
-            summary.total(),
-            secs,
-            summary.total() as f64 / secs.max(1e-9)
+            "{records} records in {secs:.1} s ({:.0} records/s)",
+            records as f64 / secs.max(1e-9)
         );
     }
     match failure {
