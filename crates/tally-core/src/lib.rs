@@ -10,11 +10,13 @@
 pub mod identity;
 pub mod ingest;
 pub mod money;
+pub mod pricing;
 pub mod record;
 pub mod volume;
 
 pub use identity::{Identity, Role};
 pub use ingest::{IngestSummary, RejectCode, Rejection};
 pub use money::{Currency, Money, MoneyError};
+pub use pricing::{Charge, PriceRule, Priced, PricingError, Tier, TierCharge};
 pub use record::{AttributeValue, Attributes, MeterKind, RecordKey, UsageRecord};
 pub use volume::{VolumeError, parse_volume_text};
