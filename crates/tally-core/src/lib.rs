@@ -10,6 +10,7 @@
 pub mod cloudkitty;
 pub mod identity;
 pub mod ingest;
+pub mod metering;
 pub mod money;
 pub mod pricing;
 pub mod record;
