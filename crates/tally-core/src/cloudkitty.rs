@@ -28,6 +28,7 @@
 
 use std::collections::BTreeSet;
 
+use chrono::{DateTime, Utc};
 use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
 
@@ -64,6 +65,26 @@ pub struct Mapping {
     pub group: String,
     /// The project it is scoped to, if any.
     pub project: Option<String>,
+    /// When it is valid: `[start, end)`, either side open when `None`.
+    #[serde(default)]
+    pub valid: Validity,
+}
+
+/// When a rule applies (CloudKitty's `start` and `end` on mappings): a rule
+/// without bounds applies to every period, past ones included.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Validity {
+    /// First instant it applies.
+    pub start: Option<DateTime<Utc>>,
+    /// First instant it no longer applies.
+    pub end: Option<DateTime<Utc>>,
+}
+
+impl Validity {
+    /// Whether the rule applies to a period starting at `at`.
+    pub fn contains(&self, at: DateTime<Utc>) -> bool {
+        self.start.is_none_or(|s| s <= at) && self.end.is_none_or(|e| at < e)
+    }
 }
 
 /// A threshold: a cost that applies from a level up.
@@ -83,6 +104,9 @@ pub struct Threshold {
     pub group: String,
     /// The project it is scoped to, if any.
     pub project: Option<String>,
+    /// When it is valid.
+    #[serde(default)]
+    pub valid: Validity,
 }
 
 /// The hashmap rules of one service (one meter).
@@ -139,16 +163,27 @@ pub struct HashmapPrice {
 }
 
 impl HashmapRules {
-    /// The rules in force for `project`: global rules, with project-scoped
+    /// The rules in force for `project` in the period starting `at` (rules
+    /// outside their validity are dropped first): global rules, with project-scoped
     /// ones replacing them on an exact match — a field mapping with the same
     /// field, group and value; a service mapping with the same group
     /// (whatever its type); a threshold with the same field (or none), group
     /// and level — and added otherwise.
-    pub fn effective_for(&self, project: &str) -> HashmapRules {
-        let mut mappings: Vec<Mapping> = self
+    pub fn effective_for(&self, project: &str, at: DateTime<Utc>) -> HashmapRules {
+        let valid_mappings: Vec<&Mapping> = self
             .mappings
             .iter()
+            .filter(|m| m.valid.contains(at))
+            .collect();
+        let valid_thresholds: Vec<&Threshold> = self
+            .thresholds
+            .iter()
+            .filter(|t| t.valid.contains(at))
+            .collect();
+        let mut mappings: Vec<Mapping> = valid_mappings
+            .iter()
             .filter(|m| m.project.is_none())
+            .copied()
             .cloned()
             .collect();
         for scoped in self
@@ -162,12 +197,12 @@ impl HashmapRules {
                     && (scoped.field.is_none() || m.value == scoped.value)
             };
             mappings.retain(|m| !(m.project.is_none() && same(m)));
-            mappings.push(scoped.clone());
+            mappings.push((*scoped).clone());
         }
-        let mut thresholds: Vec<Threshold> = self
-            .thresholds
+        let mut thresholds: Vec<Threshold> = valid_thresholds
             .iter()
             .filter(|t| t.project.is_none())
+            .copied()
             .cloned()
             .collect();
         for scoped in self
@@ -181,7 +216,7 @@ impl HashmapRules {
                     && t.field == scoped.field
                     && t.level == scoped.level)
             });
-            thresholds.push(scoped.clone());
+            thresholds.push((*scoped).clone());
         }
         HashmapRules {
             mappings,
@@ -189,14 +224,16 @@ impl HashmapRules {
         }
     }
 
-    /// Prices one data point of `project` with `quantity` and `attributes`.
+    /// Prices one data point of `project` for the period starting `at`,
+    /// with `quantity` and `attributes`.
     pub fn price(
         &self,
         project: &str,
+        at: DateTime<Utc>,
         quantity: Decimal,
         attributes: &Attributes,
     ) -> Result<HashmapPrice, HashmapError> {
-        let rules = self.effective_for(project);
+        let rules = self.effective_for(project, at);
         let groups: BTreeSet<&str> = rules
             .mappings
             .iter()
@@ -397,6 +434,7 @@ mod tests {
             cost: d(cost),
             group: group.into(),
             project: None,
+            valid: Validity::default(),
         }
     }
 
@@ -416,6 +454,7 @@ mod tests {
             cost: d(cost),
             group: group.into(),
             project: None,
+            valid: Validity::default(),
         }
     }
 
@@ -435,6 +474,7 @@ mod tests {
             cost: d(cost),
             group: group.into(),
             project: None,
+            valid: Validity::default(),
         }
     }
 
@@ -442,8 +482,35 @@ mod tests {
         serde_json::from_str(json).unwrap()
     }
 
+    fn now() -> DateTime<Utc> {
+        DateTime::from_timestamp(1_790_000_000, 0).unwrap()
+    }
+
     fn price(rules: &HashmapRules, q: &str, a: &str) -> Decimal {
-        rules.price("p1", d(q), &attrs(a)).unwrap().price
+        rules.price("p1", now(), d(q), &attrs(a)).unwrap().price
+    }
+
+    #[test]
+    fn rules_apply_only_within_their_validity() {
+        let mut m = service_mapping("s", CostType::Flat, "2", DEFAULT_GROUP);
+        m.valid = Validity {
+            start: Some(now()),
+            end: Some(now() + chrono::Duration::hours(1)),
+        };
+        let rules = HashmapRules {
+            mappings: vec![m],
+            thresholds: vec![],
+        };
+        let at = |h: i64| now() + chrono::Duration::hours(h);
+        let p = |h| {
+            rules
+                .price("p", at(h), d("3"), &Attributes::new())
+                .unwrap()
+                .price
+        };
+        assert_eq!(p(0), d("6"));
+        assert_eq!(p(-1), d("0"), "before start");
+        assert_eq!(p(1), d("0"), "end is exclusive");
     }
 
     #[test]
@@ -558,7 +625,9 @@ mod tests {
                 threshold("t-ram-20", Some("ram"), "20", CostType::Rate, "2", "g"),
             ],
         };
-        let p = rules.price("p1", d("10"), &attrs(r#"{"ram":15}"#)).unwrap();
+        let p = rules
+            .price("p1", now(), d("10"), &attrs(r#"{"ram":15}"#))
+            .unwrap();
         // Tie at level 10: the service threshold wins; price 1 × 10 + 100.
         assert_eq!(p.groups[0].threshold.as_deref(), Some("t-svc-10"));
         assert_eq!(p.price, d("110"));
@@ -612,7 +681,7 @@ mod tests {
             )],
         };
         let err = rules
-            .price("p1", d("1"), &attrs(r#"{"ram":"big"}"#))
+            .price("p1", now(), d("1"), &attrs(r#"{"ram":"big"}"#))
             .unwrap_err();
         assert!(
             err.to_string().contains("'ram' is big, not a number"),
@@ -655,7 +724,7 @@ mod tests {
         };
         // Another project sees only global rules: max(0.1, 0.5) × 10.
         let other = rules
-            .price("p2", d("10"), &attrs(r#"{"flavor":"m1.small"}"#))
+            .price("p2", now(), d("10"), &attrs(r#"{"flavor":"m1.small"}"#))
             .unwrap();
         assert_eq!(other.price, d("5.0"));
         // p1: the service mapping (flat 0.1) is replaced by the rate 0.5; the
@@ -665,7 +734,7 @@ mod tests {
         assert_eq!(price(&rules, "10", r#"{"az":"az9"}"#), d("4.50"));
         assert_eq!(
             rules
-                .price("p2", d("10"), &attrs(r#"{"az":"az9"}"#))
+                .price("p2", now(), d("10"), &attrs(r#"{"az":"az9"}"#))
                 .unwrap()
                 .price,
             d("1.0")
@@ -685,7 +754,10 @@ mod tests {
         };
         assert_eq!(price(&rules, "10", "{}"), d("1"));
         assert_eq!(
-            rules.price("p2", d("10"), &attrs("{}")).unwrap().price,
+            rules
+                .price("p2", now(), d("10"), &attrs("{}"))
+                .unwrap()
+                .price,
             d("50")
         );
     }

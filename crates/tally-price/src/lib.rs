@@ -12,6 +12,8 @@
 //! binary floating point, so floats are refused with a message saying so.
 //! This crate parses and decides; it does no I/O.
 
+pub mod cloudkitty_import;
+
 use std::collections::BTreeMap;
 
 use chrono::{DateTime, Utc};
