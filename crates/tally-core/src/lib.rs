@@ -8,6 +8,7 @@
 //! depend on another Tally crate.
 
 pub mod cloudkitty;
+pub mod document;
 pub mod identity;
 pub mod ingest;
 pub mod metering;
@@ -16,6 +17,7 @@ pub mod pricing;
 pub mod record;
 pub mod volume;
 
+pub use document::DocumentError;
 pub use identity::{Identity, Role};
 pub use ingest::{IngestSummary, RejectCode, Rejection};
 pub use money::{Currency, Money, MoneyError};

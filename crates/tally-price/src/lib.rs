@@ -23,21 +23,7 @@ use tally_core::pricing::{Charge, PriceRule, Tier};
 use tally_core::{AttributeValue, Attributes, Currency};
 
 /// A plan that cannot be used, with where and what to fix.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum PlanError {
-    /// The TOML does not parse or does not fit the format (unknown field,
-    /// missing field, wrong type); the message carries line and column.
-    #[error("{0}")]
-    Syntax(String),
-    /// A parsed plan breaks a rule of the format.
-    #[error("{path}: {message}")]
-    Invalid {
-        /// Where, as a path such as `versions[1].rules[0].charge`.
-        path: String,
-        /// What to fix.
-        message: String,
-    },
-}
+pub type PlanError = tally_core::DocumentError;
 
 /// An exact amount in a plan file: a string or an integer, never a float.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Default)]

@@ -16,20 +16,7 @@ use tally_core::metering::{Conversion, Mutate};
 pub const OPENSTACK_DEFAULT: &str = include_str!("../meters/openstack.toml");
 
 /// A definition file that cannot be used, with where and what to fix.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum MeterError {
-    /// The TOML does not parse or does not fit the format.
-    #[error("{0}")]
-    Syntax(String),
-    /// A parsed definition breaks a rule.
-    #[error("{path}: {message}")]
-    Invalid {
-        /// Where, such as `meters[2].aggregation`.
-        path: String,
-        /// What to fix.
-        message: String,
-    },
-}
+pub type MeterError = tally_core::DocumentError;
 
 /// How the converted quantities of one resource's records in one rating
 /// period become one quantity.
