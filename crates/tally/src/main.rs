@@ -13,6 +13,7 @@ mod events;
 mod gen_cmd;
 mod ingest;
 mod output;
+mod plan;
 mod serve;
 
 use std::path::PathBuf;
@@ -60,6 +61,13 @@ enum Command {
     Gen(gen_cmd::GenArgs),
     /// Start a server on a data directory and send it a generated sample.
     Demo(demo::DemoArgs),
+    /// Price plans: check a plan file against the meter definitions.
+    Plan {
+        #[command(subcommand)]
+        command: plan::PlanCommand,
+    },
+    /// List the meter definitions (the default OpenStack set, or a file's).
+    Meters(plan::MetersArgs),
     /// Administration: API keys.
     Admin {
         #[command(subcommand)]
@@ -115,6 +123,8 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             config::init_logging_quiet(&cfg);
             demo::run(cfg, args).await?;
         }
+        Command::Plan { command } => return plan::run(command),
+        Command::Meters(args) => plan::meters(args)?,
         Command::Admin { command } => {
             config::init_logging_quiet(&cfg);
             admin::run(cfg, command).await?;

@@ -1,0 +1,162 @@
+//! `tally plan check` and `tally meters`: the price plan and meter
+//! definition formats, usable before the rating job that applies them.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::Subcommand;
+use tally_price::PricePlan;
+use tally_rate::MeterSet;
+
+use crate::output::OutputFormat;
+
+/// `tally plan ...`
+#[derive(Subcommand, Debug)]
+pub enum PlanCommand {
+    /// Check a price plan file: prints its versions and rules, or what to fix.
+    Check {
+        /// The plan (TOML, see docs/pricing.md).
+        file: PathBuf,
+        /// Meter definitions its rules must refer to (default: the OpenStack set).
+        #[arg(long)]
+        meters: Option<PathBuf>,
+        /// Output format.
+        #[arg(long, value_enum, default_value_t)]
+        output: OutputFormat,
+    },
+}
+
+/// `tally meters`
+#[derive(clap::Args, Debug)]
+pub struct MetersArgs {
+    /// A meter definitions file (default: the OpenStack set shipped with Tally).
+    #[arg(long)]
+    pub file: Option<PathBuf>,
+    /// Output format.
+    #[arg(long, value_enum, default_value_t)]
+    pub output: OutputFormat,
+}
+
+fn load_meters(file: Option<&PathBuf>) -> anyhow::Result<MeterSet> {
+    match file {
+        None => Ok(MeterSet::openstack_default()),
+        Some(f) => {
+            let text = std::fs::read_to_string(f)
+                .with_context(|| format!("cannot read {}", f.display()))?;
+            MeterSet::from_toml(&text).with_context(|| format!("{} is not usable", f.display()))
+        }
+    }
+}
+
+/// Runs `tally plan`.
+pub fn run(cmd: PlanCommand) -> anyhow::Result<ExitCode> {
+    let PlanCommand::Check {
+        file,
+        meters,
+        output,
+    } = cmd;
+    let meter_set = load_meters(meters.as_ref())?;
+    let text = std::fs::read_to_string(&file)
+        .with_context(|| format!("cannot read {}", file.display()))?;
+    let plan = match PricePlan::from_toml(&text, Some(&meter_set.names())) {
+        Ok(p) => p,
+        Err(e) => {
+            match output {
+                OutputFormat::Json => println!(
+                    "{}",
+                    serde_json::json!({"valid": false, "file": file.display().to_string(), "error": e.to_string()})
+                ),
+                OutputFormat::Table => eprintln!("{}: {e}", file.display()),
+            }
+            return Ok(ExitCode::FAILURE);
+        }
+    };
+    match output {
+        OutputFormat::Json => {
+            let versions: Vec<_> = plan
+                .versions
+                .iter()
+                .map(|v| {
+                    serde_json::json!({
+                        "version": v.number,
+                        "effective_from": v.effective_from,
+                        "rules": v.rules.iter().map(|r| serde_json::json!({
+                            "index": r.index,
+                            "meter": r.meter,
+                            "match": r.matches,
+                            "projects": r.projects,
+                            "charge": r.rule.charge,
+                            "free_allowance": r.rule.free_allowance,
+                            "minimum": r.rule.minimum,
+                        })).collect::<Vec<_>>(),
+                    })
+                })
+                .collect();
+            println!(
+                "{}",
+                serde_json::json!({"valid": true, "id": plan.id, "currency": plan.currency, "versions": versions})
+            );
+        }
+        OutputFormat::Table => {
+            println!(
+                "plan {} ({}), currency {}: valid",
+                plan.id, plan.name, plan.currency
+            );
+            for v in &plan.versions {
+                println!(
+                    "  version {} from {}: {} rules",
+                    v.number,
+                    v.effective_from,
+                    v.rules.len()
+                );
+                for r in &v.rules {
+                    let scope = if r.projects.is_empty() {
+                        String::new()
+                    } else {
+                        format!(" projects {:?}", r.projects)
+                    };
+                    println!("    [{}] {} {:?}{scope}", r.index, r.meter, r.matches);
+                }
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Runs `tally meters`.
+pub fn meters(args: MetersArgs) -> anyhow::Result<()> {
+    let set = load_meters(args.file.as_ref())?;
+    match args.output {
+        OutputFormat::Json => {
+            let list: Vec<_> = set
+                .meters
+                .iter()
+                .map(|m| {
+                    serde_json::json!({
+                        "name": m.name,
+                        "unit": m.unit,
+                        "records": m.records.meter,
+                        "aggregation": format!("{:?}", m.aggregation),
+                        "group_by": m.group_by,
+                        "description": m.description,
+                    })
+                })
+                .collect();
+            println!("{}", serde_json::to_string(&list)?);
+        }
+        OutputFormat::Table => {
+            println!(
+                "{:<26}  {:<10}  {:<24}  description",
+                "meter", "unit", "from records"
+            );
+            for m in &set.meters {
+                println!(
+                    "{:<26}  {:<10}  {:<24}  {}",
+                    m.name, m.unit, m.records.meter, m.description
+                );
+            }
+        }
+    }
+    Ok(())
+}
