@@ -20,7 +20,7 @@ pub mod volume;
 pub use document::DocumentError;
 pub use identity::{Identity, Role};
 pub use ingest::{IngestSummary, RejectCode, Rejection};
-pub use money::{Currency, Money, MoneyError};
+pub use money::{Currency, Money, MoneyError, ROUNDING_RULE};
 pub use pricing::{Charge, PriceRule, Priced, PricingError, Tier, TierCharge};
 pub use record::{AttributeValue, Attributes, MeterKind, RecordKey, UsageRecord};
 pub use volume::{VolumeError, parse_volume_text};

@@ -19,6 +19,19 @@ impl Currency {
     pub fn code(&self) -> &str {
         std::str::from_utf8(&self.0).expect("constructed from ASCII letters")
     }
+
+    /// Digits after the decimal point of the currency's minor unit, per
+    /// ISO 4217 (2 for EUR and USD, 0 for JPY, 3 for BHD). Codes not listed
+    /// here use 2, the most common exponent.
+    pub fn minor_unit_digits(&self) -> u32 {
+        match self.code() {
+            "BIF" | "CLP" | "DJF" | "GNF" | "ISK" | "JPY" | "KMF" | "KRW" | "PYG" | "RWF"
+            | "UGX" | "UYI" | "VND" | "VUV" | "XAF" | "XOF" | "XPF" => 0,
+            "BHD" | "IQD" | "JOD" | "KWD" | "LYD" | "OMR" | "TND" => 3,
+            "CLF" | "UYW" => 4,
+            _ => 2,
+        }
+    }
 }
 
 impl FromStr for Currency {
@@ -99,6 +112,26 @@ impl Money {
     }
 }
 
+/// The rounding rule of invoice amounts: half away from zero ("commercial
+/// rounding"), to the currency's minor unit. See docs/rounding.md for where
+/// it applies; everywhere else amounts keep full precision.
+pub const ROUNDING_RULE: &str = "half away from zero, to the currency's minor unit";
+
+impl Money {
+    /// The amount rounded to the currency's minor unit with
+    /// [`ROUNDING_RULE`]: 0.005 EUR → 0.01, −0.005 EUR → −0.01, 0.5 JPY → 1.
+    pub fn round_to_minor_unit(self) -> Money {
+        let digits = self.currency.minor_unit_digits();
+        let mut amount = self
+            .amount
+            .round_dp_with_strategy(digits, rust_decimal::RoundingStrategy::MidpointAwayFromZero);
+        // Always show the minor unit's digits (12.3 → 12.30): exact, as the
+        // value has at most `digits` places now.
+        amount.rescale(digits);
+        Money::new(amount, self.currency)
+    }
+}
+
 impl fmt::Display for Money {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{} {}", self.amount, self.currency)
@@ -125,7 +158,36 @@ mod tests {
         assert_eq!(err, MoneyError::CurrencyMismatch(eur, usd));
     }
 
+    fn m(amount: &str, currency: &str) -> Money {
+        Money::new(amount.parse().unwrap(), currency.parse().unwrap())
+    }
+
+    #[test]
+    fn rounding_edges() {
+        let r = |a: &str, c: &str| m(a, c).round_to_minor_unit().amount.to_string();
+        assert_eq!(r("0.005", "EUR"), "0.01");
+        assert_eq!(r("0.004999999", "EUR"), "0.00");
+        assert_eq!(r("-0.005", "EUR"), "-0.01");
+        assert_eq!(r("2.675", "USD"), "2.68");
+        assert_eq!(
+            r("0.125", "EUR"),
+            "0.13",
+            "half away from zero, not to even"
+        );
+        assert_eq!(r("0.5", "JPY"), "1");
+        assert_eq!(r("1.0005", "BHD"), "1.001");
+        assert_eq!(r("12.3", "EUR"), "12.30", "always the minor unit's digits");
+    }
+
     proptest! {
+        #[test]
+        fn rounding_moves_at_most_half_a_minor_unit(units in -1_000_000_000i64..1_000_000_000, scale in 0u32..10) {
+            let money = Money::new(Decimal::new(units, scale), "EUR".parse().unwrap());
+            let rounded = money.round_to_minor_unit();
+            prop_assert!((rounded.amount - money.amount).abs() <= Decimal::new(5, 3));
+            prop_assert!(rounded.amount.scale() == 2);
+        }
+
         #[test]
         fn addition_is_exact(a in -1_000_000_000i64..1_000_000_000, b in -1_000_000_000i64..1_000_000_000) {
             let eur: Currency = "EUR".parse().unwrap();
