@@ -200,7 +200,15 @@ pub struct StoreStats {
     pub dedupe_keys: u64,
 }
 
-type Memtable = BTreeMap<u64, Vec<Arc<Vec<UsageRecord>>>>;
+/// Records written together, with their dedupe keys and receive days: a
+/// key is hashed once per record, when it is reserved, and reused for the
+/// key file at flush time.
+struct Chunk {
+    records: Vec<UsageRecord>,
+    keys: Vec<(KeyHash, dedupe::Day)>,
+}
+
+type Memtable = BTreeMap<u64, Vec<Arc<Chunk>>>;
 
 struct Shared {
     config: StoreConfig,
@@ -392,23 +400,27 @@ impl RawStore {
             return Ok(outcome);
         }
         let flush_id = format!("import-{}", uuid::Uuid::new_v4().simple());
+        let chunk = Arc::new(Chunk {
+            records: accepted,
+            keys,
+        });
         let result = self
             .shared
             .write_flush(
                 &flush_id,
                 FlushOrigin::Import,
-                vec![Arc::new(accepted)],
+                vec![chunk.clone()],
                 Vec::new(),
             )
             .await;
         let mut ix = self.shared.dedupe.lock().expect("dedupe lock");
         match result {
             Ok(()) => {
-                ix.commit(keys);
+                ix.commit(chunk.keys.iter().copied());
                 Ok(outcome)
             }
             Err(e) => {
-                ix.release(keys.into_iter().map(|(k, _)| k));
+                ix.release(chunk.keys.iter().map(|(k, _)| *k));
                 Err(e)
             }
         }
@@ -465,7 +477,7 @@ impl RawStore {
 
         // Snapshot the memtable first: a flush that completes after this
         // point is read from the memtable, and its segments are skipped.
-        let mem: Vec<(u64, Vec<Arc<Vec<UsageRecord>>>)> = self
+        let mem: Vec<(u64, Vec<Arc<Chunk>>)> = self
             .shared
             .memtable
             .read()
@@ -477,7 +489,7 @@ impl RawStore {
         let mut found: Vec<UsageRecord> = Vec::new();
         for (_, chunks) in &mem {
             for chunk in chunks {
-                found.extend(chunk.iter().filter(|r| matches(r)).cloned());
+                found.extend(chunk.records.iter().filter(|r| matches(r)).cloned());
             }
         }
         // Segments are sorted by (time, source, id): each one contributes at
@@ -569,7 +581,12 @@ impl RawStore {
                     .write_flush(
                         &flush_id,
                         FlushOrigin::Compaction,
-                        vec![Arc::new(records)],
+                        // Compaction writes no key file: the keys of these
+                        // records are in the key files of their first flush.
+                        vec![Arc::new(Chunk {
+                            records,
+                            keys: Vec::new(),
+                        })],
                         paths.clone(),
                     )
                     .await?;
@@ -621,8 +638,8 @@ impl RawStore {
             let mut n = 0u64;
             let mut oldest: Option<DateTime<Utc>> = None;
             for chunk in mem.values().flatten() {
-                n += chunk.len() as u64;
-                if let Some(r) = chunk.first() {
+                n += chunk.records.len() as u64;
+                if let Some(r) = chunk.records.first() {
                     oldest = Some(oldest.map_or(r.received_at, |o| o.min(r.received_at)));
                 }
             }
@@ -761,16 +778,22 @@ impl Shared {
                 );
             }
             tracing::info!(file = %path.display(), records = replay.records.len(), "replayed write-ahead log");
-            self.dedupe.lock().expect("dedupe lock").load(
-                replay
-                    .records
-                    .iter()
-                    .map(|r| (dedupe::key_hash(&r.source, &r.id), day_of(r.received_at))),
+            let keys: Vec<(KeyHash, dedupe::Day)> = replay
+                .records
+                .iter()
+                .map(|r| (dedupe::key_hash(&r.source, &r.id), day_of(r.received_at)))
+                .collect();
+            self.dedupe
+                .lock()
+                .expect("dedupe lock")
+                .load(keys.iter().copied());
+            self.memtable.write().expect("memtable lock").insert(
+                seq,
+                vec![Arc::new(Chunk {
+                    records: replay.records,
+                    keys,
+                })],
             );
-            self.memtable
-                .write()
-                .expect("memtable lock")
-                .insert(seq, vec![Arc::new(replay.records)]);
             self.flush_wal(seq).await?;
         }
         Ok(seqs.last().copied())
@@ -804,7 +827,7 @@ impl Shared {
             .get(&seq)
             .cloned()
             .unwrap_or_default();
-        let count: usize = chunks.iter().map(|c| c.len()).sum();
+        let count: usize = chunks.iter().map(|c| c.records.len()).sum();
         if count > 0 && !catalog::flush_exists(&self.db.pool, &flush_id).await? {
             let started = Instant::now();
             self.write_flush(&flush_id, FlushOrigin::Wal(seq), chunks, Vec::new())
@@ -829,7 +852,7 @@ impl Shared {
         &self,
         flush_id: &str,
         origin: FlushOrigin,
-        chunks: Vec<Arc<Vec<UsageRecord>>>,
+        chunks: Vec<Arc<Chunk>>,
         retire: Vec<String>,
     ) -> Result<(), StoreError> {
         let zstd_level = self.config.zstd_level;
@@ -840,16 +863,13 @@ impl Shared {
         let encoded: Encoded =
             tokio::task::spawn_blocking(move || -> Result<Encoded, StoreError> {
                 let mut by_date: BTreeMap<NaiveDate, Vec<&UsageRecord>> = BTreeMap::new();
-                for r in chunks.iter().flat_map(|c| c.iter()) {
+                for r in chunks.iter().flat_map(|c| c.records.iter()) {
                     by_date.entry(r.time.date_naive()).or_default().push(r);
                 }
                 let mut max_day = i32::MIN;
                 if write_keys {
-                    let keys: Vec<(KeyHash, dedupe::Day)> = chunks
-                        .iter()
-                        .flat_map(|c| c.iter())
-                        .map(|r| (dedupe::key_hash(&r.source, &r.id), day_of(r.received_at)))
-                        .collect();
+                    let keys: Vec<(KeyHash, dedupe::Day)> =
+                        chunks.iter().flat_map(|c| c.keys.iter().copied()).collect();
                     max_day = keys.iter().map(|(_, d)| *d).max().unwrap_or(i32::MIN);
                     dedupe::write_key_file(&key_path, &keys)
                         .map_err(io(format!("cannot write key file {}", key_path.display())))?;
@@ -1054,15 +1074,18 @@ fn commit_group(shared: &Shared, wal: &mut WalFile, mut group: Vec<PendingAppend
     match result {
         Ok(()) => {
             let mut all = Vec::with_capacity(count);
+            let mut all_keys = Vec::with_capacity(count);
             let mut ix = shared.dedupe.lock().expect("dedupe lock");
             let mut replies = Vec::with_capacity(group.len());
             for p in group {
-                ix.commit(
+                let start = all_keys.len();
+                all_keys.extend(
                     p.keys
                         .iter()
                         .zip(&p.records)
                         .map(|(k, r)| (*k, day_of(r.received_at))),
                 );
+                ix.commit(all_keys[start..].iter().copied());
                 replies.push((
                     p.reply,
                     AppendOutcome {
@@ -1080,7 +1103,10 @@ fn commit_group(shared: &Shared, wal: &mut WalFile, mut group: Vec<PendingAppend
                     .expect("memtable lock")
                     .entry(wal.seq)
                     .or_default()
-                    .push(Arc::new(all));
+                    .push(Arc::new(Chunk {
+                        records: all,
+                        keys: all_keys,
+                    }));
             }
             for (reply, outcome) in replies {
                 let _ = reply.send(Ok(outcome));
