@@ -74,12 +74,11 @@ pub async fn post_events(
             ),
         )
     };
-    if let Some(len) = headers
+    let declared_len = headers
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<usize>().ok())
-        && len > limit
-    {
+        .and_then(|v| v.parse::<usize>().ok());
+    if declared_len.is_some_and(|len| len > limit) {
         return Err(refuse(too_large()));
     }
     let bytes: Bytes = axum::body::to_bytes(body, limit).await.map_err(|e| {
@@ -95,7 +94,7 @@ pub async fn post_events(
     let received_at = Utc::now().trunc_subsecs(6);
     let max_records = state.limits.max_batch_records;
     let decode = move || decode_body(decoder.as_ref(), framing, &bytes, received_at);
-    let (decoded, elements) = if content_length_is_small(&headers) {
+    let (decoded, elements) = if declared_len.is_some_and(|n| n <= INLINE_DECODE_BYTES) {
         decode()
     } else {
         tokio::task::spawn_blocking(decode)
@@ -139,12 +138,4 @@ pub async fn post_events(
         duplicates: outcome.duplicates,
         rejected: decoded.rejected,
     }))
-}
-
-fn content_length_is_small(headers: &HeaderMap) -> bool {
-    headers
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<usize>().ok())
-        .is_some_and(|n| n <= INLINE_DECODE_BYTES)
 }

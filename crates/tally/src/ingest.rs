@@ -108,6 +108,35 @@ pub async fn run(cfg: Config, args: IngestArgs) -> anyhow::Result<ExitCode> {
 
 type Outcome = (IngestSummary, Option<anyhow::Error>);
 
+/// Reads the files in order, numbering elements across all of them, and
+/// hands each chunk to `send` (which returns false once nobody listens).
+fn read_files(
+    paths: &[PathBuf],
+    chunk_bytes: usize,
+    bytes_read: Arc<AtomicU64>,
+    mut send: impl FnMut(FileChunk) -> bool,
+) -> anyhow::Result<()> {
+    let mut offset = 0u64;
+    for path in paths {
+        let n = read_chunks(
+            path,
+            chunk_bytes,
+            bytes_read.clone(),
+            |mut chunk: FileChunk| {
+                chunk.base_index += offset;
+                if send(chunk) {
+                    Ok(())
+                } else {
+                    Err("the import stopped")
+                }
+            },
+        )
+        .map_err(|e: ReadError<&str>| anyhow::anyhow!("{e}"))?;
+        offset += n;
+    }
+    Ok(())
+}
+
 async fn local(
     cfg: &Config,
     args: &IngestArgs,
@@ -172,22 +201,10 @@ fn pipeline(
     let (chunk_tx, chunk_rx) = sync_channel::<FileChunk>(4);
     let (decoded_tx, decoded_rx) = sync_channel::<Decoded>(4);
     let reader_bytes = bytes_read.clone();
-    let reader = std::thread::spawn(move || -> anyhow::Result<()> {
-        let mut offset = 0u64;
-        for path in paths {
-            let n = read_chunks(
-                &path,
-                CHUNK_BYTES,
-                reader_bytes.clone(),
-                |mut chunk: FileChunk| {
-                    chunk.base_index += offset;
-                    chunk_tx.send(chunk).map_err(|_| "the import stopped")
-                },
-            )
-            .map_err(|e: ReadError<&str>| anyhow::anyhow!("{e}"))?;
-            offset += n;
-        }
-        Ok(())
+    let reader = std::thread::spawn(move || {
+        read_files(&paths, CHUNK_BYTES, reader_bytes, |chunk| {
+            chunk_tx.send(chunk).is_ok()
+        })
     });
     let workers = std::thread::available_parallelism().map_or(2, |n| n.get());
     let chunk_rx = Arc::new(Mutex::new(chunk_rx));
@@ -298,22 +315,10 @@ async fn remote(
     let paths = args.paths.clone();
     let bytes_read = Arc::new(AtomicU64::new(0));
     let reader_bytes = bytes_read.clone();
-    let reader = tokio::task::spawn_blocking(move || -> anyhow::Result<()> {
-        let mut offset = 0u64;
-        for path in paths {
-            let n = read_chunks(
-                &path,
-                1 << 20,
-                reader_bytes.clone(),
-                |mut chunk: FileChunk| {
-                    chunk.base_index += offset;
-                    tx.blocking_send(chunk).map_err(|_| "the import stopped")
-                },
-            )
-            .map_err(|e: ReadError<&str>| anyhow::anyhow!("{e}"))?;
-            offset += n;
-        }
-        Ok(())
+    let reader = tokio::task::spawn_blocking(move || {
+        read_files(&paths, 1 << 20, reader_bytes, |chunk| {
+            tx.blocking_send(chunk).is_ok()
+        })
     });
     let mut summary = IngestSummary::default();
     let mut failure = None;

@@ -6,18 +6,12 @@ use common::{Server, event, tally};
 use serde_json::Value;
 
 fn ingest_json(dir: &std::path::Path, files: &[&std::path::Path]) -> Value {
-    let out = tally(dir)
-        .arg("ingest")
-        .args(files)
-        .args(["--output", "json"])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).expect("stdout is exactly the JSON summary")
+    common::run_json(
+        tally(dir)
+            .arg("ingest")
+            .args(files)
+            .args(["--output", "json"]),
+    )
 }
 
 #[test]
@@ -61,14 +55,9 @@ fn generated_gzip_and_zstd_files_import_and_reimport_as_duplicates() {
     assert_eq!(again["accepted"], 0);
     assert_eq!(again["duplicates"].as_u64().unwrap(), accepted);
 
-    let out = tally(&data)
-        .args([
-            "events", "--output", "json", "--limit", "1000", "--meter", "instance",
-        ])
-        .output()
-        .unwrap();
-    assert!(out.status.success());
-    let page: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let page = common::run_json(tally(&data).args([
+        "events", "--output", "json", "--limit", "1000", "--meter", "instance",
+    ]));
     assert!(!page["events"].as_array().unwrap().is_empty());
 }
 
@@ -111,17 +100,11 @@ fn local_ingest_while_a_server_runs_says_what_to_do_and_server_mode_works() {
     assert!(err.contains("tally ingest --server"), "{err}");
     assert!(err.contains(&server.url.replace("http://", "")), "{err}");
 
-    let out = tally(&data)
-        .args(["ingest", "--output", "json", "--server", &server.url])
-        .arg(&file)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    let v = common::run_json(
+        tally(&data)
+            .args(["ingest", "--output", "json", "--server", &server.url])
+            .arg(&file),
     );
-    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["accepted"], 2);
     server.stop();
 }

@@ -261,26 +261,17 @@ async fn project_reader_keys_see_only_their_project_and_cannot_ingest() {
     ]
     .join("\n");
     server.post("application/x-ndjson", body).await;
-    let out = common::tally(dir.path())
-        .args([
-            "admin",
-            "key",
-            "create",
-            "--role",
-            "project-reader",
-            "--project",
-            "p2",
-            "--output",
-            "json",
-        ])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let created: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let created = common::run_json(common::tally(dir.path()).args([
+        "admin",
+        "key",
+        "create",
+        "--role",
+        "project-reader",
+        "--project",
+        "p2",
+        "--output",
+        "json",
+    ]));
     let key = created["key"].as_str().unwrap();
 
     let mine = server.all_events_as(key, "").await;

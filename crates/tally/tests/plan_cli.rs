@@ -22,17 +22,11 @@ charge = { type = "per_unit", unit_price = "0.0125" }
 "#,
     )
     .unwrap();
-    let out = common::tally(dir.path())
-        .args(["plan", "check", "--output", "json"])
-        .arg(&good)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    let v = common::run_json(
+        common::tally(dir.path())
+            .args(["plan", "check", "--output", "json"])
+            .arg(&good),
     );
-    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["valid"], true);
     assert_eq!(
         v["versions"][0]["rules"][0]["charge"]["unit_price"],
@@ -63,12 +57,10 @@ charge = { type = "per_unit", unit_price = "0.0125" }
 #[test]
 fn meters_lists_the_default_openstack_set() {
     let dir = tempfile::tempdir().unwrap();
-    let out = common::tally(dir.path())
-        .args(["meters", "--output", "json"])
-        .output()
-        .unwrap();
-    assert!(out.status.success());
-    let list: Vec<Value> = serde_json::from_slice(&out.stdout).unwrap();
+    let list: Vec<Value> = serde_json::from_value(common::run_json(
+        common::tally(dir.path()).args(["meters", "--output", "json"]),
+    ))
+    .unwrap();
     assert!(
         list.iter()
             .any(|m| m["name"] == "volume.gib_hours" && m["records"] == "volume.size")

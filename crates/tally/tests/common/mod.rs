@@ -20,6 +20,17 @@ pub fn tally(data_dir: &Path) -> Command {
     c
 }
 
+/// Runs a `tally` command that must succeed and print one JSON document.
+pub fn run_json(cmd: &mut Command) -> serde_json::Value {
+    let out = cmd.output().expect("tally runs");
+    assert!(
+        out.status.success(),
+        "tally failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("stdout is exactly one JSON document")
+}
+
 /// A running `tally serve` on a free loopback port.
 pub struct Server {
     pub child: Child,
