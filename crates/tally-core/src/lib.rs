@@ -14,6 +14,7 @@ pub mod ingest;
 pub mod metering;
 pub mod money;
 pub mod pricing;
+pub mod rated;
 pub mod record;
 pub mod volume;
 
@@ -22,5 +23,6 @@ pub use identity::{Identity, Role};
 pub use ingest::{IngestSummary, RejectCode, Rejection};
 pub use money::{Currency, Money, MoneyError, ROUNDING_RULE};
 pub use pricing::{Charge, PriceRule, Priced, PricingError, Tier, TierCharge};
+pub use rated::RatedLine;
 pub use record::{AttributeValue, Attributes, MeterKind, RecordKey, UsageRecord};
 pub use volume::{VolumeError, parse_volume_text};

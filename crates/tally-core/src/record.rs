@@ -131,6 +131,18 @@ impl AttributeValue {
         }
     }
 
+    /// The value as plain text, the way meter selectors, group-by keys and
+    /// price-plan matches compare it: strings as they are, numbers as sent
+    /// (`8`, `2.0`), booleans `true`/`false`, null `null`.
+    pub fn text(&self) -> String {
+        match self {
+            AttributeValue::String(s) => s.clone(),
+            AttributeValue::Number(n) => n.to_string(),
+            AttributeValue::Bool(b) => b.to_string(),
+            AttributeValue::Null => "null".into(),
+        }
+    }
+
     /// The value as a string if it is one.
     pub fn as_str(&self) -> Option<&str> {
         match self {

@@ -20,7 +20,8 @@ use chrono::{DateTime, Utc};
 use rust_decimal::Decimal;
 use serde::{Deserialize, Deserializer};
 use tally_core::pricing::{Charge, PriceRule, Tier};
-use tally_core::{AttributeValue, Attributes, Currency};
+use tally_core::cloudkitty::HashmapRules;
+use tally_core::{Attributes, Currency};
 
 /// A plan that cannot be used, with where and what to fix.
 pub type PlanError = tally_core::DocumentError;
@@ -161,15 +162,26 @@ pub struct PricePlan {
     pub currency: Currency,
     /// Versions by effective instant, oldest first.
     pub versions: Vec<PlanVersion>,
+    /// CloudKitty hashmap rules by meter (from `tally plan import-cloudkitty`).
+    /// They price a meter in every version; a native rule for the same meter
+    /// takes precedence.
+    pub cloudkitty: BTreeMap<String, HashmapRules>,
 }
 
-fn attribute_text(v: &AttributeValue) -> String {
-    match v {
-        AttributeValue::String(s) => s.clone(),
-        AttributeValue::Number(n) => n.to_string(),
-        AttributeValue::Bool(b) => b.to_string(),
-        AttributeValue::Null => "null".into(),
-    }
+/// How a plan priced one line (or why it did not).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct LinePrice {
+    /// Version number in force at the period start (0 when none is).
+    pub plan_version: u32,
+    /// The rule that priced the line: `rules[2]` (position in its version),
+    /// `cloudkitty:<meter>`, or `unpriced`.
+    pub rule: String,
+    /// Full-precision amount (0 when unpriced or in error).
+    pub amount: Decimal,
+    /// The price of one unit, when one price applies to every unit.
+    pub unit_price: Option<Decimal>,
+    /// Why the line could not be priced, when the rule failed on it.
+    pub error: Option<String>,
 }
 
 impl PricePlan {
@@ -288,7 +300,104 @@ impl PricePlan {
             name: file.name,
             currency,
             versions,
+            cloudkitty: BTreeMap::new(),
         })
+    }
+
+    /// A plan made of CloudKitty hashmap rules (one version, in force since
+    /// the Unix epoch: the rules' own `start`/`end` bound them).
+    pub fn from_cloudkitty(
+        id: &str,
+        currency: Currency,
+        json: &str,
+    ) -> Result<PricePlan, PlanError> {
+        if id.trim().is_empty() {
+            return Err(PlanError::Invalid {
+                path: "id".into(),
+                message: "the plan needs a non-empty id (--id)".into(),
+            });
+        }
+        Ok(PricePlan {
+            id: id.to_string(),
+            name: format!("Imported from CloudKitty ({id})"),
+            currency,
+            versions: vec![PlanVersion {
+                number: 1,
+                effective_from: DateTime::UNIX_EPOCH,
+                rules: Vec::new(),
+            }],
+            cloudkitty: cloudkitty_import::import_cloudkitty(json)?,
+        })
+    }
+
+    /// Prices `quantity` of `meter` for `project` in the period starting at
+    /// `period_start`: the most specific native rule (see
+    /// [`PricePlan::rule_for`]), else the meter's CloudKitty rules, else
+    /// nothing (`unpriced`, amount 0). A rule that fails on this line (an
+    /// overflow, a text value on a thresholded field) gives amount 0 and the
+    /// reason, and does not stop the run.
+    pub fn price(
+        &self,
+        meter: &str,
+        project: &str,
+        attributes: &Attributes,
+        period_start: DateTime<Utc>,
+        quantity: Decimal,
+    ) -> LinePrice {
+        let version = self.version_at(period_start).map_or(0, |v| v.number);
+        if let Some((v, r)) = self.rule_for(meter, project, attributes, period_start) {
+            let unit_price = match &r.rule.charge {
+                Charge::PerUnit { unit_price } if r.rule.free_allowance.is_zero() => {
+                    Some(*unit_price)
+                }
+                _ => None,
+            };
+            let rule = format!("rules[{}]", r.index);
+            return match r.rule.price(quantity) {
+                Ok(p) => LinePrice {
+                    plan_version: v.number,
+                    rule,
+                    amount: p.amount,
+                    unit_price: unit_price.filter(|_| !p.minimum_applied),
+                    error: None,
+                },
+                Err(e) => LinePrice {
+                    plan_version: v.number,
+                    rule,
+                    amount: Decimal::ZERO,
+                    unit_price: None,
+                    error: Some(e.to_string()),
+                },
+            };
+        }
+        if version > 0
+            && let Some(rules) = self.cloudkitty.get(meter)
+        {
+            let rule = format!("cloudkitty:{meter}");
+            return match rules.price(project, period_start, quantity, attributes) {
+                Ok(p) => LinePrice {
+                    plan_version: version,
+                    rule,
+                    amount: p.price,
+                    unit_price: None,
+                    error: None,
+                },
+                Err(e) => LinePrice {
+                    plan_version: version,
+                    rule,
+                    amount: Decimal::ZERO,
+                    unit_price: None,
+                    error: Some(e.to_string()),
+                },
+            };
+        }
+        LinePrice {
+            plan_version: version,
+            rule: tally_core::rated::UNPRICED.to_string(),
+            amount: Decimal::ZERO,
+            unit_price: None,
+            error: None,
+        }
     }
 
     /// The version in force at `at`: the latest one effective at or before it.
@@ -319,7 +428,7 @@ impl PricePlan {
             .filter(|r| {
                 r.matches
                     .iter()
-                    .all(|(k, v)| attributes.get(k).is_some_and(|a| attribute_text(a) == *v))
+                    .all(|(k, v)| attributes.get(k).is_some_and(|a| a.text() == *v))
             })
             .min_by_key(|r| {
                 (
@@ -335,6 +444,7 @@ impl PricePlan {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tally_core::AttributeValue;
     use chrono::TimeZone;
 
     const PLAN: &str = r#"

@@ -1,9 +1,19 @@
-//! Tally's rate module.
+//! Tally's rate module: meter definitions, metering of one resource's raw
+//! records into lines, and the rating job that runs it over a period of the
+//! raw store on Apache DataFusion.
 //!
-//! Today: meter definitions ([`meters`]), which say how raw records of a
-//! meter become the quantity that is priced. The rating job that runs them
-//! over the raw store on Apache DataFusion comes next and will live here.
+//! Layers, pure first: [`meters`] (definition files), [`aggregate`] (one
+//! resource's records → unpriced lines; no I/O), [`lines`] (rated lines as
+//! Arrow/Parquet), [`job`] (the DataFusion scan and the per-partition
+//! tasks), [`runs`] (the run catalog and line files), [`query`] (reading
+//! current lines back).
 
+pub mod aggregate;
+pub mod job;
+pub mod lines;
 pub mod meters;
+pub mod runs;
 
+pub use aggregate::{MeteredLine, Metering, RatingWindow, RawUsage, WindowError};
+pub use job::{LineSink, RatingConfig, RatingError, RatingRequest, RunTotals};
 pub use meters::{Aggregation, MeterDefinition, MeterSet, RecordSelector};

@@ -236,6 +236,11 @@ enum Command {
     Stop {
         reply: oneshot::Sender<()>,
     },
+    /// Seal the current log file now (if it holds records) and reply with
+    /// the sequence numbers sealed so far and not yet flushed.
+    Seal {
+        reply: oneshot::Sender<()>,
+    },
 }
 
 /// The raw usage store of one data directory. Cheap to clone.
@@ -674,6 +679,41 @@ impl RawStore {
         }
     }
 
+    /// Makes every record acknowledged so far visible in Parquet segments:
+    /// seals the current log file and flushes all sealed ones. The rating
+    /// job calls it so that a run sees what was ingested just before it.
+    pub async fn flush_now(&self) -> Result<(), StoreError> {
+        let (reply, rx) = oneshot::channel();
+        self.commands
+            .send(Command::Seal { reply })
+            .map_err(|_| StoreError::Closed)?;
+        rx.await.map_err(|_| StoreError::Closed)?;
+        let mut seqs: Vec<u64> = self
+            .shared
+            .memtable
+            .read()
+            .expect("memtable lock")
+            .keys()
+            .copied()
+            .collect();
+        // The last one is the open log file the writer appends to.
+        seqs.pop();
+        for seq in seqs {
+            self.shared.flush_wal(seq).await?;
+        }
+        Ok(())
+    }
+
+    /// Where the segment files live.
+    pub fn objects(&self) -> &RawObjects {
+        &self.shared.objects
+    }
+
+    /// The billing database the catalog is in.
+    pub fn database(&self) -> &Database {
+        &self.shared.db
+    }
+
     /// Stops accepting appends, flushes everything to Parquet and stops the
     /// background work. Appends after this fail with [`StoreError::Closed`].
     pub async fn shutdown(&self) -> Result<(), StoreError> {
@@ -955,6 +995,7 @@ fn writer_loop(
     let mut opened = Instant::now();
     let interval = shared.config.flush_interval;
     let mut stop_reply = None;
+    let mut seal_replies: Vec<oneshot::Sender<()>> = Vec::new();
     loop {
         let wait = interval
             .saturating_sub(opened.elapsed())
@@ -967,10 +1008,13 @@ fn writer_loop(
         let mut group: Vec<PendingAppend> = Vec::new();
         let mut group_records = 0usize;
         if let Some(cmd) = first {
-            group_records += take_command(cmd, &mut group, &mut stop_reply);
+            group_records += take_command(cmd, &mut group, &mut stop_reply, &mut seal_replies);
             while group_records < shared.config.max_group_records && stop_reply.is_none() {
                 match rx.try_recv() {
-                    Ok(cmd) => group_records += take_command(cmd, &mut group, &mut stop_reply),
+                    Ok(cmd) => {
+                        group_records +=
+                            take_command(cmd, &mut group, &mut stop_reply, &mut seal_replies)
+                    }
                     Err(_) => break,
                 }
             }
@@ -980,7 +1024,8 @@ fn writer_loop(
         }
         let due = wal.records > 0
             && (wal.len >= shared.config.wal_rotate_bytes || opened.elapsed() >= interval);
-        if due || (stop_reply.is_some() && wal.records > 0) {
+        let sealing = stop_reply.is_some() || !seal_replies.is_empty();
+        if due || (sealing && wal.records > 0) {
             match WalFile::create(&shared.wal_dir, wal.seq + 1) {
                 Ok(next) => {
                     let sealed = std::mem::replace(&mut wal, next);
@@ -997,6 +1042,9 @@ fn writer_loop(
         } else if wal.records == 0 {
             opened = Instant::now();
         }
+        for reply in seal_replies.drain(..) {
+            let _ = reply.send(());
+        }
         if let Some(reply) = stop_reply.take() {
             let _ = reply.send(());
             break;
@@ -1010,6 +1058,7 @@ fn take_command(
     cmd: Command,
     group: &mut Vec<PendingAppend>,
     stop: &mut Option<oneshot::Sender<()>>,
+    seals: &mut Vec<oneshot::Sender<()>>,
 ) -> usize {
     match cmd {
         Command::Append { records, reply } => {
@@ -1024,6 +1073,10 @@ fn take_command(
         }
         Command::Stop { reply } => {
             *stop = Some(reply);
+            0
+        }
+        Command::Seal { reply } => {
+            seals.push(reply);
             0
         }
     }

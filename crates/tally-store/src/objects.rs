@@ -89,11 +89,29 @@ impl RawObjects {
         p
     }
 
+    /// The object store behind it, for engines that read segments directly
+    /// (the rating job registers it with DataFusion).
+    pub fn object_store(&self) -> Arc<dyn ObjectStore> {
+        self.store.clone()
+    }
+
+    /// The location of `path` inside the object store (prefix included).
+    pub fn location(&self, path: &str) -> ObjectPath {
+        self.full(path)
+    }
+
     /// Stores `data` at `path` durably.
     pub async fn put(&self, path: &str, data: Vec<u8>) -> Result<(), ObjectsError> {
         self.store
             .put(&self.full(path), PutPayload::from(Bytes::from(data)))
             .await?;
+        self.sync_local(path)
+    }
+
+    /// Makes an object written by other means (a streaming upload) durable:
+    /// on a local store, fsyncs the file and its directory; object stores
+    /// are durable once an upload completes.
+    pub fn sync_local(&self, path: &str) -> Result<(), ObjectsError> {
         if let Some(root) = &self.local_root {
             let file = root.join(path);
             let sync =

@@ -1,0 +1,574 @@
+//! The rating job: Parquet segments of a period → rated lines.
+//!
+//! DataFusion does the data-parallel part: it scans the period's segments
+//! (plus a short look-back for gauges and states carried into the period),
+//! hash-partitions rows by (project, resource) and sorts each partition by
+//! that key, spilling to disk beyond its memory budget. Each partition's
+//! sorted stream is then read one resource at a time by a task that meters
+//! it ([`crate::aggregate`]), prices it ([`tally_price::PricePlan::price`])
+//! and hands the lines to a [`LineSink`]: Parquet files for a real run, a
+//! table of totals for a simulation. Nothing ever holds a whole period: the
+//! unit of memory is one resource's records.
+//!
+//! Determinism: rows reach a resource's metering in any order and
+//! [`crate::aggregate`] orders them itself; partitions are fixed by the
+//! number of partitions and DataFusion's fixed-seed hash; each partition's
+//! lines are written in (project, resource, meter, group, period) order.
+//! Two runs over the same segments, meters and plan therefore write
+//! byte-identical files.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use arrow::array::{
+    Array, Decimal128Array, RecordBatch, StringArray, TimestampMicrosecondArray, UInt32Array,
+};
+use chrono::{DateTime, Duration, Utc};
+use datafusion::arrow::compute::SortOptions;
+use datafusion::common::ScalarValue;
+use datafusion::execution::memory_pool::FairSpillPool;
+use datafusion::execution::runtime_env::RuntimeEnvBuilder;
+use datafusion::physical_expr::expressions::col as physical_col;
+use datafusion::physical_expr::{LexOrdering, PhysicalSortExpr};
+use datafusion::physical_plan::repartition::RepartitionExec;
+use datafusion::physical_plan::sorts::sort::SortExec;
+use datafusion::physical_plan::{ExecutionPlan, Partitioning, execute_stream_partitioned};
+use datafusion::prelude::{
+    DataFrame, Expr, ParquetReadOptions, SessionConfig, SessionContext, col, in_list, lit,
+};
+use futures::StreamExt;
+use rust_decimal::Decimal;
+use tally_core::rated::UNPRICED;
+use tally_core::{Attributes, MeterKind, RatedLine};
+use tally_db::Database;
+use tally_price::PricePlan;
+use tally_store::catalog::{self, SegmentEntry};
+use tally_store::objects::RawObjects;
+
+use crate::aggregate::{MeteredLine, Metering, RatingWindow, RawUsage};
+use crate::meters::{Aggregation, MeterSet};
+
+/// Errors that stop a rating run. Per-line problems (a rule failing on one
+/// line) do not: they are recorded on the line.
+#[derive(Debug, thiserror::Error)]
+pub enum RatingError {
+    /// The query engine failed.
+    #[error("rating query failed: {0}")]
+    Engine(#[from] datafusion::error::DataFusionError),
+    /// The billing database failed.
+    #[error("billing database: {0}")]
+    Database(#[from] sqlx::Error),
+    /// Writing or reading line files failed.
+    #[error("rated-line files: {0}")]
+    Files(String),
+    /// A segment holds something the store would never write.
+    #[error("segment {segment} is unreadable: {message}")]
+    Segment {
+        /// The segment path.
+        segment: String,
+        /// What is wrong.
+        message: String,
+    },
+}
+
+/// How the job uses the machine.
+#[derive(Debug, Clone)]
+pub struct RatingConfig {
+    /// Partitions rated in parallel (default: the number of cores).
+    pub partitions: usize,
+    /// Memory DataFusion may use before its sorts spill to disk.
+    pub memory_limit: usize,
+    /// Where sorts spill.
+    pub spill_dir: PathBuf,
+    /// How far before the range the job looks for the last value of gauges
+    /// and the last state of resources, to carry them into the range.
+    pub carry_lookback: Duration,
+    /// Rows per batch read.
+    pub batch_size: usize,
+}
+
+impl RatingConfig {
+    /// Defaults sized for a laptop, spilling under `spill_dir`.
+    pub fn new(spill_dir: PathBuf) -> RatingConfig {
+        RatingConfig {
+            partitions: std::thread::available_parallelism().map_or(2, |n| n.get()),
+            memory_limit: 512 << 20,
+            spill_dir,
+            carry_lookback: Duration::days(2),
+            batch_size: 8192,
+        }
+    }
+}
+
+/// What one run produced, for the caller and the run catalog.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize)]
+pub struct RunTotals {
+    /// Raw records inside the range that were read.
+    pub records_read: u64,
+    /// Of those, copies of an id already counted.
+    pub duplicates: u64,
+    /// Lines produced.
+    pub lines: u64,
+    /// Lines no plan rule priced.
+    pub unpriced_lines: u64,
+    /// Lines a rule failed on.
+    pub error_lines: u64,
+    /// Sum of line amounts, full precision.
+    pub amount: Decimal,
+}
+
+impl RunTotals {
+    fn add(&mut self, other: &RunTotals) {
+        self.records_read += other.records_read;
+        self.duplicates += other.duplicates;
+        self.lines += other.lines;
+        self.unpriced_lines += other.unpriced_lines;
+        self.error_lines += other.error_lines;
+        self.amount += other.amount;
+    }
+}
+
+/// Where a partition's lines go.
+pub trait LineSink: Send {
+    /// Takes the lines of one resource, in order.
+    fn accept(
+        &mut self,
+        lines: Vec<RatedLine>,
+    ) -> impl std::future::Future<Output = Result<(), RatingError>> + Send;
+}
+
+/// What a rating run needs besides the data.
+#[derive(Debug, Clone)]
+pub struct RatingRequest {
+    /// The range and its periods.
+    pub window: RatingWindow,
+    /// The meter definitions.
+    pub meters: Arc<MeterSet>,
+    /// The plan that prices lines; `None` leaves every line unpriced.
+    pub plan: Option<Arc<PricePlan>>,
+}
+
+/// Runs the DataFusion part of a rating and feeds each partition's lines to
+/// the sink `make_sink(partition)` returns. Returns the totals and the
+/// segments read.
+pub async fn rate<S, F>(
+    db: &Database,
+    raw: &RawObjects,
+    config: &RatingConfig,
+    request: &RatingRequest,
+    make_sink: F,
+) -> Result<(RunTotals, Vec<String>, Vec<S>), RatingError>
+where
+    S: LineSink + 'static,
+    F: Fn(usize) -> S,
+{
+    let window = request.window;
+    let carry_from = window.from - config.carry_lookback;
+    let segments = catalog::active_segments(
+        &db.pool,
+        carry_from.timestamp_micros(),
+        window.to.timestamp_micros(),
+    )
+    .await?;
+    let partitions = config.partitions.max(1);
+    let segment_paths: Arc<Vec<String>> =
+        Arc::new(segments.iter().map(|s| s.path.clone()).collect());
+    if segments.is_empty() {
+        let sinks = (0..partitions).map(make_sink).collect();
+        return Ok((RunTotals::default(), Vec::new(), sinks));
+    }
+    let ctx = session(raw, config)?;
+    let plan = scan_plan(&ctx, raw, &segments, request, carry_from).await?;
+    let schema = plan.schema();
+    let keys = vec![
+        physical_col("project_id", &schema)?,
+        physical_col("resource_id", &schema)?,
+    ];
+    let repartitioned = Arc::new(RepartitionExec::try_new(
+        plan,
+        Partitioning::Hash(keys.clone(), partitions),
+    )?);
+    let ordering = LexOrdering::new(
+        keys.into_iter()
+            .map(|k| PhysicalSortExpr::new(k, SortOptions::default())),
+    )
+    .expect("two sort keys");
+    let sorted: Arc<dyn ExecutionPlan> =
+        Arc::new(SortExec::new(ordering, repartitioned).with_preserve_partitioning(true));
+    let streams = execute_stream_partitioned(sorted, ctx.task_ctx())?;
+
+    let mut tasks = Vec::new();
+    for (index, stream) in streams.into_iter().enumerate() {
+        let sink = make_sink(index);
+        let request = request.clone();
+        let segment_paths = segment_paths.clone();
+        tasks.push(tokio::spawn(async move {
+            consume(stream, request, segment_paths, sink).await
+        }));
+    }
+    let mut totals = RunTotals::default();
+    let mut sinks = Vec::new();
+    for task in tasks {
+        let (t, sink) = task
+            .await
+            .map_err(|e| RatingError::Files(format!("a rating task failed: {e}")))??;
+        totals.add(&t);
+        sinks.push(sink);
+    }
+    Ok((totals, segment_paths.to_vec(), sinks))
+}
+
+/// URL under which the raw store's object store is registered with
+/// DataFusion, whatever backend it is.
+const RAW_URL: &str = "tally-raw://segments";
+
+fn session(raw: &RawObjects, config: &RatingConfig) -> Result<SessionContext, RatingError> {
+    std::fs::create_dir_all(&config.spill_dir).map_err(|e| {
+        RatingError::Files(format!(
+            "cannot create the spill directory {}: {e}",
+            config.spill_dir.display()
+        ))
+    })?;
+    let runtime = RuntimeEnvBuilder::new()
+        .with_memory_pool(Arc::new(FairSpillPool::new(config.memory_limit)))
+        .with_temp_file_path(config.spill_dir.clone())
+        .build_arc()?;
+    let session_config = SessionConfig::new()
+        .with_target_partitions(config.partitions.max(1))
+        .with_batch_size(config.batch_size);
+    let ctx = SessionContext::new_with_config_rt(session_config, runtime);
+    let url = url::Url::parse(RAW_URL).expect("constant URL");
+    ctx.register_object_store(&url, raw.object_store());
+    Ok(ctx)
+}
+
+fn timestamp(t: DateTime<Utc>) -> Expr {
+    lit(ScalarValue::TimestampMicrosecond(
+        Some(t.timestamp_micros()),
+        Some("UTC".into()),
+    ))
+}
+
+/// The meters whose last value or state before the range matters.
+fn carried_meters(meters: &MeterSet) -> Vec<String> {
+    let mut names: Vec<String> = meters
+        .meters
+        .iter()
+        .filter(|m| {
+            matches!(
+                m.aggregation,
+                Aggregation::TimeWeighted | Aggregation::StateDuration { .. }
+            )
+        })
+        .map(|m| m.records.meter.clone())
+        .collect();
+    names.sort();
+    names.dedup();
+    names
+}
+
+/// One scan per segment (so each row knows its segment), unioned.
+async fn scan_plan(
+    ctx: &SessionContext,
+    raw: &RawObjects,
+    segments: &[SegmentEntry],
+    request: &RatingRequest,
+    carry_from: DateTime<Utc>,
+) -> Result<Arc<dyn ExecutionPlan>, RatingError> {
+    let window = request.window;
+    let in_range = col("time")
+        .gt_eq(timestamp(window.from))
+        .and(col("time").lt(timestamp(window.to)));
+    let carried = carried_meters(&request.meters);
+    let filter = if carried.is_empty() {
+        in_range
+    } else {
+        let before = col("time")
+            .gt_eq(timestamp(carry_from))
+            .and(col("time").lt(timestamp(window.from)))
+            .and(in_list(
+                col("meter"),
+                carried.iter().map(|m| lit(m.as_str())).collect(),
+                false,
+            ));
+        in_range.or(before)
+    };
+    let schema = tally_store::segment::schema();
+    let mut union: Option<DataFrame> = None;
+    for (index, segment) in segments.iter().enumerate() {
+        let url = format!("{RAW_URL}/{}", raw.location(&segment.path));
+        let frame = ctx
+            .read_parquet(url, ParquetReadOptions::default().schema(&schema))
+            .await?
+            .filter(filter.clone())?
+            .select(vec![
+                col("source"),
+                col("id"),
+                col("time"),
+                col("received_at"),
+                col("project_id"),
+                col("resource_id"),
+                col("meter"),
+                col("kind"),
+                col("volume"),
+                col("unit"),
+                col("attributes"),
+                lit(index as u32).alias("segment"),
+            ])?;
+        union = Some(match union {
+            None => frame,
+            Some(u) => u.union(frame)?,
+        });
+    }
+    let frame = union.expect("at least one segment");
+    Ok(frame.create_physical_plan().await?)
+}
+
+/// The columns of a scan batch, looked up once per batch.
+struct Columns<'a> {
+    source: &'a StringArray,
+    id: &'a StringArray,
+    time: &'a TimestampMicrosecondArray,
+    received_at: &'a TimestampMicrosecondArray,
+    project: &'a StringArray,
+    resource: &'a StringArray,
+    meter: &'a StringArray,
+    kind: &'a StringArray,
+    volume: &'a Decimal128Array,
+    unit: &'a StringArray,
+    attributes: &'a StringArray,
+    segment: &'a UInt32Array,
+}
+
+impl<'a> Columns<'a> {
+    fn of(batch: &'a RecordBatch) -> Result<Columns<'a>, RatingError> {
+        fn get<'b, T: 'static>(batch: &'b RecordBatch, name: &str) -> Result<&'b T, RatingError> {
+            batch
+                .column_by_name(name)
+                .and_then(|c| c.as_any().downcast_ref::<T>())
+                .ok_or_else(|| RatingError::Segment {
+                    segment: "(scan)".into(),
+                    message: format!("column '{name}' is missing or mistyped"),
+                })
+        }
+        Ok(Columns {
+            source: get(batch, "source")?,
+            id: get(batch, "id")?,
+            time: get(batch, "time")?,
+            received_at: get(batch, "received_at")?,
+            project: get(batch, "project_id")?,
+            resource: get(batch, "resource_id")?,
+            meter: get(batch, "meter")?,
+            kind: get(batch, "kind")?,
+            volume: get(batch, "volume")?,
+            unit: get(batch, "unit")?,
+            attributes: get(batch, "attributes")?,
+            segment: get(batch, "segment")?,
+        })
+    }
+}
+
+/// One resource's rows as they accumulate from the sorted stream.
+#[derive(Default)]
+struct ResourceRows {
+    project: String,
+    resource: String,
+    records: Vec<RawUsage>,
+    /// Latest record before the range, per raw meter.
+    carry: BTreeMap<Arc<str>, RawUsage>,
+    /// Parsed attributes by their JSON text: a resource's records mostly
+    /// repeat a few attribute sets.
+    attributes: HashMap<String, Arc<Attributes>>,
+}
+
+async fn consume<S: LineSink>(
+    mut stream: datafusion::execution::SendableRecordBatchStream,
+    request: RatingRequest,
+    segment_paths: Arc<Vec<String>>,
+    mut sink: S,
+) -> Result<(RunTotals, S), RatingError> {
+    let metering = Metering::new(&request.meters, request.window);
+    let plan = request.plan.as_deref();
+    let mut totals = RunTotals::default();
+    let mut meters: HashMap<String, Arc<str>> = HashMap::new();
+    let mut units: HashMap<String, Arc<str>> = HashMap::new();
+    let mut current = ResourceRows::default();
+    let mut started = false;
+    while let Some(batch) = stream.next().await {
+        let batch = batch?;
+        let c = Columns::of(&batch)?;
+        for row in 0..batch.num_rows() {
+            let (project, resource) = (c.project.value(row), c.resource.value(row));
+            if !started || current.project != project || current.resource != resource {
+                if started {
+                    let done = std::mem::take(&mut current);
+                    finish_resource(done, &metering, plan, &segment_paths, &mut totals, &mut sink)
+                        .await?;
+                }
+                started = true;
+                current.project = project.to_string();
+                current.resource = resource.to_string();
+            }
+            let record = read_row(&c, row, &mut meters, &mut units, &mut current.attributes)?;
+            if record.time < request.window.from {
+                match current.carry.get(&record.meter) {
+                    Some(held) if !later(&record, held) => {}
+                    _ => {
+                        current.carry.insert(record.meter.clone(), record);
+                    }
+                }
+            } else {
+                totals.records_read += 1;
+                current.records.push(record);
+            }
+        }
+    }
+    if started {
+        finish_resource(current, &metering, plan, &segment_paths, &mut totals, &mut sink).await?;
+    }
+    Ok((totals, sink))
+}
+
+fn later(a: &RawUsage, b: &RawUsage) -> bool {
+    (a.time, a.received_at, a.key) > (b.time, b.received_at, b.key)
+}
+
+fn read_row(
+    c: &Columns<'_>,
+    row: usize,
+    meters: &mut HashMap<String, Arc<str>>,
+    units: &mut HashMap<String, Arc<str>>,
+    attributes: &mut HashMap<String, Arc<Attributes>>,
+) -> Result<RawUsage, RatingError> {
+    let segment = c.segment.value(row);
+    let bad = |message: String| RatingError::Segment {
+        segment: format!("#{segment}"),
+        message,
+    };
+    let intern = |map: &mut HashMap<String, Arc<str>>, s: &str| -> Arc<str> {
+        match map.get(s) {
+            Some(a) => a.clone(),
+            None => {
+                let a: Arc<str> = Arc::from(s);
+                map.insert(s.to_string(), a.clone());
+                a
+            }
+        }
+    };
+    let instant = |v: i64| {
+        DateTime::from_timestamp_micros(v).ok_or_else(|| bad(format!("timestamp {v} out of range")))
+    };
+    let (hi, lo) = tally_store::dedupe::key_hash(c.source.value(row), c.id.value(row));
+    let text = c.attributes.value(row);
+    let attrs = match attributes.get(text) {
+        Some(a) => a.clone(),
+        None => {
+            let parsed: Attributes = serde_json::from_str(text)
+                .map_err(|e| bad(format!("attributes are not a JSON object: {e}")))?;
+            let a = Arc::new(parsed);
+            attributes.insert(text.to_string(), a.clone());
+            a
+        }
+    };
+    Ok(RawUsage {
+        meter: intern(meters, c.meter.value(row)),
+        time: instant(c.time.value(row))?,
+        received_at: instant(c.received_at.value(row))?,
+        key: (u128::from(hi) << 64) | u128::from(lo),
+        kind: c
+            .kind
+            .value(row)
+            .parse::<MeterKind>()
+            .map_err(|e| bad(e.to_string()))?,
+        volume: tally_store::segment::volume_from_i128(c.volume.value(row))
+            .map_err(|e| bad(e.to_string()))?,
+        unit: (!c.unit.is_null(row)).then(|| intern(units, c.unit.value(row))),
+        attributes: attrs,
+        segment,
+    })
+}
+
+async fn finish_resource<S: LineSink>(
+    rows: ResourceRows,
+    metering: &Metering<'_>,
+    plan: Option<&PricePlan>,
+    segment_paths: &[String],
+    totals: &mut RunTotals,
+    sink: &mut S,
+) -> Result<(), RatingError> {
+    let carry: Vec<RawUsage> = rows.carry.into_values().collect();
+    let (metered, duplicates) = metering.meter_resource(rows.records, carry);
+    totals.duplicates += duplicates;
+    if metered.is_empty() {
+        return Ok(());
+    }
+    let lines: Vec<RatedLine> = metered
+        .into_iter()
+        .map(|m| price_line(&rows.project, &rows.resource, m, plan, segment_paths))
+        .collect();
+    for l in &lines {
+        totals.lines += 1;
+        totals.amount += l.amount;
+        if l.rule == UNPRICED {
+            totals.unpriced_lines += 1;
+        }
+        if l.error.is_some() {
+            totals.error_lines += 1;
+        }
+    }
+    sink.accept(lines).await
+}
+
+/// Prices one metered line with the plan (or leaves it unpriced).
+pub fn price_line(
+    project: &str,
+    resource: &str,
+    m: MeteredLine,
+    plan: Option<&PricePlan>,
+    segment_paths: &[String],
+) -> RatedLine {
+    let mut line = RatedLine {
+        project_id: project.to_string(),
+        resource_id: resource.to_string(),
+        meter: m.meter,
+        group: m.group,
+        period_start: m.period.start,
+        period_end: m.period.end,
+        quantity: m.quantity,
+        unit: m.unit,
+        unit_price: None,
+        amount: Decimal::ZERO,
+        currency: String::new(),
+        plan_id: String::new(),
+        plan_version: 0,
+        rule: UNPRICED.to_string(),
+        raw_count: m.raw_count,
+        segments: m
+            .segments
+            .iter()
+            .filter_map(|&i| segment_paths.get(i as usize).cloned())
+            .collect(),
+        attributes: Attributes::clone(&m.attributes),
+        error: m.error,
+    };
+    if let Some(plan) = plan {
+        line.currency = plan.currency.code().to_string();
+        line.plan_id = plan.id.clone();
+        if line.error.is_none() {
+            let price = plan.price(
+                &line.meter,
+                project,
+                &line.attributes,
+                line.period_start,
+                line.quantity,
+            );
+            line.plan_version = price.plan_version;
+            line.rule = price.rule;
+            line.amount = price.amount;
+            line.unit_price = price.unit_price;
+            line.error = price.error;
+        }
+    }
+    line
+}

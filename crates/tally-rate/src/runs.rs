@@ -1,0 +1,486 @@
+//! Rating runs: writing a run's lines, committing it, and the catalog that
+//! says which run's lines are current for which instants.
+//!
+//! A run writes its line files under `rated/<run_id>/` first; only then, in
+//! one transaction, does it take over its range in `rated_coverage` (cutting
+//! older runs' ranges) and become `complete`. A reader therefore sees either
+//! the old lines of a period or the new ones, never a mix, and a run that
+//! dies midway leaves files nobody reads (`running` rows older than any
+//! live process are marked failed on the next run).
+
+use std::time::Instant;
+
+use chrono::{DateTime, Utc};
+use parquet::arrow::AsyncArrowWriter;
+use object_store::buffered::BufWriter;
+use parquet::basic::{Compression, ZstdLevel};
+use parquet::file::properties::WriterProperties;
+use rust_decimal::Decimal;
+use serde::Serialize;
+use tally_core::RatedLine;
+use tally_db::Database;
+use tally_store::objects::RawObjects;
+
+use crate::job::{self, LineSink, RatingConfig, RatingError, RatingRequest, RunTotals};
+
+/// A run as the catalog records it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct RatingRun {
+    /// The run id.
+    pub run_id: String,
+    /// First instant rated.
+    pub from: DateTime<Utc>,
+    /// End of the range (exclusive).
+    pub to: DateTime<Utc>,
+    /// Rating period length in seconds.
+    pub period_seconds: i64,
+    /// The plan that priced it ('' if none).
+    pub plan_id: String,
+    /// `running`, `complete` or `failed`.
+    pub status: String,
+    /// When it started.
+    pub started_at: DateTime<Utc>,
+    /// When it ended.
+    pub finished_at: Option<DateTime<Utc>>,
+    /// Counts and the total amount.
+    #[serde(flatten)]
+    pub totals: RunTotals,
+    /// The plan's currency ('' if none).
+    pub currency: String,
+    /// Raw segments read.
+    pub segments: Vec<String>,
+    /// Line files written, relative to the rated store.
+    pub files: Vec<String>,
+    /// Why it failed, if it did.
+    pub message: Option<String>,
+    /// Wall time of the run, seconds (not stored; 0 when read back).
+    #[serde(skip_serializing_if = "is_zero")]
+    pub seconds: f64,
+}
+
+fn is_zero(v: &f64) -> bool {
+    *v == 0.0
+}
+
+fn instant(us: i64) -> DateTime<Utc> {
+    DateTime::from_timestamp_micros(us).unwrap_or_default()
+}
+
+#[derive(sqlx::FromRow)]
+struct RunRow {
+    run_id: String,
+    from_us: i64,
+    to_us: i64,
+    period_seconds: i64,
+    plan_id: String,
+    status: String,
+    started_at_us: i64,
+    finished_at_us: Option<i64>,
+    records_read: i64,
+    duplicates: i64,
+    line_count: i64,
+    unpriced_lines: i64,
+    error_lines: i64,
+    amount: String,
+    currency: String,
+    segments: String,
+    files: String,
+    message: Option<String>,
+}
+
+impl From<RunRow> for RatingRun {
+    fn from(r: RunRow) -> RatingRun {
+        RatingRun {
+            run_id: r.run_id,
+            from: instant(r.from_us),
+            to: instant(r.to_us),
+            period_seconds: r.period_seconds,
+            plan_id: r.plan_id,
+            status: r.status,
+            started_at: instant(r.started_at_us),
+            finished_at: r.finished_at_us.map(instant),
+            totals: RunTotals {
+                records_read: r.records_read as u64,
+                duplicates: r.duplicates as u64,
+                lines: r.line_count as u64,
+                unpriced_lines: r.unpriced_lines as u64,
+                error_lines: r.error_lines as u64,
+                amount: r.amount.parse().unwrap_or_default(),
+            },
+            currency: r.currency,
+            segments: serde_json::from_str(&r.segments).unwrap_or_default(),
+            files: serde_json::from_str(&r.files).unwrap_or_default(),
+            message: r.message,
+            seconds: 0.0,
+        }
+    }
+}
+
+macro_rules! run_columns {
+    () => {
+        "run_id, from_us, to_us, period_seconds, plan_id, status, started_at_us, finished_at_us, records_read, duplicates, line_count, unpriced_lines, error_lines, amount, currency, segments, files, message"
+    };
+}
+
+/// Recent runs, newest first.
+pub async fn list_runs(db: &Database, limit: i64) -> Result<Vec<RatingRun>, RatingError> {
+    let rows: Vec<RunRow> = sqlx::query_as(concat!(
+        "SELECT ",
+        run_columns!(),
+        " FROM rating_runs ORDER BY started_at_us DESC, run_id DESC LIMIT ?"
+    ))
+    .bind(limit)
+    .fetch_all(&db.pool)
+    .await?;
+    Ok(rows.into_iter().map(RatingRun::from).collect())
+}
+
+/// One run.
+pub async fn get_run(db: &Database, run_id: &str) -> Result<Option<RatingRun>, RatingError> {
+    let row: Option<RunRow> = sqlx::query_as(concat!(
+        "SELECT ",
+        run_columns!(),
+        " FROM rating_runs WHERE run_id = ?"
+    ))
+    .bind(run_id)
+    .fetch_optional(&db.pool)
+    .await?;
+    Ok(row.map(RatingRun::from))
+}
+
+/// A stretch of time whose current lines come from one run's files.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Coverage {
+    /// The run.
+    pub run_id: String,
+    /// Start (inclusive).
+    pub from: DateTime<Utc>,
+    /// End (exclusive).
+    pub to: DateTime<Utc>,
+    /// The run's line files.
+    pub files: Vec<String>,
+}
+
+/// Coverage overlapping `[from, to)`, in time order.
+pub async fn coverage(
+    db: &Database,
+    from: DateTime<Utc>,
+    to: DateTime<Utc>,
+) -> Result<Vec<Coverage>, RatingError> {
+    let rows: Vec<(String, i64, i64, String)> = sqlx::query_as(
+        "SELECT c.run_id, c.from_us, c.to_us, r.files FROM rated_coverage c \
+         JOIN rating_runs r ON r.run_id = c.run_id \
+         WHERE c.to_us > ? AND c.from_us < ? ORDER BY c.from_us",
+    )
+    .bind(from.timestamp_micros())
+    .bind(to.timestamp_micros())
+    .fetch_all(&db.pool)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(|(run_id, f, t, files)| Coverage {
+            run_id,
+            from: instant(f),
+            to: instant(t),
+            files: serde_json::from_str(&files).unwrap_or_default(),
+        })
+        .collect())
+}
+
+/// Writes a partition's lines to one Parquet file, streaming (multipart
+/// upload on object stores), in row groups of `ROW_GROUP` lines.
+pub struct FileSink {
+    rated: RawObjects,
+    path: String,
+    writer: Option<AsyncArrowWriter<BufWriter>>,
+    buffer: Vec<RatedLine>,
+    written: u64,
+}
+
+const ROW_GROUP: usize = 65_536;
+const WRITE_BATCH: usize = 8_192;
+
+impl FileSink {
+    /// A sink writing `path` in the rated store (created on the first line).
+    pub fn new(rated: RawObjects, path: String) -> FileSink {
+        FileSink {
+            rated,
+            path,
+            writer: None,
+            buffer: Vec::new(),
+            written: 0,
+        }
+    }
+
+    async fn write_buffer(&mut self) -> Result<(), RatingError> {
+        if self.buffer.is_empty() {
+            return Ok(());
+        }
+        let files = |e: String| RatingError::Files(e);
+        if self.writer.is_none() {
+            let props = WriterProperties::builder()
+                .set_compression(Compression::ZSTD(ZstdLevel::try_new(3).expect("valid level")))
+                .set_max_row_group_row_count(Some(ROW_GROUP))
+                .build();
+            let object = BufWriter::new(
+                self.rated.object_store(),
+                self.rated.location(&self.path),
+            );
+            self.writer = Some(
+                AsyncArrowWriter::try_new(object, crate::lines::schema(), Some(props))
+                    .map_err(|e| files(e.to_string()))?,
+            );
+        }
+        let batch = crate::lines::to_batch(&self.buffer).map_err(|e| files(e.to_string()))?;
+        self.written += self.buffer.len() as u64;
+        self.buffer.clear();
+        self.writer
+            .as_mut()
+            .expect("created above")
+            .write(&batch)
+            .await
+            .map_err(|e| files(e.to_string()))
+    }
+
+    /// Finishes the file; returns its path if any line was written.
+    pub async fn close(mut self) -> Result<Option<String>, RatingError> {
+        self.write_buffer().await?;
+        match self.writer.take() {
+            None => Ok(None),
+            Some(w) => {
+                w.close()
+                    .await
+                    .map_err(|e| RatingError::Files(e.to_string()))?;
+                self.rated
+                    .sync_local(&self.path)
+                    .map_err(|e| RatingError::Files(e.to_string()))?;
+                Ok(Some(self.path))
+            }
+        }
+    }
+}
+
+impl LineSink for FileSink {
+    async fn accept(&mut self, lines: Vec<RatedLine>) -> Result<(), RatingError> {
+        self.buffer.extend(lines);
+        if self.buffer.len() >= WRITE_BATCH {
+            self.write_buffer().await?;
+        }
+        Ok(())
+    }
+}
+
+/// Rates `request` and makes its lines the current ones for its range.
+pub async fn run_and_commit(
+    db: &Database,
+    raw: &RawObjects,
+    rated: &RawObjects,
+    config: &RatingConfig,
+    request: &RatingRequest,
+) -> Result<RatingRun, RatingError> {
+    let started = Instant::now();
+    let now = Utc::now();
+    let run_id = format!(
+        "run-{}-{}",
+        now.format("%Y%m%dT%H%M%SZ"),
+        &uuid::Uuid::new_v4().simple().to_string()[..8]
+    );
+    let window = request.window;
+    let plan_id = request.plan.as_ref().map(|p| p.id.clone()).unwrap_or_default();
+    let currency = request
+        .plan
+        .as_ref()
+        .map(|p| p.currency.code().to_string())
+        .unwrap_or_default();
+    sqlx::query(
+        "INSERT INTO rating_runs (run_id, from_us, to_us, period_seconds, plan_id, status, started_at_us, currency) \
+         VALUES (?, ?, ?, ?, ?, 'running', ?, ?)",
+    )
+    .bind(&run_id)
+    .bind(window.from.timestamp_micros())
+    .bind(window.to.timestamp_micros())
+    .bind(window.period.num_seconds())
+    .bind(&plan_id)
+    .bind(now.timestamp_micros())
+    .bind(&currency)
+    .execute(&db.pool)
+    .await?;
+
+    let outcome = async {
+        let (totals, segments, sinks) = job::rate(db, raw, config, request, |p| {
+            FileSink::new(rated.clone(), format!("{run_id}/lines-{p:03}.parquet"))
+        })
+        .await?;
+        let mut files = Vec::new();
+        for sink in sinks {
+            files.extend(sink.close().await?);
+        }
+        Ok::<_, RatingError>((totals, segments, files))
+    }
+    .await;
+
+    let (totals, segments, files) = match outcome {
+        Ok(o) => o,
+        Err(e) => {
+            sqlx::query(
+                "UPDATE rating_runs SET status = 'failed', finished_at_us = ?, message = ? WHERE run_id = ?",
+            )
+            .bind(Utc::now().timestamp_micros())
+            .bind(e.to_string())
+            .bind(&run_id)
+            .execute(&db.pool)
+            .await?;
+            return Err(e);
+        }
+    };
+    let finished = Utc::now();
+    let (from_us, to_us) = (window.from.timestamp_micros(), window.to.timestamp_micros());
+    let mut tx = db.pool.begin().await?;
+    let overlapping: Vec<(String, i64, i64)> = sqlx::query_as(
+        "SELECT run_id, from_us, to_us FROM rated_coverage WHERE to_us > ? AND from_us < ?",
+    )
+    .bind(from_us)
+    .bind(to_us)
+    .fetch_all(&mut *tx)
+    .await?;
+    sqlx::query("DELETE FROM rated_coverage WHERE to_us > ? AND from_us < ?")
+        .bind(from_us)
+        .bind(to_us)
+        .execute(&mut *tx)
+        .await?;
+    let insert = "INSERT INTO rated_coverage (run_id, from_us, to_us) VALUES (?, ?, ?)";
+    for (old, f, t) in overlapping {
+        if f < from_us {
+            sqlx::query(insert)
+                .bind(&old)
+                .bind(f)
+                .bind(from_us)
+                .execute(&mut *tx)
+                .await?;
+        }
+        if t > to_us {
+            sqlx::query(insert)
+                .bind(&old)
+                .bind(to_us)
+                .bind(t)
+                .execute(&mut *tx)
+                .await?;
+        }
+    }
+    sqlx::query(insert)
+        .bind(&run_id)
+        .bind(from_us)
+        .bind(to_us)
+        .execute(&mut *tx)
+        .await?;
+    let json = |v: &Vec<String>| serde_json::to_string(v).expect("strings serialize");
+    sqlx::query(
+        "UPDATE rating_runs SET status = 'complete', finished_at_us = ?, records_read = ?, duplicates = ?, \
+         line_count = ?, unpriced_lines = ?, error_lines = ?, amount = ?, segments = ?, files = ? WHERE run_id = ?",
+    )
+    .bind(finished.timestamp_micros())
+    .bind(totals.records_read as i64)
+    .bind(totals.duplicates as i64)
+    .bind(totals.lines as i64)
+    .bind(totals.unpriced_lines as i64)
+    .bind(totals.error_lines as i64)
+    .bind(totals.amount.normalize().to_string())
+    .bind(json(&segments))
+    .bind(json(&files))
+    .bind(&run_id)
+    .execute(&mut *tx)
+    .await?;
+    tx.commit().await?;
+
+    Ok(RatingRun {
+        run_id,
+        from: window.from,
+        to: window.to,
+        period_seconds: window.period.num_seconds(),
+        plan_id,
+        status: "complete".into(),
+        started_at: now,
+        finished_at: Some(finished),
+        totals,
+        currency,
+        segments,
+        files,
+        message: None,
+        seconds: started.elapsed().as_secs_f64(),
+    })
+}
+
+/// Sums the current lines of `[from, to)` per (project, meter): what
+/// `tally plan simulate` compares a candidate plan against.
+pub type Totals = std::collections::BTreeMap<(String, String), Decimal>;
+
+/// Reads every current line file overlapping the range, keeping lines whose
+/// period starts inside the range and inside the file's coverage.
+pub async fn read_current_lines(
+    db: &Database,
+    rated: &RawObjects,
+    from: DateTime<Utc>,
+    to: DateTime<Utc>,
+    mut each: impl FnMut(RatedLine),
+) -> Result<(), RatingError> {
+    for cov in coverage(db, from, to).await? {
+        let (lo, hi) = (cov.from.max(from), cov.to.min(to));
+        for file in &cov.files {
+            let bytes = rated
+                .get(file)
+                .await
+                .map_err(|e| RatingError::Files(e.to_string()))?;
+            let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(
+                bytes,
+            )
+            .and_then(|b| b.build())
+            .map_err(|e| RatingError::Files(format!("{file}: {e}")))?;
+            for batch in reader {
+                let batch = batch.map_err(|e| RatingError::Files(e.to_string()))?;
+                for line in crate::lines::from_batch(&batch)
+                    .map_err(|e| RatingError::Files(format!("{file}: {e}")))?
+                {
+                    if line.period_start >= lo && line.period_start < hi {
+                        each(line);
+                    }
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Keeps a partition's totals per (project, meter) instead of writing files.
+#[derive(Default)]
+pub struct TotalsSink {
+    /// Amount per (project, meter).
+    pub totals: Totals,
+}
+
+impl LineSink for TotalsSink {
+    async fn accept(&mut self, lines: Vec<RatedLine>) -> Result<(), RatingError> {
+        for l in lines {
+            *self.totals.entry((l.project_id, l.meter)).or_default() += l.amount;
+        }
+        Ok(())
+    }
+}
+
+/// Rates `request` without storing anything; returns amount per (project,
+/// meter) and the run totals.
+pub async fn simulate(
+    db: &Database,
+    raw: &RawObjects,
+    config: &RatingConfig,
+    request: &RatingRequest,
+) -> Result<(Totals, RunTotals), RatingError> {
+    let (run_totals, _, sinks) =
+        job::rate(db, raw, config, request, |_| TotalsSink::default()).await?;
+    let mut totals = Totals::new();
+    for s in sinks {
+        for (k, v) in s.totals {
+            *totals.entry(k).or_default() += v;
+        }
+    }
+    Ok((totals, run_totals))
+}
