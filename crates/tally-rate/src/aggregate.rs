@@ -614,3 +614,362 @@ fn dedupe(mut records: Vec<RawUsage>, carry: &[RawUsage]) -> Vec<RawUsage> {
     });
     records
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::TimeZone;
+    use proptest::prelude::*;
+
+    fn d(s: &str) -> Decimal {
+        s.parse().unwrap()
+    }
+
+    fn at(h: u32, m: u32) -> DateTime<Utc> {
+        Utc.with_ymd_and_hms(2026, 10, 1, 0, 0, 0).unwrap()
+            + Duration::hours(i64::from(h))
+            + Duration::minutes(i64::from(m))
+    }
+
+    fn window(hours: u32) -> RatingWindow {
+        RatingWindow::new(at(0, 0), at(hours, 0), Duration::hours(1)).unwrap()
+    }
+
+    fn attrs(json: &str) -> Arc<Attributes> {
+        Arc::new(serde_json::from_str(json).unwrap())
+    }
+
+    fn rec(meter: &str, time: DateTime<Utc>, volume: &str, a: &str, key: u128) -> RawUsage {
+        RawUsage {
+            meter: Arc::from(meter),
+            time,
+            received_at: time,
+            key,
+            kind: MeterKind::Gauge,
+            volume: d(volume),
+            unit: None,
+            attributes: attrs(a),
+            segment: 0,
+        }
+    }
+
+    fn set(toml: &str) -> MeterSet {
+        MeterSet::from_toml(toml).unwrap()
+    }
+
+    fn quantities(lines: &[MeteredLine]) -> Vec<(String, u32, String)> {
+        lines
+            .iter()
+            .map(|l| {
+                (
+                    l.group.values().cloned().collect::<Vec<_>>().join(","),
+                    (l.period.start - at(0, 0)).num_hours() as u32,
+                    l.quantity.normalize().to_string(),
+                )
+            })
+            .collect()
+    }
+
+    const SIMPLE: &str = r#"
+[[meters]]
+name = "m.sum"
+unit = "u"
+records = { meter = "m" }
+aggregation = { type = "sum" }
+[[meters]]
+name = "m.count"
+unit = "u"
+records = { meter = "m" }
+aggregation = { type = "count" }
+[[meters]]
+name = "m.min"
+unit = "u"
+records = { meter = "m" }
+aggregation = { type = "min" }
+[[meters]]
+name = "m.max"
+unit = "u"
+records = { meter = "m" }
+aggregation = { type = "max" }
+[[meters]]
+name = "m.avg"
+unit = "u"
+records = { meter = "m" }
+aggregation = { type = "avg" }
+[[meters]]
+name = "m.latest"
+unit = "u"
+records = { meter = "m" }
+aggregation = { type = "latest" }
+[[meters]]
+name = "m.users"
+unit = "u"
+records = { meter = "m" }
+aggregation = { type = "unique_count", attribute = "user" }
+[[meters]]
+name = "m.kib"
+unit = "KiB"
+records = { meter = "m", attributes = { zone = "a" } }
+aggregation = { type = "sum" }
+factor = "1/1024"
+offset = "1"
+mutate = "CEIL"
+"#;
+
+    #[test]
+    fn simple_aggregations_worked_by_hand() {
+        let meters = set(SIMPLE);
+        let m = Metering::new(&meters, window(2));
+        // Hour 0: 1024 (zone a, user x), 3072 (zone b, user y), 2048 (zone a, user x, latest).
+        // Hour 1: 10 (zone a, user z).
+        let records = vec![
+            rec("m", at(0, 5), "1024", r#"{"zone":"a","user":"x"}"#, 1),
+            rec("m", at(0, 50), "2048", r#"{"zone":"a","user":"x"}"#, 2),
+            rec("m", at(0, 20), "3072", r#"{"zone":"b","user":"y"}"#, 3),
+            rec("m", at(1, 0), "10", r#"{"zone":"a","user":"z"}"#, 4),
+        ];
+        let (lines, dups) = m.meter_resource(records, vec![]);
+        assert_eq!(dups, 0);
+        let by = |name: &str| {
+            quantities(
+                &lines
+                    .iter()
+                    .filter(|l| l.meter == name)
+                    .cloned()
+                    .collect::<Vec<_>>(),
+            )
+            .into_iter()
+            .map(|(_, h, q)| (h, q))
+            .collect::<Vec<_>>()
+        };
+        let s = |v: &[(u32, &str)]| {
+            v.iter()
+                .map(|(h, q)| (*h, q.to_string()))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(by("m.sum"), s(&[(0, "6144"), (1, "10")]));
+        assert_eq!(by("m.count"), s(&[(0, "3"), (1, "1")]));
+        assert_eq!(by("m.min"), s(&[(0, "1024"), (1, "10")]));
+        assert_eq!(by("m.max"), s(&[(0, "3072"), (1, "10")]));
+        assert_eq!(by("m.avg"), s(&[(0, "2048"), (1, "10")]));
+        // Latest is the 00:50 record, whatever the order given.
+        assert_eq!(by("m.latest"), s(&[(0, "2048"), (1, "10")]));
+        assert_eq!(by("m.users"), s(&[(0, "2"), (1, "1")]));
+        // Zone a only; each record: ceil(v / 1024 + 1): 2 + 3 = 5; hour 1: ceil(10/1024 + 1) = 2.
+        assert_eq!(by("m.kib"), s(&[(0, "5"), (1, "2")]));
+        let latest = lines.iter().find(|l| l.meter == "m.latest").unwrap();
+        assert_eq!(latest.raw_count, 3);
+        assert_eq!(latest.attributes.get("user").unwrap().text(), "x");
+    }
+
+    #[test]
+    fn records_of_a_meter_without_definition_are_summed_with_the_latest_attributes() {
+        let meters = set(SIMPLE);
+        let m = Metering::new(&meters, window(1));
+        let mut a = rec("network.incoming.bytes", at(0, 10), "100", r#"{"nic":"a"}"#, 1);
+        a.unit = Some(Arc::from("B"));
+        let b = rec("network.incoming.bytes", at(0, 40), "50", r#"{"nic":"b"}"#, 2);
+        let (lines, _) = m.meter_resource(vec![b, a], vec![]);
+        assert_eq!(lines.len(), 1);
+        assert_eq!(lines[0].meter, "network.incoming.bytes");
+        assert_eq!(lines[0].quantity, d("150"));
+        assert_eq!(lines[0].attributes.get("nic").unwrap().text(), "b");
+    }
+
+    const GAUGES: &str = r#"
+[[meters]]
+name = "volume.gib_hours"
+unit = "GiB-hour"
+records = { meter = "volume.size" }
+aggregation = { type = "time_weighted" }
+group_by = ["volume_type"]
+[[meters]]
+name = "vcpu.hours"
+unit = "vCPU-hour"
+records = { meter = "vcpus" }
+aggregation = { type = "time_weighted" }
+[[meters]]
+name = "instance.hours"
+unit = "hour"
+records = { meter = "instance" }
+aggregation = { type = "state_duration", state_attribute = "status", billable_states = ["active"], split_by = "flavor_name" }
+group_by = ["flavor_name"]
+"#;
+
+    #[test]
+    fn time_weighted_carries_across_hours_resizes_mid_hour_and_stops_at_deletion() {
+        let meters = set(GAUGES);
+        let m = Metering::new(&meters, window(4));
+        // 10 GiB carried in from before the range; resized to 20 at 01:30;
+        // retyped to "ssd" at 02:00 (same size); deleted at 03:15.
+        let carry = vec![rec(
+            "volume.size",
+            at(0, 0) - Duration::hours(5),
+            "10",
+            r#"{"volume_type":"hdd"}"#,
+            9,
+        )];
+        let records = vec![
+            rec("volume.size", at(1, 30), "20", r#"{"volume_type":"hdd"}"#, 1),
+            rec("volume.size", at(2, 0), "20", r#"{"volume_type":"ssd"}"#, 2),
+            rec(
+                "volume.size",
+                at(3, 15),
+                "20",
+                r#"{"volume_type":"ssd","event_type":"volume.delete.end"}"#,
+                3,
+            ),
+        ];
+        let (lines, _) = m.meter_resource(records, carry);
+        assert_eq!(
+            quantities(&lines),
+            vec![
+                // hdd: hour 0 = 10; hour 1 = 10 × 0.5 + 20 × 0.5 = 15; then 0 (retyped).
+                ("hdd".into(), 0, "10".into()),
+                ("hdd".into(), 1, "15".into()),
+                // ssd: hour 2 = 20; hour 3 = 20 × 0.25 = 5; nothing after deletion.
+                ("ssd".into(), 2, "20".into()),
+                ("ssd".into(), 3, "5".into()),
+            ]
+        );
+    }
+
+    #[test]
+    fn a_deletion_on_another_meter_ends_a_gauge_and_states_split_by_flavor() {
+        let meters = set(GAUGES);
+        let m = Metering::new(&meters, window(3));
+        // Created before the range (carried), resized from small to large at
+        // 00:40, shut off 01:00–01:30, deleted at 02:20. vCPUs: 1 then 4.
+        let carry = vec![
+            rec(
+                "instance",
+                at(0, 0) - Duration::days(1),
+                "1",
+                r#"{"status":"active","flavor_name":"small"}"#,
+                10,
+            ),
+            rec("vcpus", at(0, 0) - Duration::hours(1), "1", "{}", 11),
+        ];
+        let records = vec![
+            rec("instance", at(0, 40), "1", r#"{"status":"active","flavor_name":"large"}"#, 1),
+            rec("vcpus", at(0, 40), "4", "{}", 2),
+            rec("instance", at(1, 0), "1", r#"{"status":"shutoff","flavor_name":"large"}"#, 3),
+            rec("instance", at(1, 30), "1", r#"{"status":"active","flavor_name":"large"}"#, 4),
+            rec(
+                "instance",
+                at(2, 20),
+                "0",
+                r#"{"status":"deleted","flavor_name":"large","event_type":"compute.instance.delete.end"}"#,
+                5,
+            ),
+        ];
+        let (lines, _) = m.meter_resource(records, carry);
+        let hours: Vec<_> = quantities(
+            &lines
+                .iter()
+                .filter(|l| l.meter == "instance.hours")
+                .cloned()
+                .collect::<Vec<_>>(),
+        );
+        let third = (Decimal::from(20) / Decimal::from(60)).normalize().to_string();
+        assert_eq!(
+            hours,
+            vec![
+                // 00:40–01:00, 01:30–02:00, 02:00–02:20 on large; 00:00–00:40 on small.
+                ("large".into(), 0, third.clone()),
+                ("large".into(), 1, "0.5".into()),
+                ("large".into(), 2, third),
+                ("small".into(), 0, (Decimal::from(40) / Decimal::from(60)).normalize().to_string()),
+            ]
+        );
+        let vcpu: Vec<_> = quantities(
+            &lines
+                .iter()
+                .filter(|l| l.meter == "vcpu.hours")
+                .cloned()
+                .collect::<Vec<_>>(),
+        );
+        // 1 × 40/60 + 4 × 20/60 = 2; hour 1 = 4; hour 2 = 4 × 20/60 (deleted at 02:20).
+        assert_eq!(vcpu[0].2, "2");
+        assert_eq!(vcpu[1].2, "4");
+        assert_eq!(
+            vcpu[2].2,
+            // Seconds are summed first and divided once: 4800 / 3600.
+            (Decimal::from(4 * 1200) / Decimal::from(3600))
+                .normalize()
+                .to_string()
+        );
+        assert_eq!(vcpu.len(), 3);
+    }
+
+    #[test]
+    fn the_earliest_received_copy_of_an_id_counts_once() {
+        let meters = set(SIMPLE);
+        let m = Metering::new(&meters, window(1));
+        let first = rec("m", at(0, 10), "5", r#"{"zone":"a"}"#, 7);
+        let mut late_copy = rec("m", at(0, 20), "500", r#"{"zone":"a"}"#, 7);
+        late_copy.received_at = at(0, 59);
+        let (lines, dups) = m.meter_resource(vec![late_copy, first.clone(), first], vec![]);
+        assert_eq!(dups, 2);
+        let sum = lines.iter().find(|l| l.meter == "m.sum").unwrap();
+        assert_eq!(sum.quantity, d("5"));
+    }
+
+    #[test]
+    fn windows_refuse_unaligned_bounds_and_odd_periods() {
+        assert!(matches!(
+            RatingWindow::new(at(0, 30), at(2, 0), Duration::hours(1)),
+            Err(WindowError::Unaligned { .. })
+        ));
+        assert!(matches!(
+            RatingWindow::new(at(0, 0), at(2, 0), Duration::minutes(7)),
+            Err(WindowError::BadPeriod(420))
+        ));
+        assert!(matches!(
+            RatingWindow::new(at(2, 0), at(2, 0), Duration::hours(1)),
+            Err(WindowError::Empty { .. })
+        ));
+        assert_eq!(window(24).len(), 24);
+    }
+
+    proptest! {
+        /// Shuffling records and delivering some twice changes no line.
+        #[test]
+        fn shuffling_and_duplicating_changes_nothing(
+            seed in any::<u64>(),
+            dup_mask in any::<u32>(),
+        ) {
+            let meters = set(GAUGES);
+            let m = Metering::new(&meters, window(3));
+            let mut records = Vec::new();
+            for i in 0..12u32 {
+                let t = at(0, 0) + Duration::minutes(i64::from(i * 15));
+                records.push(rec("vcpus", t, &(1 + i % 3).to_string(), "{}", u128::from(i)));
+                let status = if i % 4 == 3 { "shutoff" } else { "active" };
+                records.push(rec(
+                    "instance",
+                    t,
+                    "1",
+                    &format!(r#"{{"status":"{status}","flavor_name":"f{}"}}"#, i % 2),
+                    u128::from(100 + i),
+                ));
+            }
+            let (expected, _) = m.meter_resource(records.clone(), vec![]);
+            let mut shuffled = records.clone();
+            for (i, r) in records.iter().enumerate() {
+                if dup_mask & (1 << (i % 32)) != 0 {
+                    shuffled.push(r.clone());
+                }
+            }
+            let mut state = seed | 1;
+            for i in (1..shuffled.len()).rev() {
+                state ^= state << 13;
+                state ^= state >> 7;
+                state ^= state << 17;
+                shuffled.swap(i, (state % (i as u64 + 1)) as usize);
+            }
+            let (again, _) = m.meter_resource(shuffled, vec![]);
+            prop_assert_eq!(again, expected);
+        }
+    }
+}

@@ -5,15 +5,19 @@
 //! Layers, pure first: [`meters`] (definition files), [`aggregate`] (one
 //! resource's records → unpriced lines; no I/O), [`lines`] (rated lines as
 //! Arrow/Parquet), [`job`] (the DataFusion scan and the per-partition
-//! tasks), [`runs`] (the run catalog and line files), [`query`] (reading
-//! current lines back).
+//! tasks), [`runs`] (the run catalog, line files, reading current lines back),
+//! [`plans`] (meter definitions and plans in force), [`service`] (what the
+//! CLI and API call).
 
 pub mod aggregate;
 pub mod job;
 pub mod lines;
 pub mod meters;
+pub mod plans;
 pub mod runs;
+pub mod service;
 
 pub use aggregate::{MeteredLine, Metering, RatingWindow, RawUsage, WindowError};
 pub use job::{LineSink, RatingConfig, RatingError, RatingRequest, RunTotals};
+pub use service::{LineFilter, QuoteRequest, RatingService, ServiceError};
 pub use meters::{Aggregation, MeterDefinition, MeterSet, RecordSelector};

@@ -1,0 +1,231 @@
+//! The rating configuration in force, kept in the billing database: meter
+//! definitions and price plans, stored as the documents operators wrote.
+//!
+//! Everything is validated before it is stored, so a bad file changes
+//! nothing: the plan or definitions in force stay as they were.
+
+use chrono::Utc;
+use serde::Serialize;
+use tally_core::{Currency, DocumentError};
+use tally_db::Database;
+use tally_price::PricePlan;
+
+use crate::meters::MeterSet;
+
+/// Errors of the stored configuration.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The document is not usable.
+    #[error("{0}")]
+    Document(#[from] DocumentError),
+    /// The database failed.
+    #[error("billing database: {0}")]
+    Database(#[from] sqlx::Error),
+    /// A stored document no longer parses (it was valid when stored).
+    #[error("stored {what} no longer parses: {message}; apply it again")]
+    Stored {
+        /// Which document.
+        what: String,
+        /// The parse error.
+        message: String,
+    },
+    /// No such plan.
+    #[error("no price plan '{0}': list them with `tally plan list`")]
+    NoPlan(String),
+}
+
+/// A plan document as stored.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct StoredPlan {
+    /// The plan id.
+    pub plan_id: String,
+    /// `toml` or `cloudkitty`.
+    pub format: String,
+    /// ISO 4217 code.
+    pub currency: String,
+    /// Whether it prices rating runs.
+    pub is_default: bool,
+    /// When it was applied (RFC 3339).
+    pub applied_at: String,
+    /// The document as given.
+    #[serde(skip)]
+    pub document: String,
+}
+
+/// The meter definitions in force: the stored document, else the default
+/// OpenStack set.
+pub async fn current_meters(db: &Database) -> Result<MeterSet, ConfigError> {
+    Ok(MeterSet::from_toml(&current_meters_document(db).await?)
+        .map_err(|e| ConfigError::Stored {
+            what: "meter definitions".into(),
+            message: e.to_string(),
+        })?)
+}
+
+/// The document of the meter definitions in force.
+pub async fn current_meters_document(db: &Database) -> Result<String, ConfigError> {
+    let row: Option<(String,)> =
+        sqlx::query_as("SELECT document FROM meter_definitions WHERE singleton = 1")
+            .fetch_optional(&db.pool)
+            .await?;
+    Ok(row.map_or_else(|| crate::meters::OPENSTACK_DEFAULT.to_string(), |r| r.0))
+}
+
+/// Replaces the meter definitions after validating them; every stored plan
+/// must still refer only to defined meters.
+pub async fn replace_meters(db: &Database, document: &str) -> Result<MeterSet, ConfigError> {
+    let set = MeterSet::from_toml(document)?;
+    let names = set.names();
+    for plan in list_plans(db).await? {
+        if plan.format == "toml" {
+            PricePlan::from_toml(&plan.document, Some(&names)).map_err(|e| {
+                DocumentError::Invalid {
+                    path: format!("(plan {})", plan.plan_id),
+                    message: format!(
+                        "these definitions would break stored plan '{}': {e}",
+                        plan.plan_id
+                    ),
+                }
+            })?;
+        }
+    }
+    sqlx::query(
+        "INSERT INTO meter_definitions (singleton, document, applied_at_us) VALUES (1, ?, ?) \
+         ON CONFLICT (singleton) DO UPDATE SET document = excluded.document, applied_at_us = excluded.applied_at_us",
+    )
+    .bind(document)
+    .bind(Utc::now().timestamp_micros())
+    .execute(&db.pool)
+    .await?;
+    Ok(set)
+}
+
+/// Validates a native plan against the definitions in force and stores it
+/// (replacing a plan with the same id). The first plan stored, or any with
+/// `make_default`, becomes the default.
+pub async fn apply_plan(
+    db: &Database,
+    document: &str,
+    make_default: bool,
+) -> Result<PricePlan, ConfigError> {
+    let meters = current_meters(db).await?;
+    let plan = PricePlan::from_toml(document, Some(&meters.names()))?;
+    store_plan(db, &plan, "toml", document, make_default).await?;
+    Ok(plan)
+}
+
+/// Converts a CloudKitty hashmap listing into a plan and stores it.
+pub async fn import_cloudkitty(
+    db: &Database,
+    plan_id: &str,
+    currency: Currency,
+    document: &str,
+    make_default: bool,
+) -> Result<PricePlan, ConfigError> {
+    let plan = PricePlan::from_cloudkitty(plan_id, currency, document)?;
+    store_plan(db, &plan, "cloudkitty", document, make_default).await?;
+    Ok(plan)
+}
+
+async fn store_plan(
+    db: &Database,
+    plan: &PricePlan,
+    format: &str,
+    document: &str,
+    make_default: bool,
+) -> Result<(), ConfigError> {
+    let mut tx = db.pool.begin().await?;
+    let (count,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM price_plans WHERE plan_id <> ?")
+        .bind(&plan.id)
+        .fetch_one(&mut *tx)
+        .await?;
+    let was_default: Option<(bool,)> =
+        sqlx::query_as("SELECT is_default FROM price_plans WHERE plan_id = ?")
+            .bind(&plan.id)
+            .fetch_optional(&mut *tx)
+            .await?;
+    let is_default = make_default || count == 0 || was_default.is_some_and(|d| d.0);
+    if is_default {
+        sqlx::query("UPDATE price_plans SET is_default = FALSE")
+            .execute(&mut *tx)
+            .await?;
+    }
+    sqlx::query(
+        "INSERT INTO price_plans (plan_id, format, currency, document, is_default, applied_at_us) \
+         VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (plan_id) DO UPDATE SET format = excluded.format, \
+         currency = excluded.currency, document = excluded.document, is_default = excluded.is_default, \
+         applied_at_us = excluded.applied_at_us",
+    )
+    .bind(&plan.id)
+    .bind(format)
+    .bind(plan.currency.code())
+    .bind(document)
+    .bind(is_default)
+    .bind(Utc::now().timestamp_micros())
+    .execute(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    Ok(())
+}
+
+/// Every stored plan, by id.
+pub async fn list_plans(db: &Database) -> Result<Vec<StoredPlan>, ConfigError> {
+    let rows: Vec<(String, String, String, String, bool, i64)> = sqlx::query_as(
+        "SELECT plan_id, format, currency, document, is_default, applied_at_us FROM price_plans ORDER BY plan_id",
+    )
+    .fetch_all(&db.pool)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(|(plan_id, format, currency, document, is_default, at)| StoredPlan {
+            plan_id,
+            format,
+            currency,
+            is_default,
+            applied_at: chrono::DateTime::from_timestamp_micros(at)
+                .unwrap_or_default()
+                .to_rfc3339(),
+            document,
+        })
+        .collect())
+}
+
+fn parse_stored(p: &StoredPlan) -> Result<PricePlan, ConfigError> {
+    let stored = |e: DocumentError| ConfigError::Stored {
+        what: format!("plan '{}'", p.plan_id),
+        message: e.to_string(),
+    };
+    match p.format.as_str() {
+        "cloudkitty" => {
+            let currency: Currency = p.currency.parse().map_err(|e: tally_core::MoneyError| {
+                ConfigError::Stored {
+                    what: format!("plan '{}'", p.plan_id),
+                    message: e.to_string(),
+                }
+            })?;
+            PricePlan::from_cloudkitty(&p.plan_id, currency, &p.document).map_err(stored)
+        }
+        _ => PricePlan::from_toml(&p.document, None).map_err(stored),
+    }
+}
+
+/// The plan that prices rating runs, if one is stored.
+pub async fn default_plan(db: &Database) -> Result<Option<PricePlan>, ConfigError> {
+    list_plans(db)
+        .await?
+        .iter()
+        .find(|p| p.is_default)
+        .map(parse_stored)
+        .transpose()
+}
+
+/// A stored plan by id.
+pub async fn plan(db: &Database, plan_id: &str) -> Result<PricePlan, ConfigError> {
+    list_plans(db)
+        .await?
+        .iter()
+        .find(|p| p.plan_id == plan_id)
+        .map(parse_stored)
+        .transpose()?
+        .ok_or_else(|| ConfigError::NoPlan(plan_id.to_string()))
+}
