@@ -9,6 +9,7 @@
 pub mod error;
 pub mod events;
 pub mod ingest;
+pub mod rating;
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -18,7 +19,7 @@ use axum::extract::{FromRequestParts, State};
 use axum::http::request::Parts;
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use metrics_exporter_prometheus::PrometheusHandle;
 use tally_admin::ApiKeys;
 use tally_core::Identity;
@@ -56,6 +57,8 @@ pub struct AppState {
     pub metrics: Option<PrometheusHandle>,
     /// When the server started.
     pub started: Instant,
+    /// Rating, plans and lines; `None` in processes that only ingest.
+    pub rating: Option<tally_rate::RatingService>,
 }
 
 /// Builds the router with every route.
@@ -64,6 +67,20 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics_text))
         .route("/v1/events", get(events::list).post(ingest::post_events))
+        .route(
+            "/v1/rating/runs",
+            get(rating::list_runs).post(rating::create_run),
+        )
+        .route("/v1/rated-lines", get(rating::list_lines))
+        .route("/v1/quote", post(rating::quote))
+        .route(
+            "/v1/meters",
+            get(rating::get_meters).put(rating::put_meters),
+        )
+        .route(
+            "/v1/plans",
+            get(rating::list_plans).post(rating::apply_plan),
+        )
         .fallback(|| async {
             ApiError::new(
                 StatusCode::NOT_FOUND,

@@ -19,8 +19,8 @@ use std::collections::BTreeMap;
 use chrono::{DateTime, Utc};
 use rust_decimal::Decimal;
 use serde::{Deserialize, Deserializer};
-use tally_core::pricing::{Charge, PriceRule, Tier};
 use tally_core::cloudkitty::HashmapRules;
+use tally_core::pricing::{Charge, PriceRule, Tier};
 use tally_core::{Attributes, Currency};
 
 /// A plan that cannot be used, with where and what to fix.
@@ -444,8 +444,8 @@ impl PricePlan {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tally_core::AttributeValue;
     use chrono::TimeZone;
+    use tally_core::AttributeValue;
 
     const PLAN: &str = r#"
 id = "public"

@@ -134,8 +134,8 @@ impl RatingWindow {
 
     /// The index of the period holding `t` (which must be in the window).
     pub fn index_of(&self, t: DateTime<Utc>) -> usize {
-        ((t - self.from).num_microseconds().unwrap_or(0) / self.period.num_microseconds().unwrap_or(1))
-            as usize
+        ((t - self.from).num_microseconds().unwrap_or(0)
+            / self.period.num_microseconds().unwrap_or(1)) as usize
     }
 
     /// Whether `t` is inside the window.
@@ -467,8 +467,7 @@ impl<'a> Metering<'a> {
                 let in_period = &selected[first..next];
                 let mine: Vec<&Selected<'_>> =
                     in_period.iter().filter(|s| s.group == *group).collect();
-                if mine.is_empty() && current.is_none_or(|v| v.is_zero()) && in_period.is_empty()
-                {
+                if mine.is_empty() && current.is_none_or(|v| v.is_zero()) && in_period.is_empty() {
                     continue;
                 }
                 let mut samples = Vec::with_capacity(in_period.len());
@@ -540,7 +539,10 @@ impl<'a> Metering<'a> {
                 next += 1;
             }
             let in_period = &changes[first..next];
-            if in_period.is_empty() && current.as_ref().is_none_or(|c| !billable.contains(&c.state))
+            if in_period.is_empty()
+                && current
+                    .as_ref()
+                    .is_none_or(|c| !billable.contains(&c.state))
             {
                 continue;
             }
@@ -565,7 +567,9 @@ impl<'a> Metering<'a> {
                     .map(|(_, s)| *s)
                     .collect();
                 let group = match (split_by, &split) {
-                    (Some(name), Some(value)) => BTreeMap::from([(name.to_string(), value.clone())]),
+                    (Some(name), Some(value)) => {
+                        BTreeMap::from([(name.to_string(), value.clone())])
+                    }
                     _ => BTreeMap::new(),
                 };
                 out.push(MeteredLine {
@@ -766,9 +770,21 @@ mutate = "CEIL"
     fn records_of_a_meter_without_definition_are_summed_with_the_latest_attributes() {
         let meters = set(SIMPLE);
         let m = Metering::new(&meters, window(1));
-        let mut a = rec("network.incoming.bytes", at(0, 10), "100", r#"{"nic":"a"}"#, 1);
+        let mut a = rec(
+            "network.incoming.bytes",
+            at(0, 10),
+            "100",
+            r#"{"nic":"a"}"#,
+            1,
+        );
         a.unit = Some(Arc::from("B"));
-        let b = rec("network.incoming.bytes", at(0, 40), "50", r#"{"nic":"b"}"#, 2);
+        let b = rec(
+            "network.incoming.bytes",
+            at(0, 40),
+            "50",
+            r#"{"nic":"b"}"#,
+            2,
+        );
         let (lines, _) = m.meter_resource(vec![b, a], vec![]);
         assert_eq!(lines.len(), 1);
         assert_eq!(lines[0].meter, "network.incoming.bytes");
@@ -810,7 +826,13 @@ group_by = ["flavor_name"]
             9,
         )];
         let records = vec![
-            rec("volume.size", at(1, 30), "20", r#"{"volume_type":"hdd"}"#, 1),
+            rec(
+                "volume.size",
+                at(1, 30),
+                "20",
+                r#"{"volume_type":"hdd"}"#,
+                1,
+            ),
             rec("volume.size", at(2, 0), "20", r#"{"volume_type":"ssd"}"#, 2),
             rec(
                 "volume.size",
@@ -851,10 +873,28 @@ group_by = ["flavor_name"]
             rec("vcpus", at(0, 0) - Duration::hours(1), "1", "{}", 11),
         ];
         let records = vec![
-            rec("instance", at(0, 40), "1", r#"{"status":"active","flavor_name":"large"}"#, 1),
+            rec(
+                "instance",
+                at(0, 40),
+                "1",
+                r#"{"status":"active","flavor_name":"large"}"#,
+                1,
+            ),
             rec("vcpus", at(0, 40), "4", "{}", 2),
-            rec("instance", at(1, 0), "1", r#"{"status":"shutoff","flavor_name":"large"}"#, 3),
-            rec("instance", at(1, 30), "1", r#"{"status":"active","flavor_name":"large"}"#, 4),
+            rec(
+                "instance",
+                at(1, 0),
+                "1",
+                r#"{"status":"shutoff","flavor_name":"large"}"#,
+                3,
+            ),
+            rec(
+                "instance",
+                at(1, 30),
+                "1",
+                r#"{"status":"active","flavor_name":"large"}"#,
+                4,
+            ),
             rec(
                 "instance",
                 at(2, 20),
@@ -871,7 +911,9 @@ group_by = ["flavor_name"]
                 .cloned()
                 .collect::<Vec<_>>(),
         );
-        let third = (Decimal::from(20) / Decimal::from(60)).normalize().to_string();
+        let third = (Decimal::from(20) / Decimal::from(60))
+            .normalize()
+            .to_string();
         assert_eq!(
             hours,
             vec![
@@ -879,7 +921,13 @@ group_by = ["flavor_name"]
                 ("large".into(), 0, third.clone()),
                 ("large".into(), 1, "0.5".into()),
                 ("large".into(), 2, third),
-                ("small".into(), 0, (Decimal::from(40) / Decimal::from(60)).normalize().to_string()),
+                (
+                    "small".into(),
+                    0,
+                    (Decimal::from(40) / Decimal::from(60))
+                        .normalize()
+                        .to_string()
+                ),
             ]
         );
         let vcpu: Vec<_> = quantities(

@@ -403,8 +403,15 @@ async fn consume<S: LineSink>(
             if !started || current.project != project || current.resource != resource {
                 if started {
                     let done = std::mem::take(&mut current);
-                    finish_resource(done, &metering, plan, &segment_paths, &mut totals, &mut sink)
-                        .await?;
+                    finish_resource(
+                        done,
+                        &metering,
+                        plan,
+                        &segment_paths,
+                        &mut totals,
+                        &mut sink,
+                    )
+                    .await?;
                 }
                 started = true;
                 current.project = project.to_string();
@@ -425,7 +432,15 @@ async fn consume<S: LineSink>(
         }
     }
     if started {
-        finish_resource(current, &metering, plan, &segment_paths, &mut totals, &mut sink).await?;
+        finish_resource(
+            current,
+            &metering,
+            plan,
+            &segment_paths,
+            &mut totals,
+            &mut sink,
+        )
+        .await?;
     }
     Ok((totals, sink))
 }

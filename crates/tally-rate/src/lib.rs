@@ -19,5 +19,5 @@ pub mod service;
 
 pub use aggregate::{MeteredLine, Metering, RatingWindow, RawUsage, WindowError};
 pub use job::{LineSink, RatingConfig, RatingError, RatingRequest, RunTotals};
-pub use service::{LineFilter, QuoteRequest, RatingService, ServiceError};
 pub use meters::{Aggregation, MeterDefinition, MeterSet, RecordSelector};
+pub use service::{LineFilter, QuoteRequest, RatingService, ServiceError};

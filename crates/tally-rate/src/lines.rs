@@ -96,7 +96,12 @@ pub fn to_batch(lines: &[RatedLine]) -> Result<RecordBatch, LinesError> {
         text(&|l| l.amount.normalize().to_string()),
         text(&|l| l.currency.clone()),
         text(&|l| l.plan_id.clone()),
-        Arc::new(lines.iter().map(|l| l.plan_version).collect::<UInt32Array>()),
+        Arc::new(
+            lines
+                .iter()
+                .map(|l| l.plan_version)
+                .collect::<UInt32Array>(),
+        ),
         text(&|l| l.rule.clone()),
         Arc::new(lines.iter().map(|l| l.raw_count).collect::<UInt64Array>()),
         text(&|l| l.segments.join(",")),
@@ -130,8 +135,12 @@ fn column<'a, T: 'static>(batch: &'a RecordBatch, name: &str) -> Result<&'a T, L
 pub fn from_batch(batch: &RecordBatch) -> Result<Vec<RatedLine>, LinesError> {
     let s = |name: &str| column::<StringArray>(batch, name);
     let t = |name: &str| column::<TimestampMicrosecondArray>(batch, name);
-    let (project, resource, meter, group) =
-        (s("project_id")?, s("resource_id")?, s("meter")?, s("group")?);
+    let (project, resource, meter, group) = (
+        s("project_id")?,
+        s("resource_id")?,
+        s("meter")?,
+        s("group")?,
+    );
     let (start, end) = (t("period_start")?, t("period_end")?);
     let (quantity, unit, unit_price, amount) =
         (s("quantity")?, s("unit")?, s("unit_price")?, s("amount")?);
@@ -219,10 +228,7 @@ mod tests {
             rule: "rules[1]".into(),
             raw_count: 3,
             segments: vec!["a.parquet".into(), "b.parquet".into()],
-            attributes: BTreeMap::from([(
-                "vcpus".to_string(),
-                AttributeValue::Number(2.into()),
-            )]),
+            attributes: BTreeMap::from([("vcpus".to_string(), AttributeValue::Number(2.into()))]),
             error: None,
         };
         let mut other = line.clone();

@@ -55,11 +55,14 @@ pub struct StoredPlan {
 /// The meter definitions in force: the stored document, else the default
 /// OpenStack set.
 pub async fn current_meters(db: &Database) -> Result<MeterSet, ConfigError> {
-    Ok(MeterSet::from_toml(&current_meters_document(db).await?)
-        .map_err(|e| ConfigError::Stored {
-            what: "meter definitions".into(),
-            message: e.to_string(),
-        })?)
+    Ok(
+        MeterSet::from_toml(&current_meters_document(db).await?).map_err(|e| {
+            ConfigError::Stored {
+                what: "meter definitions".into(),
+                message: e.to_string(),
+            }
+        })?,
+    )
 }
 
 /// The document of the meter definitions in force.
@@ -177,16 +180,18 @@ pub async fn list_plans(db: &Database) -> Result<Vec<StoredPlan>, ConfigError> {
     .await?;
     Ok(rows
         .into_iter()
-        .map(|(plan_id, format, currency, document, is_default, at)| StoredPlan {
-            plan_id,
-            format,
-            currency,
-            is_default,
-            applied_at: chrono::DateTime::from_timestamp_micros(at)
-                .unwrap_or_default()
-                .to_rfc3339(),
-            document,
-        })
+        .map(
+            |(plan_id, format, currency, document, is_default, at)| StoredPlan {
+                plan_id,
+                format,
+                currency,
+                is_default,
+                applied_at: chrono::DateTime::from_timestamp_micros(at)
+                    .unwrap_or_default()
+                    .to_rfc3339(),
+                document,
+            },
+        )
         .collect())
 }
 
@@ -197,12 +202,13 @@ fn parse_stored(p: &StoredPlan) -> Result<PricePlan, ConfigError> {
     };
     match p.format.as_str() {
         "cloudkitty" => {
-            let currency: Currency = p.currency.parse().map_err(|e: tally_core::MoneyError| {
-                ConfigError::Stored {
-                    what: format!("plan '{}'", p.plan_id),
-                    message: e.to_string(),
-                }
-            })?;
+            let currency: Currency =
+                p.currency
+                    .parse()
+                    .map_err(|e: tally_core::MoneyError| ConfigError::Stored {
+                        what: format!("plan '{}'", p.plan_id),
+                        message: e.to_string(),
+                    })?;
             PricePlan::from_cloudkitty(&p.plan_id, currency, &p.document).map_err(stored)
         }
         _ => PricePlan::from_toml(&p.document, None).map_err(stored),

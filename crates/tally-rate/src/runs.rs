@@ -11,8 +11,8 @@
 use std::time::Instant;
 
 use chrono::{DateTime, Utc};
-use parquet::arrow::AsyncArrowWriter;
 use object_store::buffered::BufWriter;
+use parquet::arrow::AsyncArrowWriter;
 use parquet::basic::{Compression, ZstdLevel};
 use parquet::file::properties::WriterProperties;
 use rust_decimal::Decimal;
@@ -219,13 +219,12 @@ impl FileSink {
         let files = |e: String| RatingError::Files(e);
         if self.writer.is_none() {
             let props = WriterProperties::builder()
-                .set_compression(Compression::ZSTD(ZstdLevel::try_new(3).expect("valid level")))
+                .set_compression(Compression::ZSTD(
+                    ZstdLevel::try_new(3).expect("valid level"),
+                ))
                 .set_max_row_group_row_count(Some(ROW_GROUP))
                 .build();
-            let object = BufWriter::new(
-                self.rated.object_store(),
-                self.rated.location(&self.path),
-            );
+            let object = BufWriter::new(self.rated.object_store(), self.rated.location(&self.path));
             self.writer = Some(
                 AsyncArrowWriter::try_new(object, crate::lines::schema(), Some(props))
                     .map_err(|e| files(e.to_string()))?,
@@ -286,7 +285,11 @@ pub async fn run_and_commit(
         &uuid::Uuid::new_v4().simple().to_string()[..8]
     );
     let window = request.window;
-    let plan_id = request.plan.as_ref().map(|p| p.id.clone()).unwrap_or_default();
+    let plan_id = request
+        .plan
+        .as_ref()
+        .map(|p| p.id.clone())
+        .unwrap_or_default();
     let currency = request
         .plan
         .as_ref()
@@ -319,7 +322,7 @@ pub async fn run_and_commit(
     }
     .await;
 
-    let (totals, segments, files) = match outcome {
+    let (mut totals, segments, files) = match outcome {
         Ok(o) => o,
         Err(e) => {
             sqlx::query(
@@ -333,6 +336,7 @@ pub async fn run_and_commit(
             return Err(e);
         }
     };
+    totals.amount = totals.amount.normalize();
     let finished = Utc::now();
     let (from_us, to_us) = (window.from.timestamp_micros(), window.to.timestamp_micros());
     let mut tx = db.pool.begin().await?;
@@ -430,11 +434,10 @@ pub async fn read_current_lines(
                 .get(file)
                 .await
                 .map_err(|e| RatingError::Files(e.to_string()))?;
-            let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(
-                bytes,
-            )
-            .and_then(|b| b.build())
-            .map_err(|e| RatingError::Files(format!("{file}: {e}")))?;
+            let reader =
+                parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(bytes)
+                    .and_then(|b| b.build())
+                    .map_err(|e| RatingError::Files(format!("{file}: {e}")))?;
             for batch in reader {
                 let batch = batch.map_err(|e| RatingError::Files(e.to_string()))?;
                 for line in crate::lines::from_batch(&batch)

@@ -209,8 +209,14 @@ impl RatingService {
         let to = filter.to.unwrap_or(DateTime::<Utc>::MAX_UTC);
         let wanted = |l: &RatedLine| {
             project_scope.as_ref().is_none_or(|p| *p == l.project_id)
-                && filter.project_id.as_ref().is_none_or(|p| *p == l.project_id)
-                && filter.resource_id.as_ref().is_none_or(|r| *r == l.resource_id)
+                && filter
+                    .project_id
+                    .as_ref()
+                    .is_none_or(|p| *p == l.project_id)
+                && filter
+                    .resource_id
+                    .as_ref()
+                    .is_none_or(|r| *r == l.resource_id)
                 && filter.meter.as_ref().is_none_or(|m| *m == l.meter)
         };
         let mut lines = Vec::new();
@@ -221,16 +227,23 @@ impl RatingService {
         })
         .await?;
         lines.sort_by(|a, b| {
-            (&a.project_id, &a.resource_id, &a.meter, &a.group, a.period_start).cmp(&(
-                &b.project_id,
-                &b.resource_id,
-                &b.meter,
-                &b.group,
-                b.period_start,
-            ))
+            (
+                &a.project_id,
+                &a.resource_id,
+                &a.meter,
+                &a.group,
+                a.period_start,
+            )
+                .cmp(&(
+                    &b.project_id,
+                    &b.resource_id,
+                    &b.meter,
+                    &b.group,
+                    b.period_start,
+                ))
         });
         let total = lines.len();
-        let amount = lines.iter().map(|l| l.amount).sum();
+        let amount = lines.iter().map(|l| l.amount).sum::<Decimal>().normalize();
         let limit = filter.limit.unwrap_or(usize::MAX);
         let lines = lines.into_iter().skip(filter.offset).take(limit).collect();
         Ok(LinePage {
@@ -278,8 +291,7 @@ impl RatingService {
     ) -> Result<Simulation, ServiceError> {
         let plan_id = candidate.id.clone();
         let request = self.request(window, Some(candidate)).await?;
-        let (simulated, _) =
-            runs::simulate(&self.db, &self.raw, &self.config, &request).await?;
+        let (simulated, _) = runs::simulate(&self.db, &self.raw, &self.config, &request).await?;
         let mut current: runs::Totals = BTreeMap::new();
         runs::read_current_lines(&self.db, &self.rated, window.from, window.to, |l| {
             *current.entry((l.project_id, l.meter)).or_default() += l.amount;

@@ -28,6 +28,51 @@ pub struct Config {
     pub ingest: IngestConfig,
     /// Raw store tuning.
     pub store: StoreSection,
+    /// The rating job.
+    pub rating: RatingSection,
+}
+
+/// `[rating]`
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct RatingSection {
+    /// Length of one rating period (`1h`, `15m`, `1d`).
+    pub period: String,
+    /// Partitions rated in parallel; 0 means one per core.
+    pub partitions: usize,
+    /// MiB the query engine may hold before its sorts spill to disk.
+    pub memory_limit_mb: usize,
+    /// How far before a range to look for carried gauges and states
+    /// (`2d`, `48h`).
+    pub carry_lookback: String,
+}
+
+impl Default for RatingSection {
+    fn default() -> Self {
+        RatingSection {
+            period: "1h".into(),
+            partitions: 0,
+            memory_limit_mb: 512,
+            carry_lookback: "2d".into(),
+        }
+    }
+}
+
+/// Parses `90s`, `15m`, `1h`, `2d`.
+pub fn parse_duration(text: &str) -> anyhow::Result<chrono::Duration> {
+    let t = text.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (n, unit) = t.split_at(split);
+    let n: i64 = n
+        .parse()
+        .with_context(|| format!("'{text}' is not a duration: write 90s, 15m, 1h or 2d"))?;
+    Ok(match unit {
+        "s" => chrono::Duration::seconds(n),
+        "m" => chrono::Duration::minutes(n),
+        "h" => chrono::Duration::hours(n),
+        "d" => chrono::Duration::days(n),
+        _ => anyhow::bail!("'{text}' is not a duration: write 90s, 15m, 1h or 2d"),
+    })
 }
 
 /// `[ingest]`
@@ -72,6 +117,7 @@ impl Default for Config {
             log_format: "text".into(),
             ingest: IngestConfig::default(),
             store: StoreSection::default(),
+            rating: RatingSection::default(),
         }
     }
 }
@@ -148,6 +194,36 @@ impl Config {
         s.dedupe_window_days = self.ingest.dedupe_window_days;
         s.dedupe_max_keys = self.ingest.dedupe_max_keys;
         s
+    }
+
+    /// The rating job settings in force.
+    pub fn rating_config(&self) -> anyhow::Result<tally_rate::RatingConfig> {
+        let mut r = tally_rate::RatingConfig::new(self.data_dir.join("tmp").join("rating-spill"));
+        if self.rating.partitions > 0 {
+            r.partitions = self.rating.partitions;
+        }
+        r.memory_limit = self.rating.memory_limit_mb.max(16) << 20;
+        r.carry_lookback =
+            parse_duration(&self.rating.carry_lookback).context("rating.carry_lookback")?;
+        Ok(r)
+    }
+
+    /// The rating period in force.
+    pub fn rating_period(&self) -> anyhow::Result<chrono::Duration> {
+        parse_duration(&self.rating.period).context("rating.period")
+    }
+
+    /// Where rated-line files go: beside the raw store (`<data_dir>/rated`,
+    /// or a `rated/` prefix next to a remote raw store's).
+    pub fn rated_store(&self) -> anyhow::Result<tally_store::objects::RawObjects> {
+        let url = match &self.raw_store_url {
+            Some(raw) if raw.contains("://") && !raw.starts_with("file://") => {
+                format!("{}/rated", raw.trim_end_matches('/'))
+            }
+            _ => format!("file://{}", self.data_dir.join("rated").display()),
+        };
+        tally_store::objects::RawObjects::open(&url)
+            .with_context(|| format!("cannot open the rated-line store at {url}"))
     }
 
     /// The HTTP limits in force.

@@ -14,6 +14,7 @@ mod gen_cmd;
 mod ingest;
 mod output;
 mod plan;
+mod rating;
 mod serve;
 
 use std::path::PathBuf;
@@ -61,12 +62,16 @@ enum Command {
     Gen(gen_cmd::GenArgs),
     /// Start a server on a data directory and send it a generated sample.
     Demo(demo::DemoArgs),
-    /// Price plans: check a plan file against the meter definitions.
+    /// Rate a range of raw usage into priced lines (replaces the range's lines).
+    Rate(rating::RateArgs),
+    /// List rated lines.
+    Lines(rating::LinesArgs),
+    /// Price plans: check, apply, import from CloudKitty, list, simulate.
     Plan {
         #[command(subcommand)]
         command: plan::PlanCommand,
     },
-    /// List the meter definitions (the default OpenStack set, or a file's).
+    /// List the meter definitions in force (or a file's), or replace them.
     Meters(plan::MetersArgs),
     /// Administration: API keys.
     Admin {
@@ -123,8 +128,22 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             config::init_logging_quiet(&cfg);
             demo::run(cfg, args).await?;
         }
-        Command::Plan { command } => return plan::run(command),
-        Command::Meters(args) => plan::meters(args)?,
+        Command::Rate(args) => {
+            config::init_logging_quiet(&cfg);
+            rating::rate(cfg, args).await?;
+        }
+        Command::Lines(args) => {
+            config::init_logging_quiet(&cfg);
+            rating::lines(cfg, args).await?;
+        }
+        Command::Plan { command } => {
+            config::init_logging_quiet(&cfg);
+            return plan::run(cfg, command).await;
+        }
+        Command::Meters(args) => {
+            config::init_logging_quiet(&cfg);
+            plan::meters(cfg, args).await?;
+        }
         Command::Admin { command } => {
             config::init_logging_quiet(&cfg);
             admin::run(cfg, command).await?;

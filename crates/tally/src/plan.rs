@@ -25,14 +25,59 @@ pub enum PlanCommand {
         #[arg(long, value_enum, default_value_t)]
         output: OutputFormat,
     },
+    /// Validate a plan and store it; the first plan (or one applied with
+    /// --default) prices rating runs.
+    Apply {
+        /// The plan (TOML).
+        file: PathBuf,
+        /// Make it the plan that prices rating runs.
+        #[arg(long)]
+        default: bool,
+    },
+    /// Create a plan from a CloudKitty hashmap listing (one JSON object with
+    /// services, fields, groups, mappings and thresholds).
+    ImportCloudkitty {
+        /// The listing (JSON).
+        file: PathBuf,
+        /// The new plan's id.
+        #[arg(long)]
+        id: String,
+        /// Its currency (ISO 4217): CloudKitty costs carry none.
+        #[arg(long)]
+        currency: String,
+        /// Make it the plan that prices rating runs.
+        #[arg(long)]
+        default: bool,
+    },
+    /// List stored plans.
+    List {
+        /// Output format.
+        #[arg(long, value_enum, default_value_t)]
+        output: OutputFormat,
+    },
+    /// Rate a range with a candidate plan, store nothing, and compare with
+    /// the current lines per project and meter.
+    Simulate {
+        /// The candidate plan (TOML).
+        #[arg(long)]
+        plan: PathBuf,
+        #[command(flatten)]
+        range: crate::rating::RangeArgs,
+        /// Output format.
+        #[arg(long, value_enum, default_value_t)]
+        output: OutputFormat,
+    },
 }
 
 /// `tally meters`
 #[derive(clap::Args, Debug)]
 pub struct MetersArgs {
-    /// A meter definitions file (default: the OpenStack set shipped with Tally).
-    #[arg(long)]
+    /// A meter definitions file to list (default: the definitions in force).
+    #[arg(long, conflicts_with = "apply")]
     pub file: Option<PathBuf>,
+    /// Validate a definitions file and make it the one in force.
+    #[arg(long)]
+    pub apply: Option<PathBuf>,
     /// Output format.
     #[arg(long, value_enum, default_value_t)]
     pub output: OutputFormat,
@@ -50,12 +95,33 @@ fn load_meters(file: Option<&PathBuf>) -> anyhow::Result<MeterSet> {
 }
 
 /// Runs `tally plan`.
-pub fn run(cmd: PlanCommand) -> anyhow::Result<ExitCode> {
-    let PlanCommand::Check {
-        file,
-        meters,
-        output,
-    } = cmd;
+pub async fn run(cfg: crate::config::Config, cmd: PlanCommand) -> anyhow::Result<ExitCode> {
+    use crate::rating;
+    let (file, meters, output) = match cmd {
+        PlanCommand::Check {
+            file,
+            meters,
+            output,
+        } => (file, meters, output),
+        PlanCommand::Apply { file, default } => {
+            return rating::plan_apply(cfg, file, default).await;
+        }
+        PlanCommand::ImportCloudkitty {
+            file,
+            id,
+            currency,
+            default,
+        } => return rating::plan_import_cloudkitty(cfg, file, id, currency, default).await,
+        PlanCommand::List { output } => {
+            rating::plan_list(cfg, output).await?;
+            return Ok(ExitCode::SUCCESS);
+        }
+        PlanCommand::Simulate {
+            plan,
+            range,
+            output,
+        } => return rating::plan_simulate(cfg, plan, range, output).await,
+    };
     let meter_set = load_meters(meters.as_ref())?;
     let text = std::fs::read_to_string(&file)
         .with_context(|| format!("cannot read {}", file.display()))?;
@@ -125,8 +191,28 @@ pub fn run(cmd: PlanCommand) -> anyhow::Result<ExitCode> {
 }
 
 /// Runs `tally meters`.
-pub fn meters(args: MetersArgs) -> anyhow::Result<()> {
-    let set = load_meters(args.file.as_ref())?;
+pub async fn meters(cfg: crate::config::Config, args: MetersArgs) -> anyhow::Result<()> {
+    let set = match (&args.file, &args.apply) {
+        (Some(f), _) => load_meters(Some(f))?,
+        (None, apply) => {
+            let db = tally_db::Database::open(&cfg.database_url()).await?;
+            match apply {
+                Some(f) => {
+                    let text = std::fs::read_to_string(f)
+                        .with_context(|| format!("cannot read {}", f.display()))?;
+                    tally_rate::plans::replace_meters(&db, &text)
+                        .await
+                        .with_context(|| {
+                            format!(
+                                "{} is not usable; the definitions in force are unchanged",
+                                f.display()
+                            )
+                        })?
+                }
+                None => tally_rate::plans::current_meters(&db).await?,
+            }
+        }
+    };
     match args.output {
         OutputFormat::Json => {
             let list: Vec<_> = set

@@ -125,6 +125,12 @@ pub async fn run(
         limits: cfg.api_limits(),
         metrics,
         started,
+        rating: Some(tally_rate::RatingService {
+            db: store.database().clone(),
+            raw: store.objects().clone(),
+            rated: cfg.rated_store()?,
+            config: cfg.rating_config()?,
+        }),
     });
     tracing::info!(%addr, data_dir = %cfg.data_dir.display(), "tally listening");
     eprintln!(

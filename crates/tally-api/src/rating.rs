@@ -1,0 +1,277 @@
+//! Rating endpoints: runs, rated lines, quotes, meter definitions and
+//! price plans.
+//!
+//! `POST /v1/rating/runs` rates synchronously and answers with the run:
+//! a month of a mid-size cloud rates in seconds, and a caller that wants
+//! the lines next needs the run finished anyway.
+
+use std::sync::Arc;
+
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::{Query, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use chrono::{DateTime, Utc};
+use serde::Deserialize;
+use tally_core::Currency;
+use tally_rate::plans::{self, ConfigError};
+use tally_rate::service::{LineFilter, QuoteRequest, ServiceError};
+use tally_rate::{RatingError, RatingService};
+
+use crate::{ApiError, AppState, Caller};
+
+fn rating(state: &AppState) -> Result<&RatingService, ApiError> {
+    state.rating.as_ref().ok_or_else(|| {
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "rating_disabled",
+            "rating is not configured in this process",
+        )
+    })
+}
+
+fn require_admin(caller: &Caller) -> Result<(), ApiError> {
+    if caller.0.role.can_write() {
+        Ok(())
+    } else {
+        Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            "this needs an admin API key",
+        ))
+    }
+}
+
+fn service_error(e: ServiceError) -> ApiError {
+    match e {
+        ServiceError::Window(w) => ApiError::bad_request("invalid_range", w.to_string()),
+        ServiceError::BadRequest(m) => ApiError::bad_request("invalid_request", m),
+        ServiceError::Config(c) => config_error(c),
+        ServiceError::Rating(r @ RatingError::Segment { .. }) => ApiError::internal(r),
+        ServiceError::Rating(r) => ApiError::internal(r),
+    }
+}
+
+fn config_error(e: ConfigError) -> ApiError {
+    match e {
+        ConfigError::Document(d) => ApiError::bad_request("invalid_document", d.to_string()),
+        ConfigError::NoPlan(id) => ApiError::new(
+            StatusCode::NOT_FOUND,
+            "no_such_plan",
+            format!("no price plan '{id}'"),
+        ),
+        other => ApiError::internal(other),
+    }
+}
+
+/// Body of `POST /v1/rating/runs`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RunRequest {
+    /// Start (inclusive).
+    pub from: DateTime<Utc>,
+    /// End (exclusive).
+    pub to: DateTime<Utc>,
+    /// Rating period length (`1h`, `15m`, `1d`); default one hour.
+    pub rating_period: Option<String>,
+}
+
+fn parse_period(text: &str) -> Result<chrono::Duration, ApiError> {
+    let bad = || {
+        ApiError::bad_request(
+            "invalid_range",
+            format!("rating_period '{text}' is not a duration: write 15m, 1h or 1d"),
+        )
+    };
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let n: i64 = text[..split].parse().map_err(|_| bad())?;
+    match &text[split..] {
+        "s" => Ok(chrono::Duration::seconds(n)),
+        "m" => Ok(chrono::Duration::minutes(n)),
+        "h" => Ok(chrono::Duration::hours(n)),
+        "d" => Ok(chrono::Duration::days(n)),
+        _ => Err(bad()),
+    }
+}
+
+/// `POST /v1/rating/runs`: rate a range now.
+pub async fn create_run(
+    State(state): State<Arc<AppState>>,
+    caller: Caller,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    require_admin(&caller)?;
+    let svc = rating(&state)?;
+    let req: RunRequest = serde_json::from_slice(&body).map_err(|e| {
+        ApiError::bad_request(
+            "invalid_request",
+            format!(
+                "expected {{\"from\": RFC 3339, \"to\": RFC 3339, \"rating_period\": \"1h\"}}: {e}"
+            ),
+        )
+    })?;
+    let period = req.rating_period.as_deref().map(parse_period).transpose()?;
+    let window = RatingService::window(req.from, req.to, period).map_err(service_error)?;
+    // Records acknowledged a moment ago must be in the run.
+    state.store.flush_now().await.map_err(ApiError::internal)?;
+    let run = svc.rate(window).await.map_err(service_error)?;
+    Ok((StatusCode::CREATED, Json(run)).into_response())
+}
+
+/// `GET /v1/rating/runs`: recent runs.
+pub async fn list_runs(
+    State(state): State<Arc<AppState>>,
+    caller: Caller,
+) -> Result<Response, ApiError> {
+    require_admin(&caller)?;
+    let svc = rating(&state)?;
+    let runs = tally_rate::runs::list_runs(&svc.db, 100)
+        .await
+        .map_err(ApiError::internal)?;
+    Ok(Json(serde_json::json!({ "runs": runs })).into_response())
+}
+
+/// `GET /v1/rated-lines`: current lines the caller may see.
+pub async fn list_lines(
+    State(state): State<Arc<AppState>>,
+    Caller(identity): Caller,
+    Query(mut filter): Query<LineFilter>,
+) -> Result<Response, ApiError> {
+    let svc = rating(&state)?;
+    filter.limit = Some(filter.limit.unwrap_or(1000).min(100_000));
+    let page = svc.lines(&identity, &filter).await.map_err(service_error)?;
+    Ok(Json(page).into_response())
+}
+
+/// `POST /v1/quote`: price a usage with the plan in force, storing nothing.
+pub async fn quote(
+    State(state): State<Arc<AppState>>,
+    Caller(identity): Caller,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let svc = rating(&state)?;
+    let req: QuoteRequest = serde_json::from_slice(&body).map_err(|e| {
+        ApiError::bad_request(
+            "invalid_request",
+            format!(
+                "expected {{\"meter\", \"quantity\" (decimal string), \"project_id\", \"attributes\", \"time\", \"plan_id\"}}: {e}"
+            ),
+        )
+    })?;
+    if !identity.may_read_project(&req.project_id) {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            format!("this key may not quote for project '{}'", req.project_id),
+        ));
+    }
+    let q = svc.quote(&req).await.map_err(service_error)?;
+    Ok(Json(q).into_response())
+}
+
+/// `GET /v1/meters`: the meter definitions in force, as their document.
+pub async fn get_meters(
+    State(state): State<Arc<AppState>>,
+    _caller: Caller,
+) -> Result<Response, ApiError> {
+    let svc = rating(&state)?;
+    let doc = plans::current_meters_document(&svc.db)
+        .await
+        .map_err(config_error)?;
+    let set =
+        tally_rate::MeterSet::from_toml(&doc).map_err(|e| ApiError::internal(e.to_string()))?;
+    let meters: Vec<_> = set
+        .meters
+        .iter()
+        .map(|m| {
+            serde_json::json!({
+                "name": m.name,
+                "unit": m.unit,
+                "description": m.description,
+                "records": m.records.meter,
+                "group_by": m.group_by,
+            })
+        })
+        .collect();
+    Ok(Json(serde_json::json!({ "meters": meters, "document": doc })).into_response())
+}
+
+/// `PUT /v1/meters`: replace the definitions (TOML body).
+pub async fn put_meters(
+    State(state): State<Arc<AppState>>,
+    caller: Caller,
+    body: String,
+) -> Result<Response, ApiError> {
+    require_admin(&caller)?;
+    let svc = rating(&state)?;
+    let set = plans::replace_meters(&svc.db, &body)
+        .await
+        .map_err(config_error)?;
+    Ok(Json(serde_json::json!({ "meters": set.names() })).into_response())
+}
+
+/// `GET /v1/plans`: stored plans.
+pub async fn list_plans(
+    State(state): State<Arc<AppState>>,
+    _caller: Caller,
+) -> Result<Response, ApiError> {
+    let svc = rating(&state)?;
+    let plans = plans::list_plans(&svc.db).await.map_err(config_error)?;
+    Ok(Json(serde_json::json!({ "plans": plans })).into_response())
+}
+
+/// Query of `POST /v1/plans`.
+#[derive(Debug, Deserialize)]
+pub struct ApplyQuery {
+    /// Make it the default plan.
+    #[serde(default)]
+    pub default: bool,
+    /// `cloudkitty` to import a CloudKitty listing (JSON body).
+    pub format: Option<String>,
+    /// Plan id (CloudKitty imports).
+    pub id: Option<String>,
+    /// Currency (CloudKitty imports).
+    pub currency: Option<String>,
+}
+
+/// `POST /v1/plans`: apply a plan (TOML body), or import a CloudKitty
+/// listing with `?format=cloudkitty&id=..&currency=..`.
+pub async fn apply_plan(
+    State(state): State<Arc<AppState>>,
+    caller: Caller,
+    Query(q): Query<ApplyQuery>,
+    body: String,
+) -> Result<Response, ApiError> {
+    require_admin(&caller)?;
+    let svc = rating(&state)?;
+    let plan = match q.format.as_deref() {
+        None | Some("toml") => plans::apply_plan(&svc.db, &body, q.default).await,
+        Some("cloudkitty") => {
+            let (Some(id), Some(currency)) = (q.id.as_deref(), q.currency.as_deref()) else {
+                return Err(ApiError::bad_request(
+                    "invalid_request",
+                    "a CloudKitty import needs ?id=PLAN_ID&currency=ISO4217",
+                ));
+            };
+            let currency: Currency = currency.parse().map_err(|e: tally_core::MoneyError| {
+                ApiError::bad_request("invalid_request", e.to_string())
+            })?;
+            plans::import_cloudkitty(&svc.db, id, currency, &body, q.default).await
+        }
+        Some(other) => {
+            return Err(ApiError::bad_request(
+                "invalid_request",
+                format!("unknown format '{other}': use toml or cloudkitty"),
+            ));
+        }
+    }
+    .map_err(config_error)?;
+    Ok((
+        StatusCode::CREATED,
+        Json(serde_json::json!({ "plan_id": plan.id, "currency": plan.currency.code(), "versions": plan.versions.len() })),
+    )
+        .into_response())
+}

@@ -1,0 +1,465 @@
+//! Rating as a user runs it: ingest, apply a plan, rate, list lines,
+//! re-rate, simulate, quote; locally and through the server.
+
+mod common;
+
+use std::path::Path;
+
+use common::{Server, client};
+use rust_decimal::Decimal;
+use serde_json::Value;
+
+/// A CloudEvent for `meter` of `resource` in `project`.
+fn ev(
+    id: &str,
+    meter: &str,
+    resource: &str,
+    project: &str,
+    time: &str,
+    volume: &str,
+    attrs: &str,
+) -> String {
+    format!(
+        r#"{{"specversion":"1.0","id":"{id}","source":"nova","type":"{meter}","subject":"{resource}","time":"{time}","data":{{"project_id":"{project}","volume":{volume},"kind":"gauge","attributes":{attrs}}}}}"#
+    )
+}
+
+/// One instance in p1 (small from 00:00, large from 10:30, deleted 12:00)
+/// and one 100 GiB volume in p2 (00:00 to its deletion at 05:00).
+fn usage() -> Vec<String> {
+    let small = r#"{"status":"active","flavor_name":"m1.small"}"#;
+    let large = r#"{"status":"active","flavor_name":"m1.large"}"#;
+    let deleted = r#"{"status":"deleted","flavor_name":"m1.large","event_type":"compute.instance.delete.end"}"#;
+    vec![
+        ev(
+            "i1",
+            "instance",
+            "vm-1",
+            "p1",
+            "2026-10-01T00:00:00Z",
+            "1",
+            small,
+        ),
+        ev(
+            "c1",
+            "vcpus",
+            "vm-1",
+            "p1",
+            "2026-10-01T00:00:00Z",
+            "1",
+            "{}",
+        ),
+        ev(
+            "i2",
+            "instance",
+            "vm-1",
+            "p1",
+            "2026-10-01T10:30:00Z",
+            "1",
+            large,
+        ),
+        ev(
+            "c2",
+            "vcpus",
+            "vm-1",
+            "p1",
+            "2026-10-01T10:30:00Z",
+            "4",
+            "{}",
+        ),
+        ev(
+            "i3",
+            "instance",
+            "vm-1",
+            "p1",
+            "2026-10-01T12:00:00Z",
+            "0",
+            deleted,
+        ),
+        ev(
+            "v1",
+            "volume.size",
+            "vol-1",
+            "p2",
+            "2026-10-01T00:00:00Z",
+            "100",
+            r#"{"volume_type":"ssd"}"#,
+        ),
+        ev(
+            "v2",
+            "volume.size",
+            "vol-1",
+            "p2",
+            "2026-10-01T05:00:00Z",
+            "100",
+            r#"{"volume_type":"ssd","event_type":"volume.delete.end"}"#,
+        ),
+    ]
+}
+
+const PLAN: &str = r#"
+id = "public"
+currency = "EUR"
+[[versions]]
+effective_from = "2026-01-01T00:00:00Z"
+[[versions.rules]]
+meter = "instance.hours"
+match = { flavor_name = "m1.small" }
+charge = { type = "per_unit", unit_price = "0.01" }
+[[versions.rules]]
+meter = "instance.hours"
+match = { flavor_name = "m1.large" }
+charge = { type = "per_unit", unit_price = "0.04" }
+[[versions.rules]]
+meter = "vcpu.hours"
+charge = { type = "per_unit", unit_price = "0.005" }
+[[versions.rules]]
+meter = "volume.gib_hours"
+charge = { type = "graduated", tiers = [ { up_to = "50", unit_price = "0.0002" }, { unit_price = "0.0001" } ] }
+"#;
+
+fn write(dir: &Path, name: &str, text: &str) -> std::path::PathBuf {
+    let p = dir.join(name);
+    std::fs::write(&p, text).unwrap();
+    p
+}
+
+fn d(v: &Value) -> Decimal {
+    v.as_str().expect("decimals are strings").parse().unwrap()
+}
+
+fn project_total(lines: &Value, project: &str) -> Decimal {
+    lines["lines"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|l| l["project_id"] == project)
+        .map(|l| d(&l["amount"]))
+        .sum()
+}
+
+fn run_files(data: &Path, run: &Value) -> Vec<Vec<u8>> {
+    run["files"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| std::fs::read(data.join("rated").join(f.as_str().unwrap())).unwrap())
+        .collect()
+}
+
+#[test]
+fn a_hand_computed_day_rates_exactly_and_re_rating_writes_identical_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let events = write(dir.path(), "usage.ndjson", &(usage().join("\n") + "\n"));
+    common::run_json(
+        common::tally(&data)
+            .args(["ingest", "--output", "json"])
+            .arg(&events),
+    );
+    let plan = write(dir.path(), "plan.toml", PLAN);
+    let out = common::tally(&data)
+        .args(["plan", "apply"])
+        .arg(&plan)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let run = common::run_json(
+        common::tally(&data).args(["rate", "--period", "2026-10", "--output", "json"]),
+    );
+    assert_eq!(run["status"], "complete");
+    assert_eq!(run["records_read"], 7);
+    assert_eq!(run["currency"], "EUR");
+    let lines = common::run_json(
+        common::tally(&data).args(["lines", "--limit", "1000", "--output", "json"]),
+    );
+    // p1: small 10.5 h × 0.01 + large 1.5 h × 0.04 + vCPU (10.5 × 1 + 1.5 × 4) × 0.005
+    //   = 0.105 + 0.06 + 0.0825 = 0.2475
+    assert_eq!(project_total(&lines, "p1"), "0.2475".parse().unwrap());
+    // p2: 5 hours of 100 GiB; each hour 50 × 0.0002 + 50 × 0.0001 = 0.015.
+    assert_eq!(project_total(&lines, "p2"), "0.075".parse().unwrap());
+    assert_eq!(d(&run["amount"]), "0.3225".parse().unwrap());
+    let first_hour_small = lines["lines"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|l| {
+            l["meter"] == "instance.hours"
+                && l["period_start"] == "2026-10-01T10:00:00Z"
+                && l["group"]["flavor_name"] == "m1.small"
+        })
+        .expect("the resize hour has a small line");
+    assert_eq!(first_hour_small["quantity"], "0.5");
+    assert_eq!(first_hour_small["rule"], "rules[0]");
+    assert_eq!(first_hour_small["plan_id"], "public");
+    assert_eq!(first_hour_small["plan_version"], 1);
+    assert_eq!(
+        first_hour_small["raw_count"], 0,
+        "the 10:30 record is m1.large's"
+    );
+    assert_eq!(first_hour_small["segments"].as_array().unwrap().len(), 0);
+
+    // Re-rating replaces the lines and writes byte-identical files.
+    let again = common::run_json(
+        common::tally(&data).args(["rate", "--period", "2026-10", "--output", "json"]),
+    );
+    assert_ne!(again["run_id"], run["run_id"]);
+    assert_eq!(run_files(&data, &again), run_files(&data, &run));
+    let lines_again = common::run_json(
+        common::tally(&data).args(["lines", "--limit", "1000", "--output", "json"]),
+    );
+    assert_eq!(lines_again, lines, "one set of current lines, not two");
+
+    // A period without data rates to nothing, without error.
+    let empty = common::run_json(
+        common::tally(&data).args(["rate", "--period", "2026-09", "--output", "json"]),
+    );
+    assert_eq!(empty["lines"], 0);
+    assert_eq!(empty["amount"], "0");
+}
+
+#[test]
+fn shuffled_and_duplicated_delivery_rates_to_the_same_lines() {
+    let dir = tempfile::tempdir().unwrap();
+    let plan = write(dir.path(), "plan.toml", PLAN);
+    let ordered = write(dir.path(), "a.ndjson", &(usage().join("\n") + "\n"));
+    let mut shuffled = usage();
+    shuffled.reverse();
+    shuffled.extend(usage().into_iter().step_by(2));
+    shuffled.swap(0, 3);
+    let shuffled = write(dir.path(), "b.ndjson", &(shuffled.join("\n") + "\n"));
+    let mut results = Vec::new();
+    for (name, file, extra) in [("one", &ordered, None), ("two", &shuffled, Some(&ordered))] {
+        let data = dir.path().join(name);
+        common::run_json(
+            common::tally(&data)
+                .args(["ingest", "--output", "json"])
+                .arg(file),
+        );
+        if let Some(f) = extra {
+            // The same ids again in a later import: all duplicates.
+            common::run_json(
+                common::tally(&data)
+                    .args(["ingest", "--output", "json"])
+                    .arg(f),
+            );
+        }
+        assert!(
+            common::tally(&data)
+                .args(["plan", "apply"])
+                .arg(&plan)
+                .status()
+                .unwrap()
+                .success()
+        );
+        common::run_json(
+            common::tally(&data).args(["rate", "--period", "2026-10", "--output", "json"]),
+        );
+        let mut lines = common::run_json(
+            common::tally(&data).args(["lines", "--limit", "1000", "--output", "json"]),
+        );
+        // Segment file names differ between data directories; nothing else may.
+        for l in lines["lines"].as_array_mut().unwrap() {
+            l["segments"] = Value::Null;
+        }
+        results.push(lines);
+    }
+    assert_eq!(results[0], results[1]);
+}
+
+#[test]
+fn a_bad_plan_changes_nothing_and_simulation_compares_a_candidate() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let events = write(dir.path(), "usage.ndjson", &(usage().join("\n") + "\n"));
+    common::run_json(
+        common::tally(&data)
+            .args(["ingest", "--output", "json"])
+            .arg(&events),
+    );
+    let plan = write(dir.path(), "plan.toml", PLAN);
+    assert!(
+        common::tally(&data)
+            .args(["plan", "apply"])
+            .arg(&plan)
+            .status()
+            .unwrap()
+            .success()
+    );
+
+    let broken = write(
+        dir.path(),
+        "broken.toml",
+        &PLAN.replace("currency = \"EUR\"\n", ""),
+    );
+    let out = common::tally(&data)
+        .args(["plan", "apply"])
+        .arg(&broken)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("currency") && err.contains("unchanged"),
+        "{err}"
+    );
+    let plans = common::run_json(common::tally(&data).args(["plan", "list", "--output", "json"]));
+    assert_eq!(plans.as_array().unwrap().len(), 1);
+    assert_eq!(plans[0]["currency"], "EUR");
+
+    common::run_json(
+        common::tally(&data).args(["rate", "--period", "2026-10", "--output", "json"]),
+    );
+    let doubled = write(
+        dir.path(),
+        "candidate.toml",
+        &PLAN
+            .replace("\"0.01\"", "\"0.02\"")
+            .replace("id = \"public\"", "id = \"candidate\""),
+    );
+    let sim = common::run_json(
+        common::tally(&data)
+            .args([
+                "plan", "simulate", "--period", "2026-10", "--output", "json", "--plan",
+            ])
+            .arg(&doubled),
+    );
+    let row = sim["rows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["project_id"] == "p1" && r["meter"] == "instance.hours")
+        .unwrap()
+        .clone();
+    // Only m1.small doubles: 10.5 h × 0.01 more.
+    assert_eq!(d(&row["difference"]), "0.105".parse().unwrap());
+    assert_eq!(d(&sim["current_total"]), "0.3225".parse().unwrap());
+    // Simulation stores nothing: the current lines still total as before.
+    let lines = common::run_json(common::tally(&data).args(["lines", "--output", "json"]));
+    assert_eq!(d(&lines["amount"]), "0.3225".parse().unwrap());
+}
+
+#[tokio::test]
+async fn the_server_rates_lists_scoped_lines_and_quotes() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path());
+    let resp = server
+        .post("application/x-ndjson", usage().join("\n"))
+        .await;
+    assert_eq!(resp.status(), 200);
+    let applied = client()
+        .post(format!("{}/v1/plans", server.url))
+        .bearer_auth(&server.key)
+        .body(PLAN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(applied.status(), 201, "{}", applied.text().await.unwrap());
+
+    // Right after ingest: the run must see records not yet flushed.
+    let run: Value = client()
+        .post(format!("{}/v1/rating/runs", server.url))
+        .bearer_auth(&server.key)
+        .json(&serde_json::json!({"from": "2026-10-01T00:00:00Z", "to": "2026-10-02T00:00:00Z"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(run["records_read"], 7, "{run}");
+    assert_eq!(run["amount"], "0.3225");
+
+    let unaligned = client()
+        .post(format!("{}/v1/rating/runs", server.url))
+        .bearer_auth(&server.key)
+        .json(&serde_json::json!({"from": "2026-10-01T00:30:00Z", "to": "2026-10-02T00:00:00Z"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(unaligned.status(), 400);
+    let body: Value = unaligned.json().await.unwrap();
+    assert_eq!(body["code"], "invalid_range");
+    assert!(body["message"].as_str().unwrap().contains("--from"));
+
+    let created = common::run_json(common::tally(dir.path()).args([
+        "admin",
+        "key",
+        "create",
+        "--role",
+        "project-reader",
+        "--project",
+        "p2",
+        "--output",
+        "json",
+    ]));
+    let reader = created["key"].as_str().unwrap();
+    let mine: Value = client()
+        .get(format!("{}/v1/rated-lines?project_id=p1", server.url))
+        .bearer_auth(reader)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(mine["total"], 0, "a p2 reader asking for p1 sees nothing");
+    let mine: Value = client()
+        .get(format!("{}/v1/rated-lines", server.url))
+        .bearer_auth(reader)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(mine["total"], 5);
+    assert!(
+        mine["lines"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|l| l["project_id"] == "p2")
+    );
+    assert_eq!(mine["amount"], "0.075");
+    let forbidden = client()
+        .post(format!("{}/v1/rating/runs", server.url))
+        .bearer_auth(reader)
+        .json(&serde_json::json!({"from": "2026-10-01T00:00:00Z", "to": "2026-10-02T00:00:00Z"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(forbidden.status(), 403);
+
+    let quote: Value = client()
+        .post(format!("{}/v1/quote", server.url))
+        .bearer_auth(&server.key)
+        .json(&serde_json::json!({
+            "meter": "volume.gib_hours", "quantity": "120", "project_id": "p2",
+            "time": "2026-10-05T00:00:00Z"
+        }))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    // 50 × 0.0002 + 70 × 0.0001 = 0.017
+    assert_eq!(d(&quote["amount"]), "0.017".parse().unwrap(), "{quote}");
+    assert_eq!(quote["currency"], "EUR");
+    assert_eq!(quote["rule"], "rules[3]");
+    let unknown = client()
+        .post(format!("{}/v1/quote", server.url))
+        .bearer_auth(&server.key)
+        .json(&serde_json::json!({"meter": "gpu.hours", "quantity": "1", "project_id": "p2"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(unknown.status(), 400);
+    server.stop();
+}
