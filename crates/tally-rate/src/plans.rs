@@ -55,14 +55,10 @@ pub struct StoredPlan {
 /// The meter definitions in force: the stored document, else the default
 /// OpenStack set.
 pub async fn current_meters(db: &Database) -> Result<MeterSet, ConfigError> {
-    Ok(
-        MeterSet::from_toml(&current_meters_document(db).await?).map_err(|e| {
-            ConfigError::Stored {
-                what: "meter definitions".into(),
-                message: e.to_string(),
-            }
-        })?,
-    )
+    MeterSet::from_toml(&current_meters_document(db).await?).map_err(|e| ConfigError::Stored {
+        what: "meter definitions".into(),
+        message: e.to_string(),
+    })
 }
 
 /// The document of the meter definitions in force.
