@@ -122,6 +122,22 @@ pub async fn import_cloudkitty(
     make_default: bool,
 ) -> Result<PricePlan, ConfigError> {
     let plan = PricePlan::from_cloudkitty(plan_id, currency, document)?;
+    let meters = current_meters(db).await?;
+    let names = meters.names();
+    if let Some(unknown) = plan
+        .cloudkitty
+        .keys()
+        .find(|s| !names.contains(&s.as_str()))
+    {
+        return Err(DocumentError::Invalid {
+            path: format!("services[name={unknown}]"),
+            message: format!(
+                "service '{unknown}' is not a defined meter: a CloudKitty service prices the rated meter of the same name; rename the service to one of {} or define a meter named '{unknown}' (tally meters --apply)",
+                names.join(", ")
+            ),
+        }
+        .into());
+    }
     store_plan(db, &plan, "cloudkitty", document, make_default).await?;
     Ok(plan)
 }

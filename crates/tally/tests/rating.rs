@@ -461,5 +461,119 @@ async fn the_server_rates_lists_scoped_lines_and_quotes() {
         .await
         .unwrap();
     assert_eq!(unknown.status(), 400);
+
+    // Meter definitions: a bad document is refused and changes nothing.
+    let put = client()
+        .put(format!("{}/v1/meters", server.url))
+        .bearer_auth(&server.key)
+        .body("[[meters]]\nname = \"x\"\nunit = \"u\"\nrecords = { meter = \"x\" }\naggregation = { type = \"median\" }\n")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(put.status(), 400);
+    let body: Value = put.json().await.unwrap();
+    assert_eq!(body["code"], "invalid_document");
+    assert!(
+        body["message"].as_str().unwrap().contains("median"),
+        "{body}"
+    );
+    let meters: Value = client()
+        .get(format!("{}/v1/meters", server.url))
+        .bearer_auth(&server.key)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(meters["meters"].as_array().unwrap().len(), 10);
     server.stop();
+}
+
+#[test]
+fn a_cloudkitty_listing_prices_lines_like_cloudkitty() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let events = write(dir.path(), "usage.ndjson", &(usage().join("\n") + "\n"));
+    common::run_json(
+        common::tally(&data)
+            .args(["ingest", "--output", "json"])
+            .arg(&events),
+    );
+    // Flavor mappings (per-unit flats) in one group, and a service threshold
+    // at level 1 that halves the price of a data point (a line) whose
+    // quantity reaches one hour.
+    let listing = r#"{
+      "services": [{"service_id": "s", "name": "instance.hours"}, {"service_id": "x", "name": "cpu"}],
+      "fields": [{"field_id": "f", "service_id": "s", "name": "flavor_name"}],
+      "groups": [{"group_id": "g", "name": "flavors"}],
+      "mappings": [
+        {"mapping_id": "m1", "value": "m1.small", "type": "flat", "cost": "0.01", "field_id": "f", "group_id": "g"},
+        {"mapping_id": "m2", "value": "m1.large", "type": "flat", "cost": "0.04", "field_id": "f", "group_id": "g"}
+      ],
+      "thresholds": [
+        {"threshold_id": "t", "level": "1", "type": "rate", "cost": "0.5", "service_id": "s", "group_id": "g"}
+      ]
+    }"#;
+    let file = write(dir.path(), "hashmap.json", listing);
+    let out = common::tally(&data)
+        .args([
+            "plan",
+            "import-cloudkitty",
+            "--id",
+            "ck",
+            "--currency",
+            "EUR",
+        ])
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "'cpu' is no meter here");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("services[name=cpu]") && err.contains("define a meter"),
+        "{err}"
+    );
+
+    let file = write(
+        dir.path(),
+        "hashmap.json",
+        &listing.replace(r#", {"service_id": "x", "name": "cpu"}"#, ""),
+    );
+    let out = common::tally(&data)
+        .args([
+            "plan",
+            "import-cloudkitty",
+            "--id",
+            "ck",
+            "--currency",
+            "EUR",
+        ])
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    common::run_json(
+        common::tally(&data).args(["rate", "--period", "2026-10", "--output", "json"]),
+    );
+    let lines = common::run_json(common::tally(&data).args([
+        "lines",
+        "--meter",
+        "instance.hours",
+        "--limit",
+        "100",
+        "--output",
+        "json",
+    ]));
+    // Small: hours 0–9 are full (1 h ≥ level 1: × 0.5) = 10 × 0.01 × 0.5 = 0.05,
+    // hour 10 has 0.5 h (below the level) = 0.005. Large: hour 10 has 0.5 h
+    // = 0.02, hour 11 is full = 0.04 × 0.5 = 0.02. Total 0.095.
+    assert_eq!(project_total(&lines, "p1"), "0.095".parse().unwrap());
+    let l = &lines["lines"][0];
+    assert_eq!(l["rule"], "cloudkitty:instance.hours");
+    assert_eq!(l["plan_id"], "ck");
 }
