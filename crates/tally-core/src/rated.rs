@@ -7,6 +7,7 @@
 //! `docs/rounding.md`), never on a rated line.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 use rust_decimal::Decimal;
@@ -52,10 +53,30 @@ pub struct RatedLine {
     /// Raw store segments those records were read from.
     pub segments: Vec<String>,
     /// The attributes of the latest record behind the line (what plan rules
-    /// match against), the group values included.
-    pub attributes: Attributes,
+    /// match against), the group values included. Shared: consecutive lines
+    /// of a resource usually carry the same attributes.
+    #[serde(with = "shared")]
+    pub attributes: Arc<Attributes>,
     /// Why the line could not be priced, when it could not (amount is then 0).
     pub error: Option<String>,
+}
+
+/// Serde for `Arc<Attributes>` as a plain map (serde's own `Arc` support is
+/// a feature flag that would rebuild the whole dependency tree).
+mod shared {
+    use std::sync::Arc;
+
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    use crate::Attributes;
+
+    pub fn serialize<S: Serializer>(a: &Arc<Attributes>, s: S) -> Result<S::Ok, S::Error> {
+        a.as_ref().serialize(s)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Arc<Attributes>, D::Error> {
+        Attributes::deserialize(d).map(Arc::new)
+    }
 }
 
 /// The rule name of a line no plan rule prices.

@@ -564,7 +564,7 @@ pub fn price_line(
             .iter()
             .filter_map(|&i| segment_paths.get(i as usize).cloned())
             .collect(),
-        attributes: Attributes::clone(&m.attributes),
+        attributes: m.attributes,
         error: m.error,
     };
     if let Some(plan) = plan {

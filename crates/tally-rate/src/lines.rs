@@ -105,10 +105,28 @@ pub fn to_batch(lines: &[RatedLine]) -> Result<RecordBatch, LinesError> {
         text(&|l| l.rule.clone()),
         Arc::new(lines.iter().map(|l| l.raw_count).collect::<UInt64Array>()),
         text(&|l| l.segments.join(",")),
-        text(&|l| json(&l.attributes)),
+        attributes_column(lines),
         optional(&|l| l.error.clone()),
     ];
     Ok(RecordBatch::try_new(schema(), columns)?)
+}
+
+/// The attributes column, serializing each shared attribute set once.
+fn attributes_column(lines: &[RatedLine]) -> ArrayRef {
+    let mut b = StringBuilder::with_capacity(lines.len(), lines.len() * 64);
+    let mut last: Option<(&Arc<tally_core::Attributes>, String)> = None;
+    for l in lines {
+        match &last {
+            Some((a, text)) if Arc::ptr_eq(a, &l.attributes) => b.append_value(text),
+            _ => {
+                let text = serde_json::to_string(&*l.attributes)
+                    .expect("attribute maps always serialize");
+                b.append_value(&text);
+                last = Some((&l.attributes, text));
+            }
+        }
+    }
+    Arc::new(b.finish())
 }
 
 mod erased {
