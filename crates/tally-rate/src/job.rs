@@ -25,15 +25,14 @@ use arrow::array::{
     Array, Decimal128Array, RecordBatch, StringArray, TimestampMicrosecondArray, UInt32Array,
 };
 use chrono::{DateTime, Duration, Utc};
-use datafusion::arrow::compute::SortOptions;
+use datafusion::arrow::compute::{
+    SortColumn, concat_batches, lexsort_to_indices, take_record_batch,
+};
 use datafusion::common::ScalarValue;
+use datafusion::execution::SendableRecordBatchStream;
 use datafusion::execution::memory_pool::FairSpillPool;
 use datafusion::execution::runtime_env::RuntimeEnvBuilder;
-use datafusion::physical_expr::expressions::col as physical_col;
-use datafusion::physical_expr::{LexOrdering, PhysicalSortExpr};
-use datafusion::physical_plan::repartition::RepartitionExec;
-use datafusion::physical_plan::sorts::sort::SortExec;
-use datafusion::physical_plan::{ExecutionPlan, Partitioning, execute_stream_partitioned};
+use datafusion::physical_plan::{ExecutionPlan, execute_stream_partitioned};
 use datafusion::prelude::{
     DataFrame, Expr, ParquetReadOptions, SessionConfig, SessionContext, col, in_list, lit,
 };
@@ -48,6 +47,7 @@ use tally_store::objects::RawObjects;
 
 use crate::aggregate::{MeteredLine, Metering, RatingWindow, RawUsage};
 use crate::meters::{Aggregation, MeterSet};
+use crate::shuffle::{self, BucketWriter};
 
 /// Errors that stop a rating run. Per-line problems (a rule failing on one
 /// line) do not: they are recorded on the line.
@@ -56,6 +56,9 @@ pub enum RatingError {
     /// The query engine failed.
     #[error("rating query failed: {0}")]
     Engine(#[from] datafusion::error::DataFusionError),
+    /// Arrow refused an operation on scanned rows.
+    #[error("rating computation failed: {0}")]
+    Arrow(#[from] datafusion::arrow::error::ArrowError),
     /// The billing database failed.
     #[error("billing database: {0}")]
     Database(#[from] sqlx::Error),
@@ -93,7 +96,7 @@ impl RatingConfig {
     pub fn new(spill_dir: PathBuf) -> RatingConfig {
         RatingConfig {
             partitions: std::thread::available_parallelism().map_or(2, |n| n.get()),
-            memory_limit: 512 << 20,
+            memory_limit: 1 << 30,
             spill_dir,
             carry_lookback: Duration::days(2),
             batch_size: 8192,
@@ -181,42 +184,116 @@ where
     let ctx = session(raw, config)?;
     let plan = scan_plan(&ctx, raw, &segments, request, carry_from).await?;
     let schema = plan.schema();
-    let keys = vec![
-        physical_col("project_id", &schema)?,
-        physical_col("resource_id", &schema)?,
-    ];
-    let repartitioned = Arc::new(RepartitionExec::try_new(
-        plan,
-        Partitioning::Hash(keys.clone(), partitions),
-    )?);
-    let ordering = LexOrdering::new(
-        keys.into_iter()
-            .map(|k| PhysicalSortExpr::new(k, SortOptions::default())),
-    )
-    .expect("two sort keys");
-    let sorted: Arc<dyn ExecutionPlan> =
-        Arc::new(SortExec::new(ordering, repartitioned).with_preserve_partitioning(true));
-    let streams = execute_stream_partitioned(sorted, ctx.task_ctx())?;
+    let rows: i64 = segments.iter().map(|s| s.row_count).sum();
+    let buckets = bucket_count(rows.max(0) as u64, config);
+    let streams = execute_stream_partitioned(plan, ctx.task_ctx())?;
 
+    // Stage 1: scan, and route rows to buckets (or keep them, if one bucket
+    // holds the whole range).
+    let shuffle_dir = config
+        .spill_dir
+        .join(format!("shuffle-{}", uuid::Uuid::new_v4().simple()));
+    if buckets > 1 {
+        std::fs::create_dir_all(&shuffle_dir).map_err(|e| {
+            RatingError::Files(format!("cannot create {}: {e}", shuffle_dir.display()))
+        })?;
+    }
+    let mut groups: Vec<Vec<SendableRecordBatchStream>> =
+        (0..partitions).map(|_| Vec::new()).collect();
+    for (i, stream) in streams.into_iter().enumerate() {
+        groups[i % partitions].push(stream);
+    }
+    let mut scans = Vec::new();
+    for (task, group) in groups.into_iter().enumerate() {
+        let dir = shuffle_dir.clone();
+        let schema = schema.clone();
+        scans.push(tokio::spawn(async move {
+            let mut kept = Vec::new();
+            let mut writer = (buckets > 1).then(|| BucketWriter::new(&dir, task, buckets, schema));
+            for mut stream in group {
+                while let Some(batch) = stream.next().await {
+                    let batch = batch?;
+                    match writer.as_mut() {
+                        Some(w) => w.route(&batch)?,
+                        None => kept.push(batch),
+                    }
+                }
+            }
+            if let Some(w) = writer {
+                w.finish()?;
+            }
+            Ok::<_, RatingError>(kept)
+        }));
+    }
+    let mut in_memory = Vec::new();
+    for scan in scans {
+        in_memory.extend(
+            scan.await
+                .map_err(|e| RatingError::Files(format!("a scan task failed: {e}")))??,
+        );
+    }
+
+    // Stage 2: each worker takes every `partitions`-th bucket, in order,
+    // sorts it by (project, resource) and meters it resource by resource.
+    let in_memory = Arc::new(in_memory);
     let mut tasks = Vec::new();
-    for (index, stream) in streams.into_iter().enumerate() {
-        let sink = make_sink(index);
+    for worker in 0..partitions {
+        let sink = make_sink(worker);
         let request = request.clone();
         let segment_paths = segment_paths.clone();
+        let dir = shuffle_dir.clone();
+        let schema = schema.clone();
+        let in_memory = in_memory.clone();
         tasks.push(tokio::spawn(async move {
-            consume(stream, request, segment_paths, sink).await
+            let mut consumer = Consumer::new(&request, &segment_paths, sink);
+            for bucket in (worker..buckets).step_by(partitions) {
+                let batch = if buckets == 1 {
+                    concat_batches(&schema, in_memory.iter())?
+                } else {
+                    shuffle::read_bucket(&dir, bucket, partitions, &schema)?
+                };
+                consumer.push_unsorted(&batch).await?;
+            }
+            consumer.finish().await
         }));
     }
     let mut totals = RunTotals::default();
     let mut sinks = Vec::new();
+    let mut failure = None;
     for task in tasks {
-        let (t, sink) = task
-            .await
-            .map_err(|e| RatingError::Files(format!("a rating task failed: {e}")))??;
-        totals.add(&t);
-        sinks.push(sink);
+        match task.await {
+            Ok(Ok((t, sink))) => {
+                totals.add(&t);
+                sinks.push(sink);
+            }
+            Ok(Err(e)) => failure = failure.or(Some(e)),
+            Err(e) => {
+                failure = failure.or(Some(RatingError::Files(format!(
+                    "a rating task failed: {e}"
+                ))))
+            }
+        }
+    }
+    if buckets > 1 {
+        let _ = std::fs::remove_dir_all(&shuffle_dir);
+    }
+    if let Some(e) = failure {
+        return Err(e);
     }
     Ok((totals, segment_paths.to_vec(), sinks))
+}
+
+/// How many buckets a range of `rows` raw rows is shuffled into: enough that
+/// one bucket per worker (sorted, plus its rows being metered) stays within
+/// the memory budget. One bucket means no shuffle files at all.
+fn bucket_count(rows: u64, config: &RatingConfig) -> usize {
+    // Arrow rows of the scan are ~350 bytes for OpenStack-like records; a
+    // bucket is held once as a batch and partly again while sorted slices
+    // and one resource's records are alive: budget 1 KiB per row.
+    const BYTES_PER_ROW: u64 = 1024;
+    let per_bucket =
+        (config.memory_limit as u64 / config.partitions.max(1) as u64 / BYTES_PER_ROW).max(1_000);
+    rows.div_ceil(per_bucket).clamp(1, 4096) as usize
 }
 
 /// URL under which the raw store's object store is registered with
@@ -382,67 +459,121 @@ struct ResourceRows {
     attributes: HashMap<String, Arc<Attributes>>,
 }
 
-async fn consume<S: LineSink>(
-    mut stream: datafusion::execution::SendableRecordBatchStream,
-    request: RatingRequest,
-    segment_paths: Arc<Vec<String>>,
-    mut sink: S,
-) -> Result<(RunTotals, S), RatingError> {
-    let metering = Metering::new(&request.meters, request.window);
-    let plan = request.plan.as_deref();
-    let mut totals = RunTotals::default();
-    let mut meters: HashMap<String, Arc<str>> = HashMap::new();
-    let mut units: HashMap<String, Arc<str>> = HashMap::new();
-    let mut current = ResourceRows::default();
-    let mut started = false;
-    while let Some(batch) = stream.next().await {
-        let batch = batch?;
-        let c = Columns::of(&batch)?;
+/// Meters a stream of rows sorted by (project, resource), one resource at
+/// a time, and feeds the priced lines to a sink.
+struct Consumer<'a, S> {
+    metering: Metering<'a>,
+    request: &'a RatingRequest,
+    segment_paths: &'a [String],
+    sink: S,
+    totals: RunTotals,
+    meters: HashMap<String, Arc<str>>,
+    units: HashMap<String, Arc<str>>,
+    current: ResourceRows,
+    started: bool,
+}
+
+impl<'a, S: LineSink> Consumer<'a, S> {
+    fn new(request: &'a RatingRequest, segment_paths: &'a [String], sink: S) -> Self {
+        Consumer {
+            metering: Metering::new(&request.meters, request.window),
+            request,
+            segment_paths,
+            sink,
+            totals: RunTotals::default(),
+            meters: HashMap::new(),
+            units: HashMap::new(),
+            current: ResourceRows::default(),
+            started: false,
+        }
+    }
+
+    /// Sorts one bucket by (project, resource) and consumes it in slices
+    /// (so the sorted copy never exists whole).
+    async fn push_unsorted(&mut self, batch: &RecordBatch) -> Result<(), RatingError> {
+        if batch.num_rows() == 0 {
+            return Ok(());
+        }
+        let key = |name: &str| SortColumn {
+            values: batch.column_by_name(name).expect("scan column").clone(),
+            options: None,
+        };
+        let order = lexsort_to_indices(&[key("project_id"), key("resource_id")], None)?;
+        for chunk in order.values().chunks(8192) {
+            let part = take_record_batch(batch, &UInt32Array::from(chunk.to_vec()))?;
+            self.push_sorted(&part).await?;
+        }
+        Ok(())
+    }
+
+    async fn push_sorted(&mut self, batch: &RecordBatch) -> Result<(), RatingError> {
+        let c = Columns::of(batch)?;
         for row in 0..batch.num_rows() {
             let (project, resource) = (c.project.value(row), c.resource.value(row));
-            if !started || current.project != project || current.resource != resource {
-                if started {
-                    let done = std::mem::take(&mut current);
-                    finish_resource(
-                        done,
-                        &metering,
-                        plan,
-                        &segment_paths,
-                        &mut totals,
-                        &mut sink,
-                    )
-                    .await?;
+            if !self.started || self.current.project != project || self.current.resource != resource
+            {
+                if self.started {
+                    let done = std::mem::take(&mut self.current);
+                    self.finish_resource(done).await?;
                 }
-                started = true;
-                current.project = project.to_string();
-                current.resource = resource.to_string();
+                self.started = true;
+                self.current.project = project.to_string();
+                self.current.resource = resource.to_string();
             }
-            let record = read_row(&c, row, &mut meters, &mut units, &mut current.attributes)?;
-            if record.time < request.window.from {
-                match current.carry.get(&record.meter) {
+            let record = read_row(
+                &c,
+                row,
+                &mut self.meters,
+                &mut self.units,
+                &mut self.current.attributes,
+            )?;
+            if record.time < self.request.window.from {
+                match self.current.carry.get(&record.meter) {
                     Some(held) if !later(&record, held) => {}
                     _ => {
-                        current.carry.insert(record.meter.clone(), record);
+                        self.current.carry.insert(record.meter.clone(), record);
                     }
                 }
             } else {
-                totals.records_read += 1;
-                current.records.push(record);
+                self.totals.records_read += 1;
+                self.current.records.push(record);
             }
         }
+        Ok(())
     }
-    if started {
-        finish_resource(
-            current,
-            &metering,
-            plan,
-            &segment_paths,
-            &mut totals,
-            &mut sink,
-        )
-        .await?;
+
+    async fn finish(mut self) -> Result<(RunTotals, S), RatingError> {
+        if self.started {
+            let done = std::mem::take(&mut self.current);
+            self.finish_resource(done).await?;
+        }
+        Ok((self.totals, self.sink))
     }
-    Ok((totals, sink))
+
+    async fn finish_resource(&mut self, rows: ResourceRows) -> Result<(), RatingError> {
+        let carry: Vec<RawUsage> = rows.carry.into_values().collect();
+        let (metered, duplicates) = self.metering.meter_resource(rows.records, carry);
+        self.totals.duplicates += duplicates;
+        if metered.is_empty() {
+            return Ok(());
+        }
+        let plan = self.request.plan.as_deref();
+        let lines: Vec<RatedLine> = metered
+            .into_iter()
+            .map(|m| price_line(&rows.project, &rows.resource, m, plan, self.segment_paths))
+            .collect();
+        for l in &lines {
+            self.totals.lines += 1;
+            self.totals.amount += l.amount;
+            if l.rule == UNPRICED {
+                self.totals.unpriced_lines += 1;
+            }
+            if l.error.is_some() {
+                self.totals.error_lines += 1;
+            }
+        }
+        self.sink.accept(lines).await
+    }
 }
 
 fn later(a: &RawUsage, b: &RawUsage) -> bool {
@@ -502,37 +633,6 @@ fn read_row(
         attributes: attrs,
         segment,
     })
-}
-
-async fn finish_resource<S: LineSink>(
-    rows: ResourceRows,
-    metering: &Metering<'_>,
-    plan: Option<&PricePlan>,
-    segment_paths: &[String],
-    totals: &mut RunTotals,
-    sink: &mut S,
-) -> Result<(), RatingError> {
-    let carry: Vec<RawUsage> = rows.carry.into_values().collect();
-    let (metered, duplicates) = metering.meter_resource(rows.records, carry);
-    totals.duplicates += duplicates;
-    if metered.is_empty() {
-        return Ok(());
-    }
-    let lines: Vec<RatedLine> = metered
-        .into_iter()
-        .map(|m| price_line(&rows.project, &rows.resource, m, plan, segment_paths))
-        .collect();
-    for l in &lines {
-        totals.lines += 1;
-        totals.amount += l.amount;
-        if l.rule == UNPRICED {
-            totals.unpriced_lines += 1;
-        }
-        if l.error.is_some() {
-            totals.error_lines += 1;
-        }
-    }
-    sink.accept(lines).await
 }
 
 /// Prices one metered line with the plan (or leaves it unpriced).

@@ -16,6 +16,7 @@ pub mod meters;
 pub mod plans;
 pub mod runs;
 pub mod service;
+pub mod shuffle;
 
 pub use aggregate::{MeteredLine, Metering, RatingWindow, RawUsage, WindowError};
 pub use job::{LineSink, RatingConfig, RatingError, RatingRequest, RunTotals};

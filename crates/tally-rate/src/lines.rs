@@ -119,8 +119,8 @@ fn attributes_column(lines: &[RatedLine]) -> ArrayRef {
         match &last {
             Some((a, text)) if Arc::ptr_eq(a, &l.attributes) => b.append_value(text),
             _ => {
-                let text = serde_json::to_string(&*l.attributes)
-                    .expect("attribute maps always serialize");
+                let text =
+                    serde_json::to_string(&*l.attributes).expect("attribute maps always serialize");
                 b.append_value(&text);
                 last = Some((&l.attributes, text));
             }
@@ -246,7 +246,10 @@ mod tests {
             rule: "rules[1]".into(),
             raw_count: 3,
             segments: vec!["a.parquet".into(), "b.parquet".into()],
-            attributes: BTreeMap::from([("vcpus".to_string(), AttributeValue::Number(2.into()))]),
+            attributes: Arc::new(BTreeMap::from([(
+                "vcpus".to_string(),
+                AttributeValue::Number(2.into()),
+            )])),
             error: None,
         };
         let mut other = line.clone();

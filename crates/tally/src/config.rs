@@ -40,7 +40,8 @@ pub struct RatingSection {
     pub period: String,
     /// Partitions rated in parallel; 0 means one per core.
     pub partitions: usize,
-    /// MiB the query engine may hold before its sorts spill to disk.
+    /// MiB the rating job may use: the scan's buffers and, per worker, one
+    /// shuffle bucket (a larger range is split into more buckets).
     pub memory_limit_mb: usize,
     /// How far before a range to look for carried gauges and states
     /// (`2d`, `48h`).
@@ -52,7 +53,7 @@ impl Default for RatingSection {
         RatingSection {
             period: "1h".into(),
             partitions: 0,
-            memory_limit_mb: 512,
+            memory_limit_mb: 1024,
             carry_lookback: "2d".into(),
         }
     }

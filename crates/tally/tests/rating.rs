@@ -577,3 +577,67 @@ fn a_cloudkitty_listing_prices_lines_like_cloudkitty() {
     assert_eq!(l["rule"], "cloudkitty:instance.hours");
     assert_eq!(l["plan_id"], "ck");
 }
+
+#[test]
+fn a_range_shuffled_through_buckets_on_disk_rates_like_one_in_memory() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let events = dir.path().join("gen.ndjson");
+    let out = common::tally(&data)
+        .args([
+            "gen",
+            "--instances",
+            "40",
+            "--days",
+            "2",
+            "--seed",
+            "7",
+            "--start",
+            "2026-10-01",
+            "--out",
+        ])
+        .arg(&events)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    common::run_json(
+        common::tally(&data)
+            .args(["ingest", "--output", "json"])
+            .arg(&events),
+    );
+    let plan = write(dir.path(), "plan.toml", PLAN);
+    assert!(
+        common::tally(&data)
+            .args(["plan", "apply"])
+            .arg(&plan)
+            .status()
+            .unwrap()
+            .success()
+    );
+    let rate = |memory_mb: &str| {
+        let run = common::run_json(
+            common::tally(&data)
+                .env("TALLY_RATING__MEMORY_LIMIT_MB", memory_mb)
+                .args(["rate", "--period", "2026-10", "--output", "json"]),
+        );
+        let lines = common::run_json(
+            common::tally(&data).args(["lines", "--limit", "100000", "--output", "json"]),
+        );
+        (run, lines)
+    };
+    // 1 MiB: buckets of 1,000 rows, so the ~9,000 records go through files.
+    let (small_run, small) = rate("1");
+    let (big_run, big) = rate("1024");
+    assert!(small_run["records_read"].as_u64().unwrap() > 5_000);
+    assert_eq!(small_run["records_read"], big_run["records_read"]);
+    assert_eq!(small_run["lines"], big_run["lines"]);
+    assert_eq!(small["lines"], big["lines"]);
+    assert!(
+        !data.join("tmp/rating-spill").exists()
+            || std::fs::read_dir(data.join("tmp/rating-spill"))
+                .unwrap()
+                .next()
+                .is_none(),
+        "shuffle files are removed after the run"
+    );
+}

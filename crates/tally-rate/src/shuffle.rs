@@ -1,0 +1,223 @@
+//! The rating job's shuffle: rows of a period are routed by a hash of
+//! (project, resource) into buckets small enough to sort in memory.
+//!
+//! This is a Grace hash partition, the same shape as a Ballista shuffle
+//! stage: the scan writes each bucket to its own Arrow IPC file (LZ4), and
+//! the second stage reads one bucket at a time. Memory is then bounded by
+//! one bucket per worker, whatever the size of the period, without relying
+//! on an external sort. A period that fits in one bucket skips the files.
+//!
+//! Bucket numbers come from XXH3 of (project, resource), not from
+//! DataFusion's hash, so they are stable across versions and processes:
+//! that is part of what makes line files byte-identical across runs.
+
+use std::fs::File;
+use std::io::BufWriter;
+use std::path::{Path, PathBuf};
+
+use datafusion::arrow::array::{RecordBatch, StringArray, UInt32Array};
+use datafusion::arrow::compute::{concat_batches, take_record_batch};
+use datafusion::arrow::datatypes::SchemaRef;
+use datafusion::arrow::ipc::CompressionType;
+use datafusion::arrow::ipc::reader::StreamReader;
+use datafusion::arrow::ipc::writer::{IpcWriteOptions, StreamWriter};
+
+use crate::job::RatingError;
+
+/// Rows gathered per bucket before they are written as one IPC batch.
+const FLUSH_ROWS: usize = 4096;
+
+/// The bucket of a resource.
+pub fn bucket_of(project: &str, resource: &str, buckets: usize) -> usize {
+    let (hi, _) = tally_store::dedupe::key_hash(project, resource);
+    (hi % buckets as u64) as usize
+}
+
+fn files_err(e: impl std::fmt::Display) -> RatingError {
+    RatingError::Files(format!("shuffle: {e}"))
+}
+
+/// One scan task's writers, one file per bucket (created on first use).
+pub struct BucketWriter {
+    dir: PathBuf,
+    task: usize,
+    schema: SchemaRef,
+    pending: Vec<Vec<RecordBatch>>,
+    pending_rows: Vec<usize>,
+    writers: Vec<Option<StreamWriter<BufWriter<File>>>>,
+}
+
+impl BucketWriter {
+    /// Writers for scan task `task` under `dir`.
+    pub fn new(dir: &Path, task: usize, buckets: usize, schema: SchemaRef) -> BucketWriter {
+        BucketWriter {
+            dir: dir.to_path_buf(),
+            task,
+            schema,
+            pending: vec![Vec::new(); buckets],
+            pending_rows: vec![0; buckets],
+            writers: (0..buckets).map(|_| None).collect(),
+        }
+    }
+
+    /// Routes a batch's rows to their buckets.
+    pub fn route(&mut self, batch: &RecordBatch) -> Result<(), RatingError> {
+        let buckets = self.pending.len();
+        let column = |name: &str| {
+            batch
+                .column_by_name(name)
+                .and_then(|c| c.as_any().downcast_ref::<StringArray>())
+                .ok_or_else(|| files_err(format!("scan lacks column {name}")))
+        };
+        let (project, resource) = (column("project_id")?, column("resource_id")?);
+        let mut rows: Vec<Vec<u32>> = vec![Vec::new(); buckets];
+        for i in 0..batch.num_rows() {
+            rows[bucket_of(project.value(i), resource.value(i), buckets)].push(i as u32);
+        }
+        for (b, indices) in rows.into_iter().enumerate() {
+            if indices.is_empty() {
+                continue;
+            }
+            let part = take_record_batch(batch, &UInt32Array::from(indices)).map_err(files_err)?;
+            self.pending_rows[b] += part.num_rows();
+            self.pending[b].push(part);
+            if self.pending_rows[b] >= FLUSH_ROWS {
+                self.flush(b)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn flush(&mut self, b: usize) -> Result<(), RatingError> {
+        if self.pending[b].is_empty() {
+            return Ok(());
+        }
+        let batch = concat_batches(&self.schema, &self.pending[b]).map_err(files_err)?;
+        self.pending[b].clear();
+        self.pending_rows[b] = 0;
+        if self.writers[b].is_none() {
+            let path = bucket_file(&self.dir, b, self.task);
+            let file = File::create(&path)
+                .map_err(|e| files_err(format!("cannot create {}: {e}", path.display())))?;
+            let options = IpcWriteOptions::default()
+                .try_with_compression(Some(CompressionType::LZ4_FRAME))
+                .map_err(files_err)?;
+            self.writers[b] = Some(
+                StreamWriter::try_new_with_options(
+                    BufWriter::with_capacity(1 << 16, file),
+                    &self.schema,
+                    options,
+                )
+                .map_err(files_err)?,
+            );
+        }
+        self.writers[b]
+            .as_mut()
+            .expect("created above")
+            .write(&batch)
+            .map_err(files_err)
+    }
+
+    /// Writes what is pending and closes every file.
+    pub fn finish(mut self) -> Result<(), RatingError> {
+        for b in 0..self.pending.len() {
+            self.flush(b)?;
+            if let Some(mut w) = self.writers[b].take() {
+                w.finish().map_err(files_err)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+fn bucket_file(dir: &Path, bucket: usize, task: usize) -> PathBuf {
+    dir.join(format!("bucket-{bucket:05}-{task:03}.arrow"))
+}
+
+/// Reads every scan task's file of `bucket` (in task order) as one batch.
+pub fn read_bucket(
+    dir: &Path,
+    bucket: usize,
+    tasks: usize,
+    schema: &SchemaRef,
+) -> Result<RecordBatch, RatingError> {
+    let mut batches = Vec::new();
+    for task in 0..tasks {
+        let path = bucket_file(dir, bucket, task);
+        let file = match File::open(&path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(files_err(format!("cannot open {}: {e}", path.display()))),
+        };
+        let reader =
+            StreamReader::try_new(std::io::BufReader::new(file), None).map_err(files_err)?;
+        for batch in reader {
+            batches.push(batch.map_err(files_err)?);
+        }
+    }
+    concat_batches(schema, &batches).map_err(files_err)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+
+    use datafusion::arrow::array::Int64Array;
+    use datafusion::arrow::datatypes::{DataType, Field, Schema};
+
+    #[test]
+    fn every_row_lands_in_its_bucket_once() {
+        let schema: SchemaRef = Arc::new(Schema::new(vec![
+            Field::new("project_id", DataType::Utf8, false),
+            Field::new("resource_id", DataType::Utf8, false),
+            Field::new("n", DataType::Int64, false),
+        ]));
+        let dir = tempfile::tempdir().unwrap();
+        let buckets = 7;
+        let mut expected = vec![0usize; buckets];
+        for task in 0..2 {
+            let mut w = BucketWriter::new(dir.path(), task, buckets, schema.clone());
+            for chunk in 0..3 {
+                let n = 5000;
+                let projects: Vec<String> = (0..n).map(|i| format!("p{}", i % 13)).collect();
+                let resources: Vec<String> =
+                    (0..n).map(|i| format!("r{}-{chunk}", i % 101)).collect();
+                for (p, r) in projects.iter().zip(&resources) {
+                    expected[bucket_of(p, r, buckets)] += 1;
+                }
+                let batch = RecordBatch::try_new(
+                    schema.clone(),
+                    vec![
+                        Arc::new(StringArray::from(projects)),
+                        Arc::new(StringArray::from(resources)),
+                        Arc::new(Int64Array::from_iter_values(0..n as i64)),
+                    ],
+                )
+                .unwrap();
+                w.route(&batch).unwrap();
+            }
+            w.finish().unwrap();
+        }
+        let mut total = 0;
+        for (b, want) in expected.iter().enumerate() {
+            let batch = read_bucket(dir.path(), b, 2, &schema).unwrap();
+            assert_eq!(batch.num_rows(), *want);
+            let p = batch
+                .column(0)
+                .as_any()
+                .downcast_ref::<StringArray>()
+                .unwrap();
+            let r = batch
+                .column(1)
+                .as_any()
+                .downcast_ref::<StringArray>()
+                .unwrap();
+            for i in 0..batch.num_rows() {
+                assert_eq!(bucket_of(p.value(i), r.value(i), buckets), b);
+            }
+            total += batch.num_rows();
+        }
+        assert_eq!(total, 2 * 3 * 5000);
+    }
+}
