@@ -144,6 +144,39 @@ pub struct Simulation {
     pub candidate_total: Decimal,
 }
 
+/// A line ordered for listing: project, resource, meter, group, period.
+struct Listed(RatedLine);
+
+impl Listed {
+    fn key(&self) -> (&str, &str, &str, &BTreeMap<String, String>, DateTime<Utc>) {
+        let l = &self.0;
+        (
+            &l.project_id,
+            &l.resource_id,
+            &l.meter,
+            &l.group,
+            l.period_start,
+        )
+    }
+}
+
+impl PartialEq for Listed {
+    fn eq(&self, other: &Self) -> bool {
+        self.key() == other.key()
+    }
+}
+impl Eq for Listed {}
+impl PartialOrd for Listed {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+impl Ord for Listed {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.key().cmp(&other.key())
+    }
+}
+
 /// The project a caller is confined to, or `None` for an operator. Account
 /// readers see no lines until the billing module maps accounts to projects.
 fn scope(identity: &Identity) -> Option<Option<String>> {
@@ -219,33 +252,40 @@ impl RatingService {
                     .is_none_or(|r| *r == l.resource_id)
                 && filter.meter.as_ref().is_none_or(|m| *m == l.meter)
         };
-        let mut lines = Vec::new();
+        // Keep only the first offset + limit lines in listing order (a
+        // bounded max-heap), so listing a month of a large cloud does not
+        // hold the month; totals still cover every matching line.
+        let keep = filter
+            .offset
+            .saturating_add(filter.limit.unwrap_or(usize::MAX));
+        let mut heap: std::collections::BinaryHeap<Listed> = std::collections::BinaryHeap::new();
+        let mut total = 0usize;
+        let mut amount = Decimal::ZERO;
         runs::read_current_lines(&self.db, &self.rated, from, to, |l| {
-            if wanted(&l) {
-                lines.push(l);
+            if !wanted(&l) {
+                return;
+            }
+            total += 1;
+            amount += l.amount;
+            if keep == 0 {
+                return;
+            }
+            let listed = Listed(l);
+            if heap.len() < keep {
+                heap.push(listed);
+            } else if heap.peek().is_some_and(|top| listed < *top) {
+                heap.pop();
+                heap.push(listed);
             }
         })
         .await?;
-        lines.sort_by(|a, b| {
-            (
-                &a.project_id,
-                &a.resource_id,
-                &a.meter,
-                &a.group,
-                a.period_start,
-            )
-                .cmp(&(
-                    &b.project_id,
-                    &b.resource_id,
-                    &b.meter,
-                    &b.group,
-                    b.period_start,
-                ))
-        });
-        let total = lines.len();
-        let amount = lines.iter().map(|l| l.amount).sum::<Decimal>().normalize();
-        let limit = filter.limit.unwrap_or(usize::MAX);
-        let lines = lines.into_iter().skip(filter.offset).take(limit).collect();
+        let lines: Vec<RatedLine> = heap
+            .into_sorted_vec()
+            .into_iter()
+            .skip(filter.offset)
+            .map(|l| l.0)
+            .collect();
+        let amount = amount.normalize();
         Ok(LinePage {
             lines,
             total,

@@ -204,6 +204,17 @@ fn a_hand_computed_day_rates_exactly_and_re_rating_writes_identical_files() {
     );
     assert_eq!(first_hour_small["segments"].as_array().unwrap().len(), 0);
 
+    // Pages are slices of the one listing order; totals cover every line.
+    let page = common::run_json(
+        common::tally(&data).args(["lines", "--limit", "2", "--offset", "1", "--output", "json"]),
+    );
+    assert_eq!(
+        page["lines"].as_array().unwrap()[..],
+        lines["lines"].as_array().unwrap()[1..3]
+    );
+    assert_eq!(page["total"], lines["total"]);
+    assert_eq!(page["amount"], lines["amount"]);
+
     // Re-rating replaces the lines and writes byte-identical files.
     let again = common::run_json(
         common::tally(&data).args(["rate", "--period", "2026-10", "--output", "json"]),
