@@ -46,6 +46,9 @@ pub struct RatingSection {
     /// How far before a range to look for carried gauges and states
     /// (`2d`, `48h`).
     pub carry_lookback: String,
+    /// Meter definitions (TOML) that `tally serve` puts in force at start;
+    /// unset keeps the ones in force (the default OpenStack set at first).
+    pub meters_file: Option<PathBuf>,
 }
 
 impl Default for RatingSection {
@@ -55,6 +58,7 @@ impl Default for RatingSection {
             partitions: 0,
             memory_limit_mb: 1024,
             carry_lookback: "2d".into(),
+            meters_file: None,
         }
     }
 }

@@ -92,6 +92,14 @@ pub async fn run(
     let db = Database::open(&cfg.database_url()).await?;
     let keys = ApiKeys::new(db.pool.clone());
     ensure_admin_key(&keys, &cfg.data_dir).await?;
+    if let Some(file) = &cfg.rating.meters_file {
+        let text = std::fs::read_to_string(file)
+            .with_context(|| format!("cannot read rating.meters_file {}", file.display()))?;
+        let set = tally_rate::plans::replace_meters(&db, &text)
+            .await
+            .with_context(|| format!("rating.meters_file {} is not usable", file.display()))?;
+        tracing::info!(file = %file.display(), meters = set.meters.len(), "meter definitions loaded");
+    }
     let metrics = metrics_exporter_prometheus::PrometheusBuilder::new()
         .install_recorder()
         .ok();

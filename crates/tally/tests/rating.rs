@@ -652,3 +652,43 @@ fn a_range_shuffled_through_buckets_on_disk_rates_like_one_in_memory() {
         "shuffle files are removed after the run"
     );
 }
+
+#[tokio::test]
+async fn serve_puts_a_meters_file_in_force_and_refuses_a_bad_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let meters = write(
+        dir.path(),
+        "meters.toml",
+        "[[meters]]\nname = \"gpu.hours\"\nunit = \"hour\"\nrecords = { meter = \"gpu\" }\naggregation = { type = \"time_weighted\" }\n",
+    );
+    let data = dir.path().join("data");
+    let server = Server::start_with(
+        &data,
+        &[("TALLY_RATING__METERS_FILE", meters.to_str().unwrap())],
+    );
+    let listed: Value = client()
+        .get(format!("{}/v1/meters", server.url))
+        .bearer_auth(&server.key)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(listed["meters"][0]["name"], "gpu.hours");
+    assert_eq!(listed["meters"].as_array().unwrap().len(), 1);
+    server.stop();
+
+    let bad = write(dir.path(), "bad.toml", "[[meters]]\nname = \"x\"\n");
+    let out = common::tally(&data)
+        .env("TALLY_RATING__METERS_FILE", &bad)
+        .args(["serve", "--listen", "127.0.0.1:0"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("bad.toml") && err.contains("missing field"),
+        "{err}"
+    );
+}
