@@ -78,7 +78,7 @@ def main():
             gen = subprocess.Popen([a.tally, "gen", "--instances", instances, "--days", "31",
                                     "--interval-minutes", minutes, "--seed", "42", "--start", "2026-10-01"],
                                    stdout=subprocess.PIPE)
-            ingest = subprocess.run([a.tally, "--data-dir", data, "ingest", "--output", "json", "/dev/stdin"],
+            ingest = subprocess.run([a.tally, "--data-dir", data, "ingest", "--output", "json", "-"],
                                     stdin=gen.stdout, stdout=subprocess.PIPE, check=True)
             gen.stdout.close()
             gen.wait()

@@ -30,7 +30,8 @@ use crate::output::{OutputFormat, print_summary};
 /// Arguments of `tally ingest`.
 #[derive(clap::Args, Debug)]
 pub struct IngestArgs {
-    /// Files to import: NDJSON or a JSON array of events, plain, gzip or zstd.
+    /// Files to import: NDJSON or a JSON array of events, plain, gzip or
+    /// zstd; `-` reads standard input (`tally gen | tally ingest -`).
     #[arg(required = true)]
     pub paths: Vec<PathBuf>,
     /// Send to this running server instead of writing the data directory.
@@ -68,7 +69,7 @@ fn progress_bar(total: u64, output: OutputFormat) -> ProgressBar {
 }
 
 /// Runs `tally ingest`.
-pub async fn run(cfg: Config, args: IngestArgs) -> anyhow::Result<ExitCode> {
+pub async fn run(cfg: Config, mut args: IngestArgs) -> anyhow::Result<ExitCode> {
     let decoder = decoder_for(&args.format).ok_or_else(|| {
         anyhow::anyhow!(
             "unknown --format '{}': use one of {}",
@@ -76,8 +77,16 @@ pub async fn run(cfg: Config, args: IngestArgs) -> anyhow::Result<ExitCode> {
             FORMATS.join(", ")
         )
     })?;
-    for p in &args.paths {
-        anyhow::ensure!(p.is_file(), "{} is not a readable file", p.display());
+    for p in &mut args.paths {
+        if p.as_os_str() == "-" {
+            *p = PathBuf::from("/dev/stdin");
+        }
+        // Pipes and character devices (stdin, a FIFO) are streams too.
+        anyhow::ensure!(
+            p.exists() && !p.is_dir(),
+            "{} is not a readable file",
+            p.display()
+        );
     }
     let total: u64 = args
         .paths
