@@ -37,6 +37,7 @@ def plan_toml():
 DUCKDB_SQL = """
 import duckdb, sys
 con = duckdb.connect()
+con.execute("SET enable_progress_bar = false")
 con.execute("CREATE TABLE prices (meter VARCHAR, unit_price DECIMAL(18,6))")
 con.executemany("INSERT INTO prices VALUES (?, ?)", %(prices)r)
 con.execute('''
@@ -107,7 +108,7 @@ def main():
         code = DUCKDB_SQL % {"prices": [(r, p) for _, r, p in PRICES], "glob": glob, "out": out_path}
         dsecs, drss, dout = run_measured([sys.executable, "-c", code])
         duck = {"seconds": round(dsecs, 2), "records_per_second": round(records / dsecs),
-                "peak_rss_mib": round(drss), "lines": int(dout.strip())}
+                "peak_rss_mib": round(drss), "lines": int(dout.strip().splitlines()[-1])}
         results["runs"].append({"instances": int(instances), "poll_minutes": int(minutes), "records": records,
                                 "tally": tally, "duckdb": duck,
                                 "time_ratio_tally_over_duckdb": round(secs / dsecs, 2)})

@@ -17,7 +17,10 @@
 //! Two runs over the same segments, meters and plan therefore write
 //! byte-identical files.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
+
+// foldhash, not SipHash: these maps are probed once per scanned row.
+use hashbrown::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -25,9 +28,7 @@ use arrow::array::{
     Array, Decimal128Array, RecordBatch, StringArray, TimestampMicrosecondArray, UInt32Array,
 };
 use chrono::{DateTime, Duration, Utc};
-use datafusion::arrow::compute::{
-    SortColumn, concat_batches, lexsort_to_indices, take_record_batch,
-};
+use datafusion::arrow::compute::interleave_record_batch;
 use datafusion::common::ScalarValue;
 use datafusion::execution::SendableRecordBatchStream;
 use datafusion::execution::memory_pool::FairSpillPool;
@@ -187,6 +188,7 @@ where
     let rows: i64 = segments.iter().map(|s| s.row_count).sum();
     let buckets = bucket_count(rows.max(0) as u64, config);
     let streams = execute_stream_partitioned(plan, ctx.task_ctx())?;
+    let started = std::time::Instant::now();
 
     // Stage 1: scan, and route rows to buckets (or keep them, if one bucket
     // holds the whole range).
@@ -232,6 +234,8 @@ where
                 .map_err(|e| RatingError::Files(format!("a scan task failed: {e}")))??,
         );
     }
+    let scan_seconds = started.elapsed().as_secs_f64();
+    tracing::info!(buckets, scan_seconds, "rating stage 1 (scan, shuffle) done");
 
     // Stage 2: each worker takes every `partitions`-th bucket, in order,
     // sorts it by (project, resource) and meters it resource by resource.
@@ -242,17 +246,16 @@ where
         let request = request.clone();
         let segment_paths = segment_paths.clone();
         let dir = shuffle_dir.clone();
-        let schema = schema.clone();
         let in_memory = in_memory.clone();
         tasks.push(tokio::spawn(async move {
             let mut consumer = Consumer::new(&request, &segment_paths, sink);
             for bucket in (worker..buckets).step_by(partitions) {
-                let batch = if buckets == 1 {
-                    concat_batches(&schema, in_memory.iter())?
+                let batches = if buckets == 1 {
+                    in_memory.to_vec()
                 } else {
-                    shuffle::read_bucket(&dir, bucket, partitions, &schema)?
+                    shuffle::read_bucket(&dir, bucket, partitions)?
                 };
-                consumer.push_unsorted(&batch).await?;
+                consumer.push_bucket(&batches).await?;
             }
             consumer.finish().await
         }));
@@ -277,6 +280,10 @@ where
     if buckets > 1 {
         let _ = std::fs::remove_dir_all(&shuffle_dir);
     }
+    tracing::info!(
+        seconds = started.elapsed().as_secs_f64() - scan_seconds,
+        "rating stage 2 (sort, meter, price, write) done"
+    );
     if let Some(e) = failure {
         return Err(e);
     }
@@ -459,8 +466,8 @@ struct ResourceRows {
     attributes: HashMap<String, Arc<Attributes>>,
 }
 
-/// Meters a stream of rows sorted by (project, resource), one resource at
-/// a time, and feeds the priced lines to a sink.
+/// Meters buckets of rows one resource at a time and feeds the priced
+/// lines to a sink.
 struct Consumer<'a, S> {
     metering: Metering<'a>,
     request: &'a RatingRequest,
@@ -470,7 +477,6 @@ struct Consumer<'a, S> {
     meters: HashMap<String, Arc<str>>,
     units: HashMap<String, Arc<str>>,
     current: ResourceRows,
-    started: bool,
 }
 
 impl<'a, S: LineSink> Consumer<'a, S> {
@@ -484,69 +490,81 @@ impl<'a, S: LineSink> Consumer<'a, S> {
             meters: HashMap::new(),
             units: HashMap::new(),
             current: ResourceRows::default(),
-            started: false,
         }
     }
 
-    /// Sorts one bucket by (project, resource) and consumes it in slices
-    /// (so the sorted copy never exists whole).
-    async fn push_unsorted(&mut self, batch: &RecordBatch) -> Result<(), RatingError> {
-        if batch.num_rows() == 0 {
-            return Ok(());
-        }
-        let key = |name: &str| SortColumn {
-            values: batch.column_by_name(name).expect("scan column").clone(),
-            options: None,
-        };
-        let order = lexsort_to_indices(&[key("project_id"), key("resource_id")], None)?;
-        for chunk in order.values().chunks(8192) {
-            let part = take_record_batch(batch, &UInt32Array::from(chunk.to_vec()))?;
-            self.push_sorted(&part).await?;
-        }
-        Ok(())
-    }
-
-    async fn push_sorted(&mut self, batch: &RecordBatch) -> Result<(), RatingError> {
-        let c = Columns::of(batch)?;
-        for row in 0..batch.num_rows() {
-            let (project, resource) = (c.project.value(row), c.resource.value(row));
-            if !self.started || self.current.project != project || self.current.resource != resource
-            {
-                if self.started {
-                    let done = std::mem::take(&mut self.current);
-                    self.finish_resource(done).await?;
-                }
-                self.started = true;
-                self.current.project = project.to_string();
-                self.current.resource = resource.to_string();
+    /// Consumes one bucket: its rows are ordered by the 128-bit XXH3 of
+    /// (project, resource), which puts each resource's rows together
+    /// without comparing strings or copying rows (the order between
+    /// resources only needs to be deterministic, not alphabetical). Equal
+    /// hashes are taken as one resource, the same trust the ingest dedupe
+    /// index places in 128-bit keys.
+    async fn push_bucket(&mut self, batches: &[RecordBatch]) -> Result<(), RatingError> {
+        let columns: Vec<Columns<'_>> =
+            batches.iter().map(Columns::of).collect::<Result<_, _>>()?;
+        let mut order: Vec<(u128, u32, u32)> =
+            Vec::with_capacity(batches.iter().map(|b| b.num_rows()).sum());
+        for (b, c) in columns.iter().enumerate() {
+            for row in 0..c.project.len() {
+                let (hi, lo) =
+                    tally_store::dedupe::key_hash(c.project.value(row), c.resource.value(row));
+                order.push((
+                    (u128::from(hi) << 64) | u128::from(lo),
+                    b as u32,
+                    row as u32,
+                ));
             }
-            let record = read_row(
-                &c,
-                row,
-                &mut self.meters,
-                &mut self.units,
-                &mut self.current.attributes,
-            )?;
-            if record.time < self.request.window.from {
-                match self.current.carry.get(&record.meter) {
-                    Some(held) if !later(&record, held) => {}
-                    _ => {
-                        self.current.carry.insert(record.meter.clone(), record);
+        }
+        order.sort_unstable();
+        // Gather the rows in that order into contiguous slices first: one
+        // tight copy loop beats reading eleven columns at random positions.
+        let refs: Vec<&RecordBatch> = batches.iter().collect();
+        let mut current_key = None;
+        for chunk in order.chunks(8192) {
+            let positions: Vec<(usize, usize)> = chunk
+                .iter()
+                .map(|&(_, b, r)| (b as usize, r as usize))
+                .collect();
+            let slice = interleave_record_batch(&refs, &positions)?;
+            let c = Columns::of(&slice)?;
+            for (row, &(key, _, _)) in chunk.iter().enumerate() {
+                if current_key != Some(key) {
+                    if current_key.is_some() {
+                        let done = std::mem::take(&mut self.current);
+                        self.finish_resource(done).await?;
                     }
+                    current_key = Some(key);
+                    self.current.project = c.project.value(row).to_string();
+                    self.current.resource = c.resource.value(row).to_string();
                 }
-            } else {
-                self.totals.records_read += 1;
-                self.current.records.push(record);
+                let record = read_row(
+                    &c,
+                    row,
+                    &mut self.meters,
+                    &mut self.units,
+                    &mut self.current.attributes,
+                )?;
+                if record.time < self.request.window.from {
+                    match self.current.carry.get(&record.meter) {
+                        Some(held) if !later(&record, held) => {}
+                        _ => {
+                            self.current.carry.insert(record.meter.clone(), record);
+                        }
+                    }
+                } else {
+                    self.totals.records_read += 1;
+                    self.current.records.push(record);
+                }
             }
         }
-        Ok(())
-    }
-
-    async fn finish(mut self) -> Result<(RunTotals, S), RatingError> {
-        if self.started {
+        if current_key.is_some() {
             let done = std::mem::take(&mut self.current);
             self.finish_resource(done).await?;
         }
+        Ok(())
+    }
+
+    async fn finish(self) -> Result<(RunTotals, S), RatingError> {
         Ok((self.totals, self.sink))
     }
 

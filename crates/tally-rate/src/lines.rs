@@ -70,6 +70,14 @@ pub fn to_batch(lines: &[RatedLine]) -> Result<RecordBatch, LinesError> {
         }
         Arc::new(b.finish())
     };
+    // Fields the line already holds as text are copied once, into the array.
+    let borrowed = |f: &dyn Fn(&RatedLine) -> &str| -> ArrayRef {
+        let mut b = StringBuilder::with_capacity(n, n * 16);
+        for l in lines {
+            b.append_value(f(l));
+        }
+        Arc::new(b.finish())
+    };
     let optional = |f: &dyn Fn(&RatedLine) -> Option<String>| -> ArrayRef {
         Arc::new(lines.iter().map(f).collect::<StringArray>())
     };
@@ -84,25 +92,31 @@ pub fn to_batch(lines: &[RatedLine]) -> Result<RecordBatch, LinesError> {
     };
     let json = |v: &dyn erased::Json| v.json();
     let columns: Vec<ArrayRef> = vec![
-        text(&|l| l.project_id.clone()),
-        text(&|l| l.resource_id.clone()),
-        text(&|l| l.meter.clone()),
-        text(&|l| json(&l.group)),
+        borrowed(&|l| &l.project_id),
+        borrowed(&|l| &l.resource_id),
+        borrowed(&|l| &l.meter),
+        text(&|l| {
+            if l.group.is_empty() {
+                "{}".to_string()
+            } else {
+                json(&l.group)
+            }
+        }),
         ts(&|l| micros(l.period_start)),
         ts(&|l| micros(l.period_end)),
         text(&|l| l.quantity.normalize().to_string()),
-        text(&|l| l.unit.clone()),
+        borrowed(&|l| &l.unit),
         optional(&|l| l.unit_price.map(|p| p.normalize().to_string())),
         text(&|l| l.amount.normalize().to_string()),
-        text(&|l| l.currency.clone()),
-        text(&|l| l.plan_id.clone()),
+        borrowed(&|l| &l.currency),
+        borrowed(&|l| &l.plan_id),
         Arc::new(
             lines
                 .iter()
                 .map(|l| l.plan_version)
                 .collect::<UInt32Array>(),
         ),
-        text(&|l| l.rule.clone()),
+        borrowed(&|l| &l.rule),
         Arc::new(lines.iter().map(|l| l.raw_count).collect::<UInt64Array>()),
         text(&|l| l.segments.join(",")),
         attributes_column(lines),

@@ -220,7 +220,7 @@ impl FileSink {
         if self.writer.is_none() {
             let props = WriterProperties::builder()
                 .set_compression(Compression::ZSTD(
-                    ZstdLevel::try_new(3).expect("valid level"),
+                    ZstdLevel::try_new(1).expect("valid level"),
                 ))
                 .set_max_row_group_row_count(Some(ROW_GROUP))
                 .build();

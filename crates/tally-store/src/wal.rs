@@ -47,6 +47,16 @@ pub fn list(dir: &Path) -> io::Result<Vec<u64>> {
     Ok(seqs)
 }
 
+/// Whether any log file in `dir` holds bytes (records not yet flushed to
+/// Parquet, unless a crash left only a torn frame). A missing directory has
+/// none.
+pub fn has_records(dir: &Path) -> bool {
+    list(dir).is_ok_and(|seqs| {
+        seqs.iter()
+            .any(|&seq| std::fs::metadata(path(dir, seq)).is_ok_and(|m| m.len() > 0))
+    })
+}
+
 /// Makes a directory entry change (create, rename, delete) durable.
 pub fn sync_dir(dir: &Path) -> io::Result<()> {
     File::open(dir)?.sync_all()

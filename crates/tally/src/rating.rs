@@ -177,13 +177,20 @@ pub async fn rate(cfg: Config, args: RateArgs) -> anyhow::Result<()> {
                 },
             )
             .map_err(|e| anyhow::anyhow!("{e}: ask it with --server http://ADDR instead"))?;
-            let db = Database::open(&cfg.database_url()).await?;
-            let store = RawStore::open(cfg.store_config(), db.clone())
-                .await
-                .context("cannot open the raw usage store")?;
-            let svc = service(&cfg, db, store.objects().clone()).await?;
-            let outcome = svc.rate(window).await;
-            store.shutdown().await?;
+            // Records still in a write-ahead log (a server stopped before
+            // flushing) must reach Parquet first; opening the store replays
+            // them. Without logs, opening it would only load the dedupe
+            // index, which rating does not need.
+            let outcome = if tally_store::wal::has_records(&cfg.data_dir.join("wal")) {
+                let db = Database::open(&cfg.database_url()).await?;
+                let store = RawStore::open(cfg.store_config(), db.clone())
+                    .await
+                    .context("cannot open the raw usage store")?;
+                store.shutdown().await?;
+                read_only_service(&cfg).await?.rate(window).await
+            } else {
+                read_only_service(&cfg).await?.rate(window).await
+            };
             serde_json::to_value(outcome?)?
         }
     };
