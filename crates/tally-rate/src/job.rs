@@ -54,15 +54,17 @@ use crate::shuffle::{self, BucketWriter};
 /// line) do not: they are recorded on the line.
 #[derive(Debug, thiserror::Error)]
 pub enum RatingError {
+    // The wrapped errors are shown in the message and deliberately not
+    // exposed as `source()`: callers printing the chain would repeat them.
     /// The query engine failed.
     #[error("rating query failed: {0}")]
-    Engine(#[from] datafusion::error::DataFusionError),
+    Engine(datafusion::error::DataFusionError),
     /// Arrow refused an operation on scanned rows.
     #[error("rating computation failed: {0}")]
-    Arrow(#[from] datafusion::arrow::error::ArrowError),
+    Arrow(datafusion::arrow::error::ArrowError),
     /// The billing database failed.
     #[error("billing database: {0}")]
-    Database(#[from] sqlx::Error),
+    Database(sqlx::Error),
     /// Writing or reading line files failed.
     #[error("rated-line files: {0}")]
     Files(String),
@@ -76,14 +78,33 @@ pub enum RatingError {
     },
 }
 
+impl From<datafusion::error::DataFusionError> for RatingError {
+    fn from(e: datafusion::error::DataFusionError) -> Self {
+        RatingError::Engine(e)
+    }
+}
+
+impl From<datafusion::arrow::error::ArrowError> for RatingError {
+    fn from(e: datafusion::arrow::error::ArrowError) -> Self {
+        RatingError::Arrow(e)
+    }
+}
+
+impl From<sqlx::Error> for RatingError {
+    fn from(e: sqlx::Error) -> Self {
+        RatingError::Database(e)
+    }
+}
+
 /// How the job uses the machine.
 #[derive(Debug, Clone)]
 pub struct RatingConfig {
-    /// Partitions rated in parallel (default: the number of cores).
+    /// Workers rating in parallel (default: the number of cores).
     pub partitions: usize,
-    /// Memory DataFusion may use before its sorts spill to disk.
+    /// Memory budget: DataFusion's scan pool, and what sizes the shuffle
+    /// buckets (one bucket per worker must fit).
     pub memory_limit: usize,
-    /// Where sorts spill.
+    /// Where shuffle buckets are written (removed after each run).
     pub spill_dir: PathBuf,
     /// How far before the range the job looks for the last value of gauges
     /// and the last state of resources, to carry them into the range.

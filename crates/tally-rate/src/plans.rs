@@ -16,10 +16,10 @@ use crate::meters::MeterSet;
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     /// The document is not usable.
-    #[error("{0}")]
+    #[error(transparent)]
     Document(#[from] DocumentError),
     /// The database failed.
-    #[error("billing database: {0}")]
+    #[error(transparent)]
     Database(#[from] sqlx::Error),
     /// A stored document no longer parses (it was valid when stored).
     #[error("stored {what} no longer parses: {message}; apply it again")]

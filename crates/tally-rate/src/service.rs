@@ -22,13 +22,13 @@ use crate::runs::{self, RatingRun};
 #[derive(Debug, thiserror::Error)]
 pub enum ServiceError {
     /// The range or period is not usable.
-    #[error("{0}")]
+    #[error(transparent)]
     Window(#[from] WindowError),
     /// The stored configuration is not usable.
-    #[error("{0}")]
+    #[error(transparent)]
     Config(#[from] ConfigError),
     /// The run failed.
-    #[error("{0}")]
+    #[error(transparent)]
     Rating(#[from] RatingError),
     /// The request is not usable.
     #[error("{0}")]
