@@ -109,6 +109,10 @@ pub struct RatingConfig {
     /// How far before the range the job looks for the last value of gauges
     /// and the last state of resources, to carry them into the range.
     pub carry_lookback: Duration,
+    /// How long the line files of a run whose lines have all been replaced
+    /// are kept (for readers still holding the old coverage) before they
+    /// are deleted.
+    pub superseded_grace: Duration,
     /// Rows per batch read.
     pub batch_size: usize,
 }
@@ -121,6 +125,7 @@ impl RatingConfig {
             memory_limit: 1 << 30,
             spill_dir,
             carry_lookback: Duration::days(2),
+            superseded_grace: Duration::hours(1),
             batch_size: 8192,
         }
     }

@@ -395,6 +395,11 @@ pub async fn run_and_commit(
     .execute(&mut *tx)
     .await?;
     tx.commit().await?;
+    if let Err(e) = delete_superseded(db, rated, finished - config.superseded_grace).await {
+        // The run is committed; leftover files only cost disk and are
+        // retried after the next run.
+        tracing::warn!(error = %e, "could not delete superseded line files");
+    }
 
     Ok(RatingRun {
         run_id,
@@ -412,6 +417,42 @@ pub async fn run_and_commit(
         message: None,
         seconds: started.elapsed().as_secs_f64(),
     })
+}
+
+/// Deletes the line files of complete runs that no longer hold any
+/// coverage and finished before `before`, and records that they are gone.
+/// Returns how many runs were cleaned.
+pub async fn delete_superseded(
+    db: &Database,
+    rated: &RawObjects,
+    before: DateTime<Utc>,
+) -> Result<usize, RatingError> {
+    let runs: Vec<(String, String)> = sqlx::query_as(
+        "SELECT run_id, files FROM rating_runs WHERE status = 'complete' AND files <> '[]' \
+         AND finished_at_us < ? AND run_id NOT IN (SELECT run_id FROM rated_coverage)",
+    )
+    .bind(before.timestamp_micros())
+    .fetch_all(&db.pool)
+    .await?;
+    for (run_id, files) in &runs {
+        let files: Vec<String> = serde_json::from_str(files).unwrap_or_default();
+        for f in &files {
+            rated
+                .delete(f)
+                .await
+                .map_err(|e| RatingError::Files(format!("cannot delete {f}: {e}")))?;
+        }
+        if let Some(root) = rated.local_root() {
+            let _ = std::fs::remove_dir(root.join(run_id));
+        }
+        sqlx::query(
+            "UPDATE rating_runs SET files = '[]', message = 'superseded: line files deleted' WHERE run_id = ?",
+        )
+        .bind(run_id)
+        .execute(&db.pool)
+        .await?;
+    }
+    Ok(runs.len())
 }
 
 /// Sums the current lines of `[from, to)` per (project, meter): what

@@ -49,6 +49,8 @@ pub struct RatingSection {
     /// Meter definitions (TOML) that `tally serve` puts in force at start;
     /// unset keeps the ones in force (the default OpenStack set at first).
     pub meters_file: Option<PathBuf>,
+    /// How long line files of fully re-rated runs are kept (`1h`, `7d`).
+    pub superseded_grace: String,
 }
 
 impl Default for RatingSection {
@@ -59,6 +61,7 @@ impl Default for RatingSection {
             memory_limit_mb: 1024,
             carry_lookback: "2d".into(),
             meters_file: None,
+            superseded_grace: "1h".into(),
         }
     }
 }
@@ -210,6 +213,8 @@ impl Config {
         r.memory_limit = self.rating.memory_limit_mb.max(16) << 20;
         r.carry_lookback =
             parse_duration(&self.rating.carry_lookback).context("rating.carry_lookback")?;
+        r.superseded_grace =
+            parse_duration(&self.rating.superseded_grace).context("rating.superseded_grace")?;
         Ok(r)
     }
 
