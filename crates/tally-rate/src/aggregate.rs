@@ -601,22 +601,47 @@ fn later(a: &RawUsage, b: &RawUsage) -> bool {
 
 /// Keeps the earliest-received copy of each key (a carried record counts as
 /// a copy too), then orders by meter and time.
-fn dedupe(mut records: Vec<RawUsage>, carry: &[RawUsage]) -> Vec<RawUsage> {
-    records.sort_by(|a, b| {
-        (a.key, a.received_at, a.time, &a.meter).cmp(&(b.key, b.received_at, b.time, &b.meter))
-    });
-    records.dedup_by(|later_copy, first| later_copy.key == first.key);
+fn dedupe(records: Vec<RawUsage>, carry: &[RawUsage]) -> Vec<RawUsage> {
+    // Works on indices: records are ~100 bytes, and sorting them by value
+    // (twice, as a first version did) moved more memory than anything else
+    // in the rating job.
+    let rank = |r: &RawUsage| (r.received_at, r.time, r.meter.clone());
+    let mut best: hashbrown::HashMap<u128, u32> = hashbrown::HashMap::with_capacity(records.len());
+    for (i, r) in records.iter().enumerate() {
+        match best.entry(r.key) {
+            hashbrown::hash_map::Entry::Vacant(v) => {
+                v.insert(i as u32);
+            }
+            hashbrown::hash_map::Entry::Occupied(mut o) => {
+                if rank(r) < rank(&records[*o.get() as usize]) {
+                    o.insert(i as u32);
+                }
+            }
+        }
+    }
+    let mut keep: Vec<u32> = if best.len() == records.len() {
+        (0..records.len() as u32).collect()
+    } else {
+        best.into_values().collect()
+    };
     if !carry.is_empty() {
-        records.retain(|r| {
+        keep.retain(|&i| {
+            let r = &records[i as usize];
             !carry
                 .iter()
                 .any(|c| c.key == r.key && c.received_at <= r.received_at)
         });
     }
-    records.sort_by(|a, b| {
+    // Keys are unique now, so this order is total and an unstable sort is
+    // deterministic.
+    keep.sort_unstable_by(|&a, &b| {
+        let (a, b) = (&records[a as usize], &records[b as usize]);
         (&a.meter, a.time, a.received_at, a.key).cmp(&(&b.meter, b.time, b.received_at, b.key))
     });
-    records
+    let mut slots: Vec<Option<RawUsage>> = records.into_iter().map(Some).collect();
+    keep.into_iter()
+        .map(|i| slots[i as usize].take().expect("each index is kept once"))
+        .collect()
 }
 
 #[cfg(test)]
