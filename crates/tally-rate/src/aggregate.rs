@@ -454,6 +454,7 @@ impl<'a> Metering<'a> {
                     attributes = Some(c.record.attributes.clone());
                 }
             }
+            let mut samples: Vec<(DateTime<Utc>, Decimal)> = Vec::new();
             let mut next = 0;
             for index in 0..self.window.len() {
                 let period = self.window.period_at(index);
@@ -465,12 +466,16 @@ impl<'a> Metering<'a> {
                     next += 1;
                 }
                 let in_period = &selected[first..next];
-                let mine: Vec<&Selected<'_>> =
-                    in_period.iter().filter(|s| s.group == *group).collect();
-                if mine.is_empty() && current.is_none_or(|v| v.is_zero()) && in_period.is_empty() {
+                let mut raw_count = 0u64;
+                let mut last_mine = None;
+                for s in in_period.iter().filter(|s| s.group == *group) {
+                    raw_count += 1;
+                    last_mine = Some(s);
+                }
+                if raw_count == 0 && current.is_none_or(|v| v.is_zero()) && in_period.is_empty() {
                     continue;
                 }
-                let mut samples = Vec::with_capacity(in_period.len());
+                samples.clear();
                 let mut error = None;
                 for s in in_period {
                     match value(s) {
@@ -484,10 +489,10 @@ impl<'a> Metering<'a> {
                 if let Some(last) = samples.last() {
                     current = Some(last.1);
                 }
-                if let Some(s) = mine.last() {
+                if let Some(s) = last_mine {
                     attributes = Some(s.record.attributes.clone());
                 }
-                if quantity.is_zero() && mine.is_empty() && error.is_none() {
+                if quantity.is_zero() && raw_count == 0 && error.is_none() {
                     continue;
                 }
                 out.push(MeteredLine {
@@ -501,8 +506,12 @@ impl<'a> Metering<'a> {
                         quantity
                     },
                     attributes: attributes.clone().unwrap_or_default(),
-                    raw_count: mine.len() as u64,
-                    segments: mine.iter().map(|s| s.record.segment).collect(),
+                    raw_count,
+                    segments: in_period
+                        .iter()
+                        .filter(|s| s.group == *group)
+                        .map(|s| s.record.segment)
+                        .collect(),
                     error,
                 });
             }
