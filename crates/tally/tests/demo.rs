@@ -36,6 +36,12 @@ fn demo_ingests_a_sample_and_a_second_run_counts_duplicates() {
     let accepted: u64 = line.split_whitespace().nth(1).unwrap().parse().unwrap();
     assert!(accepted > 100, "{line}");
     assert!(line.contains("duplicates 0  rejected 0"), "{line}");
+    let rated = out
+        .lines()
+        .find(|l| l.starts_with("rated "))
+        .expect("rating line");
+    assert!(rated.contains(&format!("{accepted} records")), "{rated}");
+    assert!(rated.ends_with(" EUR"), "{rated}");
 
     let second = run();
     assert!(second.status.success());
@@ -43,5 +49,9 @@ fn demo_ingests_a_sample_and_a_second_run_counts_duplicates() {
     assert!(
         out.contains(&format!("accepted 0  duplicates {accepted}  rejected 0")),
         "{out}"
+    );
+    assert!(
+        out.contains(rated),
+        "the same data rates to the same amount: {out}"
     );
 }
