@@ -226,6 +226,8 @@ where
             RatingError::Files(format!("cannot create {}: {e}", shuffle_dir.display()))
         })?;
     }
+    // Removes the shuffle files however the run ends (error paths included).
+    let _cleanup = RemoveOnDrop(shuffle_dir.clone());
     let mut groups: Vec<Vec<SendableRecordBatchStream>> =
         (0..partitions).map(|_| Vec::new()).collect();
     for (i, stream) in streams.into_iter().enumerate() {
@@ -303,9 +305,6 @@ where
             }
         }
     }
-    if buckets > 1 {
-        let _ = std::fs::remove_dir_all(&shuffle_dir);
-    }
     tracing::info!(
         seconds = started.elapsed().as_secs_f64() - scan_seconds,
         "rating stage 2 (sort, meter, price, write) done"
@@ -314,6 +313,17 @@ where
         return Err(e);
     }
     Ok((totals, segment_paths.to_vec(), sinks))
+}
+
+/// Deletes a directory tree when dropped.
+struct RemoveOnDrop(PathBuf);
+
+impl Drop for RemoveOnDrop {
+    fn drop(&mut self) {
+        if self.0.exists() {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
 }
 
 /// How many buckets a range of `rows` raw rows is shuffled into: enough that

@@ -4,9 +4,9 @@
 //! A run writes its line files under `rated/<run_id>/` first; only then, in
 //! one transaction, does it take over its range in `rated_coverage` (cutting
 //! older runs' ranges) and become `complete`. A reader therefore sees either
-//! the old lines of a period or the new ones, never a mix, and a run that
-//! dies midway leaves files nobody reads (`running` rows older than any
-//! live process are marked failed on the next run).
+//! the old lines of a period or the new ones, never a mix. A run that fails
+//! is marked `failed`; a process killed midway leaves its row `running`
+//! and its partial files unread (they hold no coverage).
 
 use std::time::Instant;
 
