@@ -1,21 +1,20 @@
 //! The rating job: Parquet segments of a period → rated lines.
 //!
-//! DataFusion does the data-parallel part: it scans the period's segments
-//! (plus a short look-back for gauges and states carried into the period),
-//! hash-partitions rows by (project, resource) and sorts each partition by
-//! that key, spilling to disk beyond its memory budget. Each partition's
-//! sorted stream is then read one resource at a time by a task that meters
-//! it ([`crate::aggregate`]), prices it ([`tally_price::PricePlan::price`])
-//! and hands the lines to a [`LineSink`]: Parquet files for a real run, a
-//! table of totals for a simulation. Nothing ever holds a whole period: the
-//! unit of memory is one resource's records.
+//! Stage 1 (DataFusion): scan the period's segments (plus a short look-back
+//! for gauges and states carried into the period), replace each row's
+//! (source, id) by its 128-bit record key, and route rows by a hash of
+//! (project, resource) into buckets sized to the memory budget
+//! ([`crate::shuffle`]; no files when one bucket holds the period).
+//! Stage 2: one worker per core takes its buckets in turn, puts each
+//! resource's rows together, meters the resource ([`crate::aggregate`]),
+//! prices it ([`tally_price::PricePlan::price`]) and hands the lines to a
+//! [`LineSink`]: Parquet files for a real run, a table of totals for a
+//! simulation. Nothing ever holds a whole period.
 //!
-//! Determinism: rows reach a resource's metering in any order and
-//! [`crate::aggregate`] orders them itself; partitions are fixed by the
-//! number of partitions and DataFusion's fixed-seed hash; each partition's
-//! lines are written in (project, resource, meter, group, period) order.
-//! Two runs over the same segments, meters and plan therefore write
-//! byte-identical files.
+//! Determinism: bucket numbers come from XXH3, not from the engine;
+//! [`crate::aggregate`] orders each resource's records itself; each worker
+//! writes its buckets in order. Two runs over the same segments, meters,
+//! plan and settings therefore write byte-identical files.
 
 use std::collections::BTreeMap;
 
@@ -25,8 +24,10 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use arrow::array::{
-    Array, Decimal128Array, RecordBatch, StringArray, TimestampMicrosecondArray, UInt32Array,
+    Array, ArrayRef, Decimal128Array, RecordBatch, StringArray, TimestampMicrosecondArray,
+    UInt32Array, UInt64Array,
 };
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use chrono::{DateTime, Duration, Utc};
 use datafusion::arrow::compute::interleave_record_batch;
 use datafusion::common::ScalarValue;
@@ -233,16 +234,18 @@ where
     for (i, stream) in streams.into_iter().enumerate() {
         groups[i % partitions].push(stream);
     }
+    let schema = keyed_schema(&schema);
     let mut scans = Vec::new();
     for (task, group) in groups.into_iter().enumerate() {
         let dir = shuffle_dir.clone();
         let schema = schema.clone();
         scans.push(tokio::spawn(async move {
             let mut kept = Vec::new();
-            let mut writer = (buckets > 1).then(|| BucketWriter::new(&dir, task, buckets, schema));
+            let mut writer =
+                (buckets > 1).then(|| BucketWriter::new(&dir, task, buckets, schema.clone()));
             for mut stream in group {
                 while let Some(batch) = stream.next().await {
-                    let batch = batch?;
+                    let batch = with_record_keys(&batch?, &schema)?;
                     match writer.as_mut() {
                         Some(w) => w.route(&batch)?,
                         None => kept.push(batch),
@@ -313,6 +316,53 @@ where
         return Err(e);
     }
     Ok((totals, segment_paths.to_vec(), sinks))
+}
+
+/// The scan's schema with `source` and `id` replaced by the record key
+/// (`key_hi`, `key_lo`): 16 bytes instead of two strings through the
+/// shuffle, and the key is hashed once, in the parallel scan.
+fn keyed_schema(scan: &SchemaRef) -> SchemaRef {
+    let mut fields: Vec<Field> = scan
+        .fields()
+        .iter()
+        .filter(|f| f.name() != "source" && f.name() != "id")
+        .map(|f| f.as_ref().clone())
+        .collect();
+    fields.push(Field::new("key_hi", DataType::UInt64, false));
+    fields.push(Field::new("key_lo", DataType::UInt64, false));
+    Arc::new(Schema::new(fields))
+}
+
+fn with_record_keys(batch: &RecordBatch, keyed: &SchemaRef) -> Result<RecordBatch, RatingError> {
+    let text = |name: &str| {
+        batch
+            .column_by_name(name)
+            .and_then(|c| c.as_any().downcast_ref::<StringArray>())
+            .ok_or_else(|| RatingError::Segment {
+                segment: "(scan)".into(),
+                message: format!("column '{name}' is missing or mistyped"),
+            })
+    };
+    let (source, id) = (text("source")?, text("id")?);
+    let mut hi = Vec::with_capacity(batch.num_rows());
+    let mut lo = Vec::with_capacity(batch.num_rows());
+    for i in 0..batch.num_rows() {
+        let (h, l) = tally_store::dedupe::key_hash(source.value(i), id.value(i));
+        hi.push(h);
+        lo.push(l);
+    }
+    let mut columns: Vec<ArrayRef> = Vec::with_capacity(keyed.fields().len());
+    for f in keyed.fields() {
+        columns.push(match f.name().as_str() {
+            "key_hi" => Arc::new(UInt64Array::from(std::mem::take(&mut hi))),
+            "key_lo" => Arc::new(UInt64Array::from(std::mem::take(&mut lo))),
+            name => batch
+                .column_by_name(name)
+                .expect("keyed schema derives from the scan")
+                .clone(),
+        });
+    }
+    Ok(RecordBatch::try_new(keyed.clone(), columns)?)
 }
 
 /// Deletes a directory tree when dropped.
@@ -447,8 +497,8 @@ async fn scan_plan(
 
 /// The columns of a scan batch, looked up once per batch.
 struct Columns<'a> {
-    source: &'a StringArray,
-    id: &'a StringArray,
+    key_hi: &'a UInt64Array,
+    key_lo: &'a UInt64Array,
     time: &'a TimestampMicrosecondArray,
     received_at: &'a TimestampMicrosecondArray,
     project: &'a StringArray,
@@ -473,8 +523,8 @@ impl<'a> Columns<'a> {
                 })
         }
         Ok(Columns {
-            source: get(batch, "source")?,
-            id: get(batch, "id")?,
+            key_hi: get(batch, "key_hi")?,
+            key_lo: get(batch, "key_lo")?,
             time: get(batch, "time")?,
             received_at: get(batch, "received_at")?,
             project: get(batch, "project_id")?,
@@ -659,7 +709,7 @@ fn read_row(
     let instant = |v: i64| {
         DateTime::from_timestamp_micros(v).ok_or_else(|| bad(format!("timestamp {v} out of range")))
     };
-    let (hi, lo) = tally_store::dedupe::key_hash(c.source.value(row), c.id.value(row));
+    let (hi, lo) = (c.key_hi.value(row), c.key_lo.value(row));
     let text = c.attributes.value(row);
     let attrs = match attributes.get(text) {
         Some(a) => a.clone(),
