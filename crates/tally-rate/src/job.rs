@@ -791,3 +791,91 @@ pub fn price_line(
     }
     line
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::TimeZone;
+    use proptest::prelude::*;
+
+    const METERS: &str = r#"
+[[meters]]
+name = "egress.gb"
+unit = "GB"
+records = { meter = "egress" }
+aggregation = { type = "sum" }
+"#;
+
+    const PLAN: &str = r#"
+id = "p"
+currency = "EUR"
+[[versions]]
+effective_from = "2026-01-01T00:00:00Z"
+[[versions.rules]]
+meter = "egress.gb"
+free_allowance = "3"
+charge = { type = "graduated", tiers = [
+  { up_to = "10", unit_price = "0.09" },
+  { up_to = "50", unit_price = "0.07", flat_fee = "0.5" },
+  { unit_price = "0.05" },
+] }
+"#;
+
+    fn record(i: u32, volume: Decimal) -> RawUsage {
+        let t =
+            Utc.with_ymd_and_hms(2026, 10, 1, 5, 0, 0).unwrap() + Duration::seconds(i64::from(i));
+        RawUsage {
+            meter: Arc::from("egress"),
+            time: t,
+            received_at: t,
+            key: u128::from(i),
+            kind: MeterKind::Delta,
+            volume,
+            unit: None,
+            attributes: Arc::default(),
+            segment: 0,
+        }
+    }
+
+    proptest! {
+        /// However a period's usage is split across records, the line is
+        /// priced on the period's total: graduated tiers, allowance and flat
+        /// fees give the same amount as pricing the total at once.
+        #[test]
+        fn splitting_usage_across_records_does_not_change_the_amount(
+            parts in proptest::collection::vec(0u32..4_000, 1..12),
+        ) {
+            let meters = MeterSet::from_toml(METERS).unwrap();
+            let plan = PricePlan::from_toml(PLAN, Some(&meters.names())).unwrap();
+            let window = RatingWindow::new(
+                Utc.with_ymd_and_hms(2026, 10, 1, 0, 0, 0).unwrap(),
+                Utc.with_ymd_and_hms(2026, 10, 2, 0, 0, 0).unwrap(),
+                Duration::hours(1),
+            )
+            .unwrap();
+            let metering = Metering::new(&meters, window);
+            // Parts are hundredths of a GB.
+            let volumes: Vec<Decimal> = parts.iter().map(|p| Decimal::new(i64::from(*p), 2)).collect();
+            let total: Decimal = volumes.iter().sum();
+            let records = volumes.iter().enumerate().map(|(i, v)| record(i as u32, *v)).collect();
+            let (lines, _) = metering.meter_resource(records, Vec::new());
+            prop_assert_eq!(lines.len(), 1);
+            let line = price_line("p1", "vm", lines.into_iter().next().unwrap(), Some(&plan), &[]);
+            // By hand, on the total: 3 GB free, then 10 at 0.09, up to 50 at
+            // 0.07 (+0.5 once the tier is entered), the rest at 0.05.
+            let d = |s: &str| s.parse::<Decimal>().unwrap();
+            let billable = (total - d("3")).max(Decimal::ZERO);
+            let mut expected = billable.min(d("10")) * d("0.09");
+            if billable > d("10") {
+                expected += (billable.min(d("50")) - d("10")) * d("0.07") + d("0.5");
+            }
+            if billable > d("50") {
+                expected += (billable - d("50")) * d("0.05");
+            }
+            prop_assert_eq!(line.quantity, total);
+            prop_assert_eq!(line.amount, expected);
+            prop_assert_eq!(line.rule, "rules[0]");
+            prop_assert_eq!(line.raw_count, parts.len() as u64);
+        }
+    }
+}
