@@ -11,6 +11,8 @@ pub mod cloudkitty;
 pub mod document;
 pub mod identity;
 pub mod ingest;
+pub mod invoice;
+pub mod ledger;
 pub mod metering;
 pub mod money;
 pub mod pricing;
