@@ -43,6 +43,37 @@ pub struct Charge {
     pub correction: bool,
 }
 
+/// Groups rated lines into invoice charges: one per (project, meter) for
+/// the invoice's own period `[start, end)`, in project then meter order.
+/// Quantities and amounts are summed at full precision; rounding happens
+/// once per charge in [`compute_invoice`]. Lines in error or of another
+/// currency than `currency` are the caller's to refuse before this.
+pub fn group_charges<'a>(
+    lines: impl IntoIterator<Item = &'a crate::RatedLine>,
+    start: DateTime<Utc>,
+    end: DateTime<Utc>,
+) -> Vec<Charge> {
+    let mut groups: std::collections::BTreeMap<(&str, &str), Charge> =
+        std::collections::BTreeMap::new();
+    for l in lines {
+        let c = groups
+            .entry((l.project_id.as_str(), l.meter.as_str()))
+            .or_insert_with(|| Charge {
+                project_id: l.project_id.clone(),
+                meter: l.meter.clone(),
+                quantity: Decimal::ZERO,
+                unit: l.unit.clone(),
+                amount: Decimal::ZERO,
+                service_start: start,
+                service_end: end,
+                correction: false,
+            });
+        c.quantity += l.quantity;
+        c.amount += l.amount;
+    }
+    groups.into_values().collect()
+}
+
 /// A discount (coupon) applied to a subtotal.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(tag = "type", content = "value", rename_all = "snake_case")]
@@ -372,6 +403,68 @@ mod tests {
             taxes: vec![],
         });
         assert!(matches!(bad, Err(InvoiceError::BadPercent { .. })));
+    }
+
+    #[test]
+    fn rated_lines_group_per_project_and_meter_at_full_precision() {
+        let start = Utc.with_ymd_and_hms(2026, 10, 1, 0, 0, 0).unwrap();
+        let line = |project: &str, meter: &str, q: &str, a: &str| crate::RatedLine {
+            project_id: project.into(),
+            resource_id: "r".into(),
+            meter: meter.into(),
+            group: Default::default(),
+            period_start: start,
+            period_end: start + chrono::Duration::hours(1),
+            quantity: d(q),
+            unit: "hour".into(),
+            unit_price: None,
+            amount: d(a),
+            currency: "EUR".into(),
+            plan_id: "p".into(),
+            plan_version: 1,
+            rule: "rules[0]".into(),
+            raw_count: 1,
+            segments: vec![],
+            attributes: Default::default(),
+            error: None,
+        };
+        let lines = [
+            line("p2", "vcpu.hours", "1", "0.004"),
+            line("p1", "vcpu.hours", "0.5", "0.0025"),
+            line("p1", "vcpu.hours", "0.5", "0.0025"),
+            line("p1", "instance.hours", "1", "0.01"),
+        ];
+        let end = Utc.with_ymd_and_hms(2026, 11, 1, 0, 0, 0).unwrap();
+        let charges = group_charges(&lines, start, end);
+        let keys: Vec<(&str, &str, String)> = charges
+            .iter()
+            .map(|c| {
+                (
+                    c.project_id.as_str(),
+                    c.meter.as_str(),
+                    c.amount.to_string(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            keys,
+            vec![
+                ("p1", "instance.hours", "0.01".to_string()),
+                ("p1", "vcpu.hours", "0.0050".to_string()),
+                ("p2", "vcpu.hours", "0.004".to_string()),
+            ]
+        );
+        // Two half-cent lines make one cent, not two rounded-away halves.
+        let inv = compute_invoice(&InvoiceInput {
+            currency: eur(),
+            charges,
+            discounts: vec![],
+            minimum_commitment: None,
+            taxes: vec![],
+        })
+        .unwrap();
+        assert_eq!(inv.lines[1].rounded_amount, d("0.01"));
+        assert_eq!(inv.total, d("0.02"));
     }
 
     #[test]
