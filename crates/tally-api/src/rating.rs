@@ -15,9 +15,9 @@ use axum::response::{IntoResponse, Response};
 use chrono::{DateTime, Utc};
 use serde::Deserialize;
 use tally_core::Currency;
+use tally_rate::RatingService;
 use tally_rate::plans::{self, ConfigError};
 use tally_rate::service::{LineFilter, QuoteRequest, ServiceError};
-use tally_rate::{RatingError, RatingService};
 
 use crate::{ApiError, AppState, Caller};
 
@@ -48,7 +48,6 @@ fn service_error(e: ServiceError) -> ApiError {
         ServiceError::Window(w) => ApiError::bad_request("invalid_range", w.to_string()),
         ServiceError::BadRequest(m) => ApiError::bad_request("invalid_request", m),
         ServiceError::Config(c) => config_error(c),
-        ServiceError::Rating(r @ RatingError::Segment { .. }) => ApiError::internal(r),
         ServiceError::Rating(r) => ApiError::internal(r),
     }
 }
@@ -77,26 +76,6 @@ pub struct RunRequest {
     pub rating_period: Option<String>,
 }
 
-fn parse_period(text: &str) -> Result<chrono::Duration, ApiError> {
-    let bad = || {
-        ApiError::bad_request(
-            "invalid_range",
-            format!("rating_period '{text}' is not a duration: write 15m, 1h or 1d"),
-        )
-    };
-    let split = text
-        .find(|c: char| !c.is_ascii_digit())
-        .unwrap_or(text.len());
-    let n: i64 = text[..split].parse().map_err(|_| bad())?;
-    match &text[split..] {
-        "s" => Ok(chrono::Duration::seconds(n)),
-        "m" => Ok(chrono::Duration::minutes(n)),
-        "h" => Ok(chrono::Duration::hours(n)),
-        "d" => Ok(chrono::Duration::days(n)),
-        _ => Err(bad()),
-    }
-}
-
 /// `POST /v1/rating/runs`: rate a range now.
 pub async fn create_run(
     State(state): State<Arc<AppState>>,
@@ -113,7 +92,12 @@ pub async fn create_run(
             ),
         )
     })?;
-    let period = req.rating_period.as_deref().map(parse_period).transpose()?;
+    let period = req
+        .rating_period
+        .as_deref()
+        .map(tally_rate::parse_duration)
+        .transpose()
+        .map_err(|e| ApiError::bad_request("invalid_range", format!("rating_period: {e}")))?;
     let window = RatingService::window(req.from, req.to, period).map_err(service_error)?;
     // Records acknowledged a moment ago must be in the run.
     state.store.flush_now().await.map_err(ApiError::internal)?;

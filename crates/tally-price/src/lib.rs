@@ -344,8 +344,12 @@ impl PricePlan {
         period_start: DateTime<Utc>,
         quantity: Decimal,
     ) -> LinePrice {
-        let version = self.version_at(period_start).map_or(0, |v| v.number);
-        if let Some((v, r)) = self.rule_for(meter, project, attributes, period_start) {
+        // The version is looked up once per line: this runs for every line.
+        let in_force = self.version_at(period_start);
+        let version = in_force.map_or(0, |v| v.number);
+        if let Some((v, r)) =
+            in_force.and_then(|v| v.rule_for(meter, project, attributes).map(|r| (v, r)))
+        {
             let unit_price = match &r.rule.charge {
                 Charge::PerUnit { unit_price } if r.rule.free_allowance.is_zero() => {
                     Some(*unit_price)
@@ -421,7 +425,21 @@ impl PricePlan {
     ) -> Option<(&PlanVersion, &PlanRule)> {
         let version = self.version_at(period_start)?;
         version
-            .rules
+            .rule_for(meter, project, attributes)
+            .map(|r| (version, r))
+    }
+}
+
+impl PlanVersion {
+    /// The most specific rule of this version for a line (see
+    /// [`PricePlan::rule_for`]).
+    pub fn rule_for(
+        &self,
+        meter: &str,
+        project: &str,
+        attributes: &Attributes,
+    ) -> Option<&PlanRule> {
+        self.rules
             .iter()
             .filter(|r| r.meter == meter)
             .filter(|r| r.projects.is_empty() || r.projects.iter().any(|p| p == project))
@@ -437,7 +455,6 @@ impl PricePlan {
                     r.index,
                 )
             })
-            .map(|r| (version, r))
     }
 }
 

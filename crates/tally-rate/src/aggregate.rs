@@ -86,6 +86,27 @@ pub enum WindowError {
     },
 }
 
+/// A duration that is not written `<n>s`, `<n>m`, `<n>h` or `<n>d`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("'{0}' is not a duration: write 90s, 15m, 1h or 2d")]
+pub struct DurationError(pub String);
+
+/// Parses the durations of rating settings and requests: `90s`, `15m`,
+/// `1h`, `2d`.
+pub fn parse_duration(text: &str) -> Result<Duration, DurationError> {
+    let t = text.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (n, unit) = t.split_at(split);
+    let n: i64 = n.parse().map_err(|_| DurationError(text.to_string()))?;
+    match unit {
+        "s" => Ok(Duration::seconds(n)),
+        "m" => Ok(Duration::minutes(n)),
+        "h" => Ok(Duration::hours(n)),
+        "d" => Ok(Duration::days(n)),
+        _ => Err(DurationError(text.to_string())),
+    }
+}
+
 impl RatingWindow {
     /// A window whose bounds fall on period boundaries counted from the Unix
     /// epoch, so that rating a sub-range later cuts the same periods.
@@ -604,7 +625,7 @@ impl<'a> Metering<'a> {
 /// Whether `a` comes after `b` in a resource's history: later event time,
 /// then later receipt, then the larger key, so that "latest" never depends
 /// on the order records were read in.
-fn later(a: &RawUsage, b: &RawUsage) -> bool {
+pub(crate) fn later(a: &RawUsage, b: &RawUsage) -> bool {
     (a.time, a.received_at, a.key) > (b.time, b.received_at, b.key)
 }
 
@@ -1012,6 +1033,16 @@ group_by = ["flavor_name"]
             Err(WindowError::Empty { .. })
         ));
         assert_eq!(window(24).len(), 24);
+    }
+
+    #[test]
+    fn durations_are_written_with_a_unit() {
+        assert_eq!(parse_duration("90s"), Ok(Duration::seconds(90)));
+        assert_eq!(parse_duration(" 2d "), Ok(Duration::days(2)));
+        assert_eq!(parse_duration("15m"), Ok(Duration::minutes(15)));
+        assert_eq!(parse_duration("1h"), Ok(Duration::hours(1)));
+        assert!(parse_duration("1w").is_err());
+        assert!(parse_duration("h").is_err());
     }
 
     proptest! {

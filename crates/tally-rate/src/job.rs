@@ -47,7 +47,7 @@ use tally_price::PricePlan;
 use tally_store::catalog::{self, SegmentEntry};
 use tally_store::objects::RawObjects;
 
-use crate::aggregate::{MeteredLine, Metering, RatingWindow, RawUsage};
+use crate::aggregate::{MeteredLine, Metering, RatingWindow, RawUsage, later};
 use crate::meters::{Aggregation, MeterSet};
 use crate::shuffle::{self, BucketWriter};
 
@@ -678,10 +678,6 @@ impl<'a, S: LineSink> Consumer<'a, S> {
         }
         self.sink.accept(lines).await
     }
-}
-
-fn later(a: &RawUsage, b: &RawUsage) -> bool {
-    (a.time, a.received_at, a.key) > (b.time, b.received_at, b.key)
 }
 
 fn read_row(

@@ -18,7 +18,9 @@ pub mod runs;
 pub mod service;
 pub mod shuffle;
 
-pub use aggregate::{MeteredLine, Metering, RatingWindow, RawUsage, WindowError};
+pub use aggregate::{
+    DurationError, MeteredLine, Metering, RatingWindow, RawUsage, WindowError, parse_duration,
+};
 pub use job::{LineSink, RatingConfig, RatingError, RatingRequest, RunTotals};
 pub use meters::{Aggregation, MeterDefinition, MeterSet, RecordSelector};
 pub use service::{LineFilter, QuoteRequest, RatingService, ServiceError};

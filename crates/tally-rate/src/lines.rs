@@ -90,7 +90,6 @@ pub fn to_batch(lines: &[RatedLine]) -> Result<RecordBatch, LinesError> {
                 .with_timezone("UTC"),
         )
     };
-    let json = |v: &dyn erased::Json| v.json();
     let columns: Vec<ArrayRef> = vec![
         borrowed(&|l| &l.project_id),
         borrowed(&|l| &l.resource_id),
@@ -99,7 +98,7 @@ pub fn to_batch(lines: &[RatedLine]) -> Result<RecordBatch, LinesError> {
             if l.group.is_empty() {
                 "{}".to_string()
             } else {
-                json(&l.group)
+                serde_json::to_string(&l.group).expect("a map of strings serializes")
             }
         }),
         ts(&|l| micros(l.period_start)),
@@ -141,19 +140,6 @@ fn attributes_column(lines: &[RatedLine]) -> ArrayRef {
         }
     }
     Arc::new(b.finish())
-}
-
-mod erased {
-    /// Serializes the two map types lines carry, deterministically (both
-    /// are `BTreeMap`s, so keys come out sorted).
-    pub trait Json {
-        fn json(&self) -> String;
-    }
-    impl<T: serde::Serialize> Json for T {
-        fn json(&self) -> String {
-            serde_json::to_string(self).expect("maps of strings and scalars serialize")
-        }
-    }
 }
 
 fn column<'a, T: 'static>(batch: &'a RecordBatch, name: &str) -> Result<&'a T, LinesError> {

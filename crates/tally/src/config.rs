@@ -66,21 +66,9 @@ impl Default for RatingSection {
     }
 }
 
-/// Parses `90s`, `15m`, `1h`, `2d`.
+/// Parses `90s`, `15m`, `1h`, `2d` (the rating module's format).
 pub fn parse_duration(text: &str) -> anyhow::Result<chrono::Duration> {
-    let t = text.trim();
-    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
-    let (n, unit) = t.split_at(split);
-    let n: i64 = n
-        .parse()
-        .with_context(|| format!("'{text}' is not a duration: write 90s, 15m, 1h or 2d"))?;
-    Ok(match unit {
-        "s" => chrono::Duration::seconds(n),
-        "m" => chrono::Duration::minutes(n),
-        "h" => chrono::Duration::hours(n),
-        "d" => chrono::Duration::days(n),
-        _ => anyhow::bail!("'{text}' is not a duration: write 90s, 15m, 1h or 2d"),
-    })
+    Ok(tally_rate::parse_duration(text)?)
 }
 
 /// `[ingest]`

@@ -181,17 +181,15 @@ pub async fn rate(cfg: Config, args: RateArgs) -> anyhow::Result<()> {
             // flushing) must reach Parquet first; opening the store replays
             // them. Without logs, opening it would only load the dedupe
             // index, which rating does not need.
-            let outcome = if tally_store::wal::has_records(&cfg.data_dir.join("wal")) {
+            if tally_store::wal::has_records(&cfg.data_dir.join("wal")) {
                 let db = Database::open(&cfg.database_url()).await?;
-                let store = RawStore::open(cfg.store_config(), db.clone())
+                RawStore::open(cfg.store_config(), db)
                     .await
-                    .context("cannot open the raw usage store")?;
-                store.shutdown().await?;
-                read_only_service(&cfg).await?.rate(window).await
-            } else {
-                read_only_service(&cfg).await?.rate(window).await
-            };
-            serde_json::to_value(outcome?)?
+                    .context("cannot open the raw usage store")?
+                    .shutdown()
+                    .await?;
+            }
+            serde_json::to_value(read_only_service(&cfg).await?.rate(window).await?)?
         }
     };
     match args.output {
