@@ -319,8 +319,10 @@ where
 }
 
 /// The scan's schema with `source` and `id` replaced by the record key
-/// (`key_hi`, `key_lo`): 16 bytes instead of two strings through the
-/// shuffle, and the key is hashed once, in the parallel scan.
+/// (`key_hi`, `key_lo`), plus the resource key (`resource_hi`,
+/// `resource_lo`): both hashed once, in the parallel scan; the record key
+/// is 16 bytes instead of two strings through the shuffle, and the
+/// resource key both picks the bucket and groups the rows in stage 2.
 fn keyed_schema(scan: &SchemaRef) -> SchemaRef {
     let mut fields: Vec<Field> = scan
         .fields()
@@ -330,6 +332,8 @@ fn keyed_schema(scan: &SchemaRef) -> SchemaRef {
         .collect();
     fields.push(Field::new("key_hi", DataType::UInt64, false));
     fields.push(Field::new("key_lo", DataType::UInt64, false));
+    fields.push(Field::new("resource_hi", DataType::UInt64, false));
+    fields.push(Field::new("resource_lo", DataType::UInt64, false));
     Arc::new(Schema::new(fields))
 }
 
@@ -344,18 +348,25 @@ fn with_record_keys(batch: &RecordBatch, keyed: &SchemaRef) -> Result<RecordBatc
             })
     };
     let (source, id) = (text("source")?, text("id")?);
-    let mut hi = Vec::with_capacity(batch.num_rows());
-    let mut lo = Vec::with_capacity(batch.num_rows());
-    for i in 0..batch.num_rows() {
+    let (project, resource) = (text("project_id")?, text("resource_id")?);
+    let n = batch.num_rows();
+    let (mut hi, mut lo) = (Vec::with_capacity(n), Vec::with_capacity(n));
+    let (mut r_hi, mut r_lo) = (Vec::with_capacity(n), Vec::with_capacity(n));
+    for i in 0..n {
         let (h, l) = tally_store::dedupe::key_hash(source.value(i), id.value(i));
         hi.push(h);
         lo.push(l);
+        let r = shuffle::resource_key(project.value(i), resource.value(i));
+        r_hi.push((r >> 64) as u64);
+        r_lo.push(r as u64);
     }
     let mut columns: Vec<ArrayRef> = Vec::with_capacity(keyed.fields().len());
     for f in keyed.fields() {
         columns.push(match f.name().as_str() {
             "key_hi" => Arc::new(UInt64Array::from(std::mem::take(&mut hi))),
             "key_lo" => Arc::new(UInt64Array::from(std::mem::take(&mut lo))),
+            "resource_hi" => Arc::new(UInt64Array::from(std::mem::take(&mut r_hi))),
+            "resource_lo" => Arc::new(UInt64Array::from(std::mem::take(&mut r_lo))),
             name => batch
                 .column_by_name(name)
                 .expect("keyed schema derives from the scan")
@@ -499,6 +510,8 @@ async fn scan_plan(
 struct Columns<'a> {
     key_hi: &'a UInt64Array,
     key_lo: &'a UInt64Array,
+    resource_hi: &'a UInt64Array,
+    resource_lo: &'a UInt64Array,
     time: &'a TimestampMicrosecondArray,
     received_at: &'a TimestampMicrosecondArray,
     project: &'a StringArray,
@@ -525,6 +538,8 @@ impl<'a> Columns<'a> {
         Ok(Columns {
             key_hi: get(batch, "key_hi")?,
             key_lo: get(batch, "key_lo")?,
+            resource_hi: get(batch, "resource_hi")?,
+            resource_lo: get(batch, "resource_lo")?,
             time: get(batch, "time")?,
             received_at: get(batch, "received_at")?,
             project: get(batch, "project_id")?,
@@ -592,8 +607,7 @@ impl<'a, S: LineSink> Consumer<'a, S> {
             Vec::with_capacity(batches.iter().map(|b| b.num_rows()).sum());
         for (b, c) in columns.iter().enumerate() {
             for row in 0..c.project.len() {
-                let (hi, lo) =
-                    tally_store::dedupe::key_hash(c.project.value(row), c.resource.value(row));
+                let (hi, lo) = (c.resource_hi.value(row), c.resource_lo.value(row));
                 order.push((
                     (u128::from(hi) << 64) | u128::from(lo),
                     b as u32,

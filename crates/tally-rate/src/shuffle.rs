@@ -15,7 +15,7 @@ use std::fs::File;
 use std::io::BufWriter;
 use std::path::{Path, PathBuf};
 
-use datafusion::arrow::array::{RecordBatch, StringArray, UInt32Array};
+use datafusion::arrow::array::{RecordBatch, UInt32Array, UInt64Array};
 use datafusion::arrow::compute::{concat_batches, take_record_batch};
 use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::arrow::ipc::CompressionType;
@@ -27,10 +27,17 @@ use crate::job::RatingError;
 /// Rows gathered per bucket before they are written as one IPC batch.
 const FLUSH_ROWS: usize = 4096;
 
-/// The bucket of a resource.
-pub fn bucket_of(project: &str, resource: &str, buckets: usize) -> usize {
-    let (hi, _) = tally_store::dedupe::key_hash(project, resource);
-    (hi % buckets as u64) as usize
+/// The 128-bit key of a (project, resource): computed once per row in the
+/// scan and carried as `resource_hi`/`resource_lo`, it picks the bucket here
+/// and groups the resource's rows in stage 2.
+pub fn resource_key(project: &str, resource: &str) -> u128 {
+    let (hi, lo) = tally_store::dedupe::key_hash(project, resource);
+    (u128::from(hi) << 64) | u128::from(lo)
+}
+
+/// The bucket of a resource key.
+pub fn bucket_of(resource_key: u128, buckets: usize) -> usize {
+    ((resource_key >> 64) as u64 % buckets as u64) as usize
 }
 
 fn files_err(e: impl std::fmt::Display) -> RatingError {
@@ -60,19 +67,16 @@ impl BucketWriter {
         }
     }
 
-    /// Routes a batch's rows to their buckets.
+    /// Routes a batch's rows to their buckets by its `resource_hi` column.
     pub fn route(&mut self, batch: &RecordBatch) -> Result<(), RatingError> {
         let buckets = self.pending.len();
-        let column = |name: &str| {
-            batch
-                .column_by_name(name)
-                .and_then(|c| c.as_any().downcast_ref::<StringArray>())
-                .ok_or_else(|| files_err(format!("scan lacks column {name}")))
-        };
-        let (project, resource) = (column("project_id")?, column("resource_id")?);
+        let resource_hi = batch
+            .column_by_name("resource_hi")
+            .and_then(|c| c.as_any().downcast_ref::<UInt64Array>())
+            .ok_or_else(|| files_err("scan lacks column resource_hi"))?;
         let mut rows: Vec<Vec<u32>> = vec![Vec::new(); buckets];
-        for i in 0..batch.num_rows() {
-            rows[bucket_of(project.value(i), resource.value(i), buckets)].push(i as u32);
+        for (i, hi) in resource_hi.values().iter().enumerate() {
+            rows[bucket_of(u128::from(*hi) << 64, buckets)].push(i as u32);
         }
         for (b, indices) in rows.into_iter().enumerate() {
             if indices.is_empty() {
@@ -162,7 +166,7 @@ mod tests {
     use super::*;
     use std::sync::Arc;
 
-    use datafusion::arrow::array::Int64Array;
+    use datafusion::arrow::array::{Int64Array, StringArray};
     use datafusion::arrow::datatypes::{DataType, Field, Schema};
 
     #[test]
@@ -170,6 +174,7 @@ mod tests {
         let schema: SchemaRef = Arc::new(Schema::new(vec![
             Field::new("project_id", DataType::Utf8, false),
             Field::new("resource_id", DataType::Utf8, false),
+            Field::new("resource_hi", DataType::UInt64, false),
             Field::new("n", DataType::Int64, false),
         ]));
         let dir = tempfile::tempdir().unwrap();
@@ -182,14 +187,17 @@ mod tests {
                 let projects: Vec<String> = (0..n).map(|i| format!("p{}", i % 13)).collect();
                 let resources: Vec<String> =
                     (0..n).map(|i| format!("r{}-{chunk}", i % 101)).collect();
+                let mut his = Vec::new();
                 for (p, r) in projects.iter().zip(&resources) {
-                    expected[bucket_of(p, r, buckets)] += 1;
+                    expected[bucket_of(resource_key(p, r), buckets)] += 1;
+                    his.push((resource_key(p, r) >> 64) as u64);
                 }
                 let batch = RecordBatch::try_new(
                     schema.clone(),
                     vec![
                         Arc::new(StringArray::from(projects)),
                         Arc::new(StringArray::from(resources)),
+                        Arc::new(UInt64Array::from(his)),
                         Arc::new(Int64Array::from_iter_values(0..n as i64)),
                     ],
                 )
@@ -213,7 +221,7 @@ mod tests {
                 .downcast_ref::<StringArray>()
                 .unwrap();
             for i in 0..batch.num_rows() {
-                assert_eq!(bucket_of(p.value(i), r.value(i), buckets), b);
+                assert_eq!(bucket_of(resource_key(p.value(i), r.value(i)), buckets), b);
             }
             total += batch.num_rows();
         }
