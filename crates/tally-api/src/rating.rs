@@ -167,19 +167,7 @@ pub async fn get_meters(
         .map_err(config_error)?;
     let set =
         tally_rate::MeterSet::from_toml(&doc).map_err(|e| ApiError::internal(e.to_string()))?;
-    let meters: Vec<_> = set
-        .meters
-        .iter()
-        .map(|m| {
-            serde_json::json!({
-                "name": m.name,
-                "unit": m.unit,
-                "description": m.description,
-                "records": m.records.meter,
-                "group_by": m.group_by,
-            })
-        })
-        .collect();
+    let meters = set.summaries();
     Ok(Json(serde_json::json!({ "meters": meters, "document": doc })).into_response())
 }
 

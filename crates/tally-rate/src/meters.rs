@@ -8,7 +8,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use rust_decimal::Decimal;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use tally_core::MeterKind;
 use tally_core::metering::{Conversion, Mutate};
 
@@ -53,6 +53,41 @@ pub enum Aggregation {
         #[serde(default)]
         split_by: Option<String>,
     },
+}
+
+impl Aggregation {
+    /// The aggregation's name as definition files write it.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Aggregation::Sum => "sum",
+            Aggregation::Count => "count",
+            Aggregation::Min => "min",
+            Aggregation::Max => "max",
+            Aggregation::Avg => "avg",
+            Aggregation::Latest => "latest",
+            Aggregation::UniqueCount { .. } => "unique_count",
+            Aggregation::TimeWeighted => "time_weighted",
+            Aggregation::StateDuration { .. } => "state_duration",
+        }
+    }
+}
+
+/// A meter definition as listed to people and programs (`tally meters`,
+/// `GET /v1/meters`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct MeterSummary {
+    /// The rated meter.
+    pub name: String,
+    /// Its unit.
+    pub unit: String,
+    /// The raw meter it takes records from.
+    pub records: String,
+    /// The aggregation's name.
+    pub aggregation: &'static str,
+    /// Group-by attributes.
+    pub group_by: Vec<String>,
+    /// A sentence for people.
+    pub description: String,
 }
 
 /// Which raw records a meter takes.
@@ -235,6 +270,21 @@ impl MeterSet {
     /// The definition named `name`.
     pub fn get(&self, name: &str) -> Option<&MeterDefinition> {
         self.meters.iter().find(|m| m.name == name)
+    }
+
+    /// One summary per definition, in file order.
+    pub fn summaries(&self) -> Vec<MeterSummary> {
+        self.meters
+            .iter()
+            .map(|m| MeterSummary {
+                name: m.name.clone(),
+                unit: m.unit.clone(),
+                records: m.records.meter.clone(),
+                aggregation: m.aggregation.name(),
+                group_by: m.group_by.clone(),
+                description: m.description.clone(),
+            })
+            .collect()
     }
 
     /// The names of all rated meters (for checking price plans).

@@ -688,14 +688,7 @@ impl RawStore {
             .send(Command::Seal { reply })
             .map_err(|_| StoreError::Closed)?;
         rx.await.map_err(|_| StoreError::Closed)?;
-        let mut seqs: Vec<u64> = self
-            .shared
-            .memtable
-            .read()
-            .expect("memtable lock")
-            .keys()
-            .copied()
-            .collect();
+        let mut seqs = self.shared.memtable_seqs();
         // The last one is the open log file the writer appends to.
         seqs.pop();
         for seq in seqs {
@@ -740,14 +733,7 @@ impl RawStore {
         for t in maintenance {
             let _ = t.await;
         }
-        let seqs: Vec<u64> = self
-            .shared
-            .memtable
-            .read()
-            .expect("memtable lock")
-            .keys()
-            .copied()
-            .collect();
+        let seqs = self.shared.memtable_seqs();
         for seq in seqs {
             self.shared.flush_wal(seq).await?;
         }
@@ -756,6 +742,17 @@ impl RawStore {
 }
 
 impl Shared {
+    /// Sequence numbers of the log files whose records are in memory, oldest
+    /// first (the last is the open one while the writer runs).
+    fn memtable_seqs(&self) -> Vec<u64> {
+        self.memtable
+            .read()
+            .expect("memtable lock")
+            .keys()
+            .copied()
+            .collect()
+    }
+
     async fn load_key_files(&self) -> Result<(), StoreError> {
         let committed: HashSet<String> = catalog::flush_ids(&self.db.pool)
             .await?

@@ -51,3 +51,58 @@ pub async fn check(resp: reqwest::Response) -> anyhow::Result<reqwest::Response>
         .unwrap_or(body);
     anyhow::bail!("the server answered {status}: {message}")
 }
+
+/// `--server` and `--api-key`, shared by the commands that can ask a
+/// running `tally serve` instead of using the data directory.
+#[derive(clap::Args, Debug, Clone, Default)]
+pub struct ServerArgs {
+    /// Ask this running server (http://ADDR) instead of using the data
+    /// directory (which a running server holds).
+    #[arg(long)]
+    pub server: Option<String>,
+    /// API key for --server (default: TALLY_API_KEY, then <data-dir>/admin-key).
+    #[arg(long)]
+    pub api_key: Option<String>,
+}
+
+/// A running server, with the key to ask it.
+pub struct Server {
+    base: String,
+    key: String,
+    http: reqwest::Client,
+}
+
+impl ServerArgs {
+    /// The server to ask, when `--server` was given.
+    pub fn connect(&self, data_dir: &Path) -> anyhow::Result<Option<Server>> {
+        let Some(url) = &self.server else {
+            return Ok(None);
+        };
+        Ok(Some(Server {
+            base: url.trim_end_matches('/').to_string(),
+            key: api_key(self.api_key.as_deref(), data_dir)?,
+            http: http(),
+        }))
+    }
+}
+
+impl Server {
+    /// A request to `path` (`/v1/...`), authenticated.
+    pub fn request(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
+        self.http
+            .request(method, format!("{}{path}", self.base))
+            .bearer_auth(&self.key)
+    }
+
+    /// Sends a request and returns its JSON answer, or the server's error.
+    pub async fn json(
+        &self,
+        request: reqwest::RequestBuilder,
+    ) -> anyhow::Result<serde_json::Value> {
+        let resp = request
+            .send()
+            .await
+            .with_context(|| format!("cannot reach {}", self.base))?;
+        Ok(check(resp).await?.json().await?)
+    }
+}

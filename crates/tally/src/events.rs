@@ -1,6 +1,5 @@
 //! `tally events`: list raw usage records.
 
-use anyhow::Context;
 use chrono::{DateTime, Utc};
 use tally_api::events::EventList;
 use tally_core::{Identity, Role};
@@ -35,12 +34,8 @@ pub struct EventsArgs {
     /// Continue after this cursor (printed at the end of a page).
     #[arg(long)]
     pub cursor: Option<String>,
-    /// Ask this running server instead of reading the data directory.
-    #[arg(long)]
-    pub server: Option<String>,
-    /// API key for --server.
-    #[arg(long)]
-    pub api_key: Option<String>,
+    #[command(flatten)]
+    pub remote: client::ServerArgs,
     /// Output format.
     #[arg(long, value_enum, default_value_t)]
     pub output: OutputFormat,
@@ -48,9 +43,8 @@ pub struct EventsArgs {
 
 /// Runs `tally events`.
 pub async fn run(cfg: Config, args: EventsArgs) -> anyhow::Result<()> {
-    let page: serde_json::Value = match &args.server {
+    let page: serde_json::Value = match args.remote.connect(&cfg.data_dir)? {
         Some(server) => {
-            let key = client::api_key(args.api_key.as_deref(), &cfg.data_dir)?;
             let mut q: Vec<(&str, String)> = vec![("limit", args.limit.to_string())];
             let opt = [
                 ("project_id", args.project.clone()),
@@ -61,14 +55,9 @@ pub async fn run(cfg: Config, args: EventsArgs) -> anyhow::Result<()> {
                 ("cursor", args.cursor.clone()),
             ];
             q.extend(opt.into_iter().filter_map(|(k, v)| v.map(|v| (k, v))));
-            let resp = client::http()
-                .get(format!("{}/v1/events", server.trim_end_matches('/')))
-                .bearer_auth(key)
-                .query(&q)
-                .send()
-                .await
-                .with_context(|| format!("cannot reach {server}"))?;
-            client::check(resp).await?.json().await?
+            server
+                .json(server.request(reqwest::Method::GET, "/v1/events").query(&q))
+                .await?
         }
         None => {
             let _lock = DataDirLock::acquire(

@@ -34,12 +34,8 @@ pub struct IngestArgs {
     /// zstd; `-` reads standard input (`tally gen | tally ingest -`).
     #[arg(required = true)]
     pub paths: Vec<PathBuf>,
-    /// Send to this running server instead of writing the data directory.
-    #[arg(long)]
-    pub server: Option<String>,
-    /// API key for --server (default: TALLY_API_KEY, then <data-dir>/admin-key).
-    #[arg(long)]
-    pub api_key: Option<String>,
+    #[command(flatten)]
+    pub remote: client::ServerArgs,
     /// Input format of the files.
     #[arg(long, default_value = "cloudevents")]
     pub format: String,
@@ -95,8 +91,8 @@ pub async fn run(cfg: Config, mut args: IngestArgs) -> anyhow::Result<ExitCode> 
         .sum();
     let pb = progress_bar(total, args.output);
     let started = Instant::now();
-    let (summary, failure) = match &args.server {
-        Some(server) => remote(&cfg, &args, server, &pb).await?,
+    let (summary, failure) = match args.remote.connect(&cfg.data_dir)? {
+        Some(server) => remote(&args, &server, &pb).await?,
         None => local(&cfg, &args, decoder, &pb).await?,
     };
     pb.finish_and_clear();
@@ -308,18 +304,11 @@ fn pipeline(
 }
 
 async fn remote(
-    cfg: &Config,
     args: &IngestArgs,
-    server: &str,
+    server: &client::Server,
     pb: &ProgressBar,
 ) -> anyhow::Result<Outcome> {
-    let key = client::api_key(args.api_key.as_deref(), &cfg.data_dir)?;
-    let http = client::http();
-    let url = format!(
-        "{}/v1/events?format={}",
-        server.trim_end_matches('/'),
-        args.format
-    );
+    let path = format!("/v1/events?format={}", args.format);
     let (tx, mut rx) = tokio::sync::mpsc::channel::<FileChunk>(2);
     let paths = args.paths.clone();
     let bytes_read = Arc::new(AtomicU64::new(0));
@@ -339,24 +328,18 @@ async fn remote(
                 body.extend_from_slice(e);
                 body.push(b'\n');
             }
-            let resp = http
-                .post(&url)
-                .bearer_auth(&key)
-                .header("content-type", "application/x-ndjson")
-                .body(body)
-                .send()
-                .await
-                .with_context(|| format!("cannot reach {server}"));
-            let answer = match resp {
-                Ok(r) => client::check(r).await,
-                Err(e) => Err(e),
-            };
+            let answer = server
+                .json(
+                    server
+                        .request(reqwest::Method::POST, &path)
+                        .header("content-type", "application/x-ndjson")
+                        .body(body),
+                )
+                .await;
             match answer {
-                Ok(r) => {
-                    let mut s: IngestSummary = r
-                        .json()
-                        .await
-                        .context("unexpected answer from the server")?;
+                Ok(v) => {
+                    let mut s: IngestSummary =
+                        serde_json::from_value(v).context("unexpected answer from the server")?;
                     for rej in &mut s.rejected {
                         rej.index += base;
                     }

@@ -215,20 +215,7 @@ pub async fn meters(cfg: crate::config::Config, args: MetersArgs) -> anyhow::Res
     };
     match args.output {
         OutputFormat::Json => {
-            let list: Vec<_> = set
-                .meters
-                .iter()
-                .map(|m| {
-                    serde_json::json!({
-                        "name": m.name,
-                        "unit": m.unit,
-                        "records": m.records.meter,
-                        "aggregation": format!("{:?}", m.aggregation),
-                        "group_by": m.group_by,
-                        "description": m.description,
-                    })
-                })
-                .collect();
+            let list = set.summaries();
             println!("{}", serde_json::to_string(&list)?);
         }
         OutputFormat::Table => {

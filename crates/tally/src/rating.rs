@@ -70,12 +70,8 @@ pub struct RateArgs {
     /// Rating period length (default from `rating.period`, 1h).
     #[arg(long)]
     pub rating_period: Option<String>,
-    /// Ask this running server instead of using the data directory.
-    #[arg(long)]
-    pub server: Option<String>,
-    /// API key for --server.
-    #[arg(long)]
-    pub api_key: Option<String>,
+    #[command(flatten)]
+    pub remote: client::ServerArgs,
     /// Output format.
     #[arg(long, value_enum, default_value_t)]
     pub output: OutputFormat,
@@ -101,12 +97,8 @@ pub struct LinesArgs {
     /// Lines skipped first.
     #[arg(long, default_value_t = 0)]
     pub offset: usize,
-    /// Ask this running server.
-    #[arg(long)]
-    pub server: Option<String>,
-    /// API key for --server.
-    #[arg(long)]
-    pub api_key: Option<String>,
+    #[command(flatten)]
+    pub remote: client::ServerArgs,
     /// Output format.
     #[arg(long, value_enum, default_value_t)]
     pub output: OutputFormat,
@@ -148,23 +140,21 @@ fn window(cfg: &Config, range: &RangeArgs, period: Option<&str>) -> anyhow::Resu
 
 /// Runs `tally rate`.
 pub async fn rate(cfg: Config, args: RateArgs) -> anyhow::Result<()> {
-    let run: serde_json::Value = match &args.server {
+    let run: serde_json::Value = match args.remote.connect(&cfg.data_dir)? {
         Some(server) => {
             let (from, to) = args.range.required()?;
-            let key = client::api_key(args.api_key.as_deref(), &cfg.data_dir)?;
             let body = serde_json::json!({
                 "from": from,
                 "to": to,
                 "rating_period": args.rating_period,
             });
-            let resp = client::http()
-                .post(format!("{}/v1/rating/runs", server.trim_end_matches('/')))
-                .bearer_auth(key)
-                .json(&body)
-                .send()
-                .await
-                .with_context(|| format!("cannot reach {server}"))?;
-            client::check(resp).await?.json().await?
+            server
+                .json(
+                    server
+                        .request(reqwest::Method::POST, "/v1/rating/runs")
+                        .json(&body),
+                )
+                .await?
         }
         None => {
             let window = window(&cfg, &args.range, args.rating_period.as_deref())?;
@@ -220,9 +210,8 @@ pub async fn rate(cfg: Config, args: RateArgs) -> anyhow::Result<()> {
 /// Runs `tally lines`.
 pub async fn lines(cfg: Config, args: LinesArgs) -> anyhow::Result<()> {
     let range = args.range.range()?;
-    let page: serde_json::Value = match &args.server {
+    let page: serde_json::Value = match args.remote.connect(&cfg.data_dir)? {
         Some(server) => {
-            let key = client::api_key(args.api_key.as_deref(), &cfg.data_dir)?;
             let mut q: Vec<(&str, String)> = vec![
                 ("limit", args.limit.to_string()),
                 ("offset", args.offset.to_string()),
@@ -235,14 +224,13 @@ pub async fn lines(cfg: Config, args: LinesArgs) -> anyhow::Result<()> {
                 ("to", range.map(|r| r.1.to_rfc3339())),
             ];
             q.extend(opt.into_iter().filter_map(|(k, v)| v.map(|v| (k, v))));
-            let resp = client::http()
-                .get(format!("{}/v1/rated-lines", server.trim_end_matches('/')))
-                .bearer_auth(key)
-                .query(&q)
-                .send()
-                .await
-                .with_context(|| format!("cannot reach {server}"))?;
-            client::check(resp).await?.json().await?
+            server
+                .json(
+                    server
+                        .request(reqwest::Method::GET, "/v1/rated-lines")
+                        .query(&q),
+                )
+                .await?
         }
         None => {
             let svc = read_only_service(&cfg).await?;
