@@ -261,18 +261,7 @@ async fn project_reader_keys_see_only_their_project_and_cannot_ingest() {
     ]
     .join("\n");
     server.post("application/x-ndjson", body).await;
-    let created = common::run_json(common::tally(dir.path()).args([
-        "admin",
-        "key",
-        "create",
-        "--role",
-        "project-reader",
-        "--project",
-        "p2",
-        "--output",
-        "json",
-    ]));
-    let key = created["key"].as_str().unwrap();
+    let key = &common::project_reader_key(dir.path(), "p2");
 
     let mine = server.all_events_as(key, "").await;
     assert_eq!(mine.len(), 2);

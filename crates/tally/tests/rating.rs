@@ -152,11 +152,7 @@ fn a_hand_computed_day_rates_exactly_and_re_rating_writes_identical_files() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
     let events = write(dir.path(), "usage.ndjson", &(usage().join("\n") + "\n"));
-    common::run_json(
-        common::tally(&data)
-            .args(["ingest", "--output", "json"])
-            .arg(&events),
-    );
+    common::ingest_file(&data, &events);
     let plan = write(dir.path(), "plan.toml", PLAN);
     let out = common::tally(&data)
         .args(["plan", "apply"])
@@ -169,15 +165,11 @@ fn a_hand_computed_day_rates_exactly_and_re_rating_writes_identical_files() {
         String::from_utf8_lossy(&out.stderr)
     );
 
-    let run = common::run_json(
-        common::tally(&data).args(["rate", "--period", "2026-10", "--output", "json"]),
-    );
+    let run = common::tally_json(&data, &["rate", "--period", "2026-10"]);
     assert_eq!(run["status"], "complete");
     assert_eq!(run["records_read"], 7);
     assert_eq!(run["currency"], "EUR");
-    let lines = common::run_json(
-        common::tally(&data).args(["lines", "--limit", "1000", "--output", "json"]),
-    );
+    let lines = common::tally_json(&data, &["lines", "--limit", "1000"]);
     // p1: small 10.5 h × 0.01 + large 1.5 h × 0.04 + vCPU (10.5 × 1 + 1.5 × 4) × 0.005
     //   = 0.105 + 0.06 + 0.0825 = 0.2475
     assert_eq!(project_total(&lines, "p1"), "0.2475".parse().unwrap());
@@ -205,9 +197,7 @@ fn a_hand_computed_day_rates_exactly_and_re_rating_writes_identical_files() {
     assert_eq!(first_hour_small["segments"].as_array().unwrap().len(), 0);
 
     // Pages are slices of the one listing order; totals cover every line.
-    let page = common::run_json(
-        common::tally(&data).args(["lines", "--limit", "2", "--offset", "1", "--output", "json"]),
-    );
+    let page = common::tally_json(&data, &["lines", "--limit", "2", "--offset", "1"]);
     assert_eq!(
         page["lines"].as_array().unwrap()[..],
         lines["lines"].as_array().unwrap()[1..3]
@@ -216,20 +206,14 @@ fn a_hand_computed_day_rates_exactly_and_re_rating_writes_identical_files() {
     assert_eq!(page["amount"], lines["amount"]);
 
     // Re-rating replaces the lines and writes byte-identical files.
-    let again = common::run_json(
-        common::tally(&data).args(["rate", "--period", "2026-10", "--output", "json"]),
-    );
+    let again = common::tally_json(&data, &["rate", "--period", "2026-10"]);
     assert_ne!(again["run_id"], run["run_id"]);
     assert_eq!(run_files(&data, &again), run_files(&data, &run));
-    let lines_again = common::run_json(
-        common::tally(&data).args(["lines", "--limit", "1000", "--output", "json"]),
-    );
+    let lines_again = common::tally_json(&data, &["lines", "--limit", "1000"]);
     assert_eq!(lines_again, lines, "one set of current lines, not two");
 
     // A period without data rates to nothing, without error.
-    let empty = common::run_json(
-        common::tally(&data).args(["rate", "--period", "2026-09", "--output", "json"]),
-    );
+    let empty = common::tally_json(&data, &["rate", "--period", "2026-09"]);
     assert_eq!(empty["lines"], 0);
     assert_eq!(empty["amount"], "0");
 }
@@ -247,33 +231,14 @@ fn shuffled_and_duplicated_delivery_rates_to_the_same_lines() {
     let mut results = Vec::new();
     for (name, file, extra) in [("one", &ordered, None), ("two", &shuffled, Some(&ordered))] {
         let data = dir.path().join(name);
-        common::run_json(
-            common::tally(&data)
-                .args(["ingest", "--output", "json"])
-                .arg(file),
-        );
+        common::ingest_file(&data, file);
         if let Some(f) = extra {
             // The same ids again in a later import: all duplicates.
-            common::run_json(
-                common::tally(&data)
-                    .args(["ingest", "--output", "json"])
-                    .arg(f),
-            );
+            common::ingest_file(&data, f);
         }
-        assert!(
-            common::tally(&data)
-                .args(["plan", "apply"])
-                .arg(&plan)
-                .status()
-                .unwrap()
-                .success()
-        );
-        common::run_json(
-            common::tally(&data).args(["rate", "--period", "2026-10", "--output", "json"]),
-        );
-        let mut lines = common::run_json(
-            common::tally(&data).args(["lines", "--limit", "1000", "--output", "json"]),
-        );
+        common::apply_plan(&data, &plan);
+        common::tally_json(&data, &["rate", "--period", "2026-10"]);
+        let mut lines = common::tally_json(&data, &["lines", "--limit", "1000"]);
         // Segment file names differ between data directories; nothing else may.
         for l in lines["lines"].as_array_mut().unwrap() {
             l["segments"] = Value::Null;
@@ -288,20 +253,9 @@ fn a_bad_plan_changes_nothing_and_simulation_compares_a_candidate() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
     let events = write(dir.path(), "usage.ndjson", &(usage().join("\n") + "\n"));
-    common::run_json(
-        common::tally(&data)
-            .args(["ingest", "--output", "json"])
-            .arg(&events),
-    );
+    common::ingest_file(&data, &events);
     let plan = write(dir.path(), "plan.toml", PLAN);
-    assert!(
-        common::tally(&data)
-            .args(["plan", "apply"])
-            .arg(&plan)
-            .status()
-            .unwrap()
-            .success()
-    );
+    common::apply_plan(&data, &plan);
 
     let broken = write(
         dir.path(),
@@ -319,13 +273,11 @@ fn a_bad_plan_changes_nothing_and_simulation_compares_a_candidate() {
         err.contains("currency") && err.contains("unchanged"),
         "{err}"
     );
-    let plans = common::run_json(common::tally(&data).args(["plan", "list", "--output", "json"]));
+    let plans = common::tally_json(&data, &["plan", "list"]);
     assert_eq!(plans.as_array().unwrap().len(), 1);
     assert_eq!(plans[0]["currency"], "EUR");
 
-    common::run_json(
-        common::tally(&data).args(["rate", "--period", "2026-10", "--output", "json"]),
-    );
+    common::tally_json(&data, &["rate", "--period", "2026-10"]);
     let doubled = write(
         dir.path(),
         "candidate.toml",
@@ -351,7 +303,7 @@ fn a_bad_plan_changes_nothing_and_simulation_compares_a_candidate() {
     assert_eq!(d(&row["difference"]), "0.105".parse().unwrap());
     assert_eq!(d(&sim["current_total"]), "0.3225".parse().unwrap());
     // Simulation stores nothing: the current lines still total as before.
-    let lines = common::run_json(common::tally(&data).args(["lines", "--output", "json"]));
+    let lines = common::tally_json(&data, &["lines"]);
     assert_eq!(d(&lines["amount"]), "0.3225".parse().unwrap());
 }
 
@@ -398,18 +350,7 @@ async fn the_server_rates_lists_scoped_lines_and_quotes() {
     assert_eq!(body["code"], "invalid_range");
     assert!(body["message"].as_str().unwrap().contains("--from"));
 
-    let created = common::run_json(common::tally(dir.path()).args([
-        "admin",
-        "key",
-        "create",
-        "--role",
-        "project-reader",
-        "--project",
-        "p2",
-        "--output",
-        "json",
-    ]));
-    let reader = created["key"].as_str().unwrap();
+    let reader = &common::project_reader_key(dir.path(), "p2");
     let mine: Value = client()
         .get(format!("{}/v1/rated-lines?project_id=p1", server.url))
         .bearer_auth(reader)
@@ -506,11 +447,7 @@ fn a_cloudkitty_listing_prices_lines_like_cloudkitty() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
     let events = write(dir.path(), "usage.ndjson", &(usage().join("\n") + "\n"));
-    common::run_json(
-        common::tally(&data)
-            .args(["ingest", "--output", "json"])
-            .arg(&events),
-    );
+    common::ingest_file(&data, &events);
     // Flavor mappings (per-unit flats) in one group, and a service threshold
     // at level 1 that halves the price of a data point (a line) whose
     // quantity reaches one hour.
@@ -568,18 +505,11 @@ fn a_cloudkitty_listing_prices_lines_like_cloudkitty() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    common::run_json(
-        common::tally(&data).args(["rate", "--period", "2026-10", "--output", "json"]),
+    common::tally_json(&data, &["rate", "--period", "2026-10"]);
+    let lines = common::tally_json(
+        &data,
+        &["lines", "--meter", "instance.hours", "--limit", "100"],
     );
-    let lines = common::run_json(common::tally(&data).args([
-        "lines",
-        "--meter",
-        "instance.hours",
-        "--limit",
-        "100",
-        "--output",
-        "json",
-    ]));
     // Small: hours 0–9 are full (1 h ≥ level 1: × 0.5) = 10 × 0.01 × 0.5 = 0.05,
     // hour 10 has 0.5 h (below the level) = 0.005. Large: hour 10 has 0.5 h
     // = 0.02, hour 11 is full = 0.04 × 0.5 = 0.02. Total 0.095.
@@ -611,29 +541,16 @@ fn a_range_shuffled_through_buckets_on_disk_rates_like_one_in_memory() {
         .output()
         .unwrap();
     assert!(out.status.success());
-    common::run_json(
-        common::tally(&data)
-            .args(["ingest", "--output", "json"])
-            .arg(&events),
-    );
+    common::ingest_file(&data, &events);
     let plan = write(dir.path(), "plan.toml", PLAN);
-    assert!(
-        common::tally(&data)
-            .args(["plan", "apply"])
-            .arg(&plan)
-            .status()
-            .unwrap()
-            .success()
-    );
+    common::apply_plan(&data, &plan);
     let rate = |memory_mb: &str| {
         let run = common::run_json(
             common::tally(&data)
                 .env("TALLY_RATING__MEMORY_LIMIT_MB", memory_mb)
                 .args(["rate", "--period", "2026-10", "--output", "json"]),
         );
-        let lines = common::run_json(
-            common::tally(&data).args(["lines", "--limit", "100000", "--output", "json"]),
-        );
+        let lines = common::tally_json(&data, &["lines", "--limit", "100000"]);
         (run, lines)
     };
     // 1 MiB: buckets of 1,000 rows, so the ~9,000 records go through files.

@@ -175,3 +175,48 @@ pub fn event(id: &str, project: &str, volume: &str) -> String {
         r#"{{"specversion":"1.0","id":"{id}","source":"test","type":"volume.size","subject":"vol-1","time":"2026-10-01T12:00:00Z","data":{{"project_id":"{project}","volume":{volume},"unit":"GiB","kind":"gauge","attributes":{{"volume_type":"ssd"}}}}}}"#
     )
 }
+
+/// Runs `tally <args> --output json` on `data_dir`; it must succeed.
+pub fn tally_json(data_dir: &Path, args: &[&str]) -> serde_json::Value {
+    run_json(tally(data_dir).args(args).args(["--output", "json"]))
+}
+
+/// Imports a file with `tally ingest`; returns the summary.
+pub fn ingest_file(data_dir: &Path, file: &Path) -> serde_json::Value {
+    run_json(
+        tally(data_dir)
+            .args(["ingest", "--output", "json"])
+            .arg(file),
+    )
+}
+
+/// Stores a price plan with `tally plan apply`; it must succeed.
+pub fn apply_plan(data_dir: &Path, file: &Path) {
+    let out = tally(data_dir)
+        .args(["plan", "apply"])
+        .arg(file)
+        .output()
+        .expect("tally runs");
+    assert!(
+        out.status.success(),
+        "plan apply failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Creates a project_reader API key for `project`; returns its secret.
+pub fn project_reader_key(data_dir: &Path, project: &str) -> String {
+    let created = tally_json(
+        data_dir,
+        &[
+            "admin",
+            "key",
+            "create",
+            "--role",
+            "project-reader",
+            "--project",
+            project,
+        ],
+    );
+    created["key"].as_str().expect("the secret").to_string()
+}
