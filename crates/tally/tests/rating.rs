@@ -463,19 +463,22 @@ fn a_cloudkitty_listing_prices_lines_like_cloudkitty() {
         {"threshold_id": "t", "level": "1", "type": "rate", "cost": "0.5", "service_id": "s", "group_id": "g"}
       ]
     }"#;
+    let import = |file: &Path| {
+        common::tally(&data)
+            .args([
+                "plan",
+                "import-cloudkitty",
+                "--id",
+                "ck",
+                "--currency",
+                "EUR",
+            ])
+            .arg(file)
+            .output()
+            .unwrap()
+    };
     let file = write(dir.path(), "hashmap.json", listing);
-    let out = common::tally(&data)
-        .args([
-            "plan",
-            "import-cloudkitty",
-            "--id",
-            "ck",
-            "--currency",
-            "EUR",
-        ])
-        .arg(&file)
-        .output()
-        .unwrap();
+    let out = import(&file);
     assert!(!out.status.success(), "'cpu' is no meter here");
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
@@ -488,18 +491,7 @@ fn a_cloudkitty_listing_prices_lines_like_cloudkitty() {
         "hashmap.json",
         &listing.replace(r#", {"service_id": "x", "name": "cpu"}"#, ""),
     );
-    let out = common::tally(&data)
-        .args([
-            "plan",
-            "import-cloudkitty",
-            "--id",
-            "ck",
-            "--currency",
-            "EUR",
-        ])
-        .arg(&file)
-        .output()
-        .unwrap();
+    let out = import(&file);
     assert!(
         out.status.success(),
         "{}",
