@@ -124,7 +124,7 @@ impl ApiKeys {
         let (role_name, scope) = role_columns(&role);
         let now = Utc::now().timestamp_micros();
         sqlx::query(
-            "INSERT INTO api_keys (key_id, secret_sha256, role, scope_id, label, created_at_us) VALUES (?, ?, ?, ?, ?, ?)",
+            "INSERT INTO api_keys (key_id, secret_sha256, role, scope_id, label, created_at_us) VALUES ($1, $2, $3, $4, $5, $6)",
         )
         .bind(&key_id)
         .bind(digest(&secret))
@@ -151,7 +151,7 @@ impl ApiKeys {
     /// revoked key. Records the use at most once a minute per key.
     pub async fn authenticate(&self, presented: &str) -> Result<Option<Identity>, KeyError> {
         let row: Option<(String, String, Option<String>)> = sqlx::query_as(
-            "SELECT key_id, role, scope_id FROM api_keys WHERE secret_sha256 = ? AND revoked_at_us IS NULL",
+            "SELECT key_id, role, scope_id FROM api_keys WHERE secret_sha256 = $1 AND revoked_at_us IS NULL",
         )
         .bind(digest(presented))
         .fetch_optional(&self.pool)
@@ -164,7 +164,7 @@ impl ApiKeys {
         };
         let now = Utc::now().timestamp_micros();
         sqlx::query(
-            "UPDATE api_keys SET last_used_us = ? WHERE key_id = ? AND (last_used_us IS NULL OR last_used_us < ?)",
+            "UPDATE api_keys SET last_used_us = $1 WHERE key_id = $2 AND (last_used_us IS NULL OR last_used_us < $3)",
         )
         .bind(now)
         .bind(&key_id)
@@ -202,7 +202,7 @@ impl ApiKeys {
     /// Revokes a key; later requests with it get 401.
     pub async fn revoke(&self, key_id: &str) -> Result<(), KeyError> {
         let done = sqlx::query(
-            "UPDATE api_keys SET revoked_at_us = ? WHERE key_id = ? AND revoked_at_us IS NULL",
+            "UPDATE api_keys SET revoked_at_us = $1 WHERE key_id = $2 AND revoked_at_us IS NULL",
         )
         .bind(Utc::now().timestamp_micros())
         .bind(key_id)

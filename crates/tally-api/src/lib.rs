@@ -6,6 +6,7 @@
 //! layer, which applies the caller's scope itself. Every error is JSON
 //! `{"code": ..., "message": ...}` with a stable code.
 
+pub mod billing;
 pub mod error;
 pub mod events;
 pub mod ingest;
@@ -58,7 +59,10 @@ pub struct AppState {
     /// When the server started.
     pub started: Instant,
     /// Rating, plans and lines; `None` in processes that only ingest.
+    /// Billing uses its database and rated lines too.
     pub rating: Option<tally_rate::RatingService>,
+    /// The seller and number series printed on invoices.
+    pub invoice_settings: tally_bill::invoices::InvoiceSettings,
 }
 
 /// Builds the router with every route.
@@ -81,6 +85,32 @@ pub fn router(state: Arc<AppState>) -> Router {
             "/v1/plans",
             get(rating::list_plans).post(rating::apply_plan),
         )
+        .route(
+            "/v1/accounts",
+            get(billing::list_accounts).post(billing::create_account),
+        )
+        .route("/v1/accounts/{id}", get(billing::get_account))
+        .route("/v1/accounts/{id}/projects", post(billing::add_project))
+        .route("/v1/accounts/{id}/domains", post(billing::add_domain))
+        .route(
+            "/v1/accounts/{id}/plan-assignments",
+            post(billing::assign_plan),
+        )
+        .route("/v1/accounts/{id}/coupons", post(billing::grant_coupon))
+        .route("/v1/accounts/{id}/top-ups", post(billing::top_up))
+        .route("/v1/accounts/{id}/balance", get(billing::balance))
+        .route("/v1/accounts/{id}/ledger", get(billing::account_ledger))
+        .route("/v1/invoices", get(billing::list_invoices))
+        .route("/v1/invoices/runs", post(billing::run_invoices))
+        .route(
+            "/v1/invoices/{id}",
+            get(billing::get_invoice).delete(billing::delete_invoice),
+        )
+        .route("/v1/invoices/{id}/finalize", post(billing::finalize))
+        .route("/v1/invoices/{id}/pay", post(billing::pay))
+        .route("/v1/invoices/{id}/void", post(billing::void))
+        .route("/v1/invoices/{id}/credit-notes", post(billing::credit))
+        .route("/v1/reports/unbilled", get(billing::unbilled))
         .fallback(|| async {
             ApiError::new(
                 StatusCode::NOT_FOUND,

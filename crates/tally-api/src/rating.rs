@@ -31,7 +31,7 @@ fn rating(state: &AppState) -> Result<&RatingService, ApiError> {
     })
 }
 
-fn require_admin(caller: &Caller) -> Result<(), ApiError> {
+pub(crate) fn require_admin(caller: &Caller) -> Result<(), ApiError> {
     if caller.0.role.can_write() {
         Ok(())
     } else {

@@ -17,65 +17,102 @@
 
 use chrono::{DateTime, Utc};
 use rust_decimal::Decimal;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::{Currency, Money};
 
-/// One charge on an invoice before rounding: rated lines of one project and
-/// meter (and, for late usage, one original service period), summed.
+/// One charge on an invoice before rounding: rated lines of one project,
+/// meter and plan (and, for late usage, one original service period), summed.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Charge {
     /// The Keystone project the usage belongs to.
     pub project_id: String,
     /// The rated meter.
     pub meter: String,
+    /// The price plan that priced the usage; a plan change inside a period
+    /// gives one charge per plan.
+    pub plan_id: String,
     /// Total quantity, full precision.
     pub quantity: Decimal,
     /// Unit of the quantity.
     pub unit: String,
+    /// The price per unit when every line behind the charge had the same
+    /// one; `None` for tiers, flat fees or mixed prices.
+    pub unit_price: Option<Decimal>,
     /// Sum of the rated lines' amounts, full precision.
     pub amount: Decimal,
-    /// Start of the service period the usage happened in.
+    /// Start of the service period the usage happened in (the earliest
+    /// rating period behind the charge).
     pub service_start: DateTime<Utc>,
-    /// End of that service period.
+    /// End of that service period (the latest rating period's end).
     pub service_end: DateTime<Utc>,
     /// Late usage of an already finalized period.
     pub correction: bool,
 }
 
-/// Groups rated lines into invoice charges: one per (project, meter) for
-/// the invoice's own period `[start, end)`, in project then meter order.
-/// Quantities and amounts are summed at full precision; rounding happens
-/// once per charge in [`compute_invoice`]. Lines in error or of another
-/// currency than `currency` are the caller's to refuse before this.
-pub fn group_charges<'a>(
-    lines: impl IntoIterator<Item = &'a crate::RatedLine>,
-    start: DateTime<Utc>,
-    end: DateTime<Utc>,
-) -> Vec<Charge> {
-    let mut groups: std::collections::BTreeMap<(&str, &str), Charge> =
-        std::collections::BTreeMap::new();
-    for l in lines {
-        let c = groups
-            .entry((l.project_id.as_str(), l.meter.as_str()))
-            .or_insert_with(|| Charge {
-                project_id: l.project_id.clone(),
-                meter: l.meter.clone(),
-                quantity: Decimal::ZERO,
-                unit: l.unit.clone(),
-                amount: Decimal::ZERO,
-                service_start: start,
-                service_end: end,
-                correction: false,
-            });
+/// Sums rated lines into invoice charges, one per (project, meter, plan),
+/// at full precision; rounding happens once per charge in
+/// [`compute_invoice`]. Lines arrive in any order and one at a time, so a
+/// month of lines is never held in memory. Lines in error or of another
+/// currency are the caller's to refuse before [`ChargeGrouper::add`].
+#[derive(Debug, Default)]
+pub struct ChargeGrouper {
+    groups: std::collections::BTreeMap<(String, String, String), (Charge, bool)>,
+}
+
+impl ChargeGrouper {
+    /// An empty grouper.
+    pub fn new() -> ChargeGrouper {
+        ChargeGrouper::default()
+    }
+
+    /// Adds one rated line.
+    pub fn add(&mut self, l: &crate::RatedLine) {
+        let key = (l.project_id.clone(), l.meter.clone(), l.plan_id.clone());
+        let (c, uniform) = self.groups.entry(key).or_insert_with(|| {
+            (
+                Charge {
+                    project_id: l.project_id.clone(),
+                    meter: l.meter.clone(),
+                    plan_id: l.plan_id.clone(),
+                    quantity: Decimal::ZERO,
+                    unit: l.unit.clone(),
+                    unit_price: l.unit_price,
+                    amount: Decimal::ZERO,
+                    service_start: l.period_start,
+                    service_end: l.period_end,
+                    correction: false,
+                },
+                true,
+            )
+        });
         c.quantity += l.quantity;
         c.amount += l.amount;
+        c.service_start = c.service_start.min(l.period_start);
+        c.service_end = c.service_end.max(l.period_end);
+        if *uniform && c.unit_price != l.unit_price {
+            *uniform = false;
+            c.unit_price = None;
+        }
     }
-    groups.into_values().collect()
+
+    /// The charges, in project, meter, plan order.
+    pub fn finish(self) -> Vec<Charge> {
+        self.groups.into_values().map(|(c, _)| c).collect()
+    }
+}
+
+/// Groups rated lines at once (see [`ChargeGrouper`]).
+pub fn group_charges<'a>(lines: impl IntoIterator<Item = &'a crate::RatedLine>) -> Vec<Charge> {
+    let mut g = ChargeGrouper::new();
+    for l in lines {
+        g.add(l);
+    }
+    g.finish()
 }
 
 /// A discount (coupon) applied to a subtotal.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "type", content = "value", rename_all = "snake_case")]
 pub enum Discount {
     /// A percentage (0–100) of what remains after earlier discounts.
@@ -85,7 +122,7 @@ pub enum Discount {
 }
 
 /// A tax rate applied to the taxable base.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TaxRate {
     /// Name shown on the invoice (`VAT 19%`).
     pub name: String,
@@ -342,8 +379,10 @@ mod tests {
         Charge {
             project_id: "p1".into(),
             meter: "vcpu.hours".into(),
+            plan_id: "standard".into(),
             quantity: d("1"),
             unit: "vCPU-hour".into(),
+            unit_price: None,
             amount: d(amount),
             service_start: Utc.with_ymd_and_hms(2026, 10, 1, 0, 0, 0).unwrap(),
             service_end: Utc.with_ymd_and_hms(2026, 11, 1, 0, 0, 0).unwrap(),
@@ -406,7 +445,7 @@ mod tests {
     }
 
     #[test]
-    fn rated_lines_group_per_project_and_meter_at_full_precision() {
+    fn rated_lines_group_per_project_meter_and_plan_at_full_precision() {
         let start = Utc.with_ymd_and_hms(2026, 10, 1, 0, 0, 0).unwrap();
         let line = |project: &str, meter: &str, q: &str, a: &str| crate::RatedLine {
             project_id: project.into(),
@@ -434,8 +473,7 @@ mod tests {
             line("p1", "vcpu.hours", "0.5", "0.0025"),
             line("p1", "instance.hours", "1", "0.01"),
         ];
-        let end = Utc.with_ymd_and_hms(2026, 11, 1, 0, 0, 0).unwrap();
-        let charges = group_charges(&lines, start, end);
+        let charges = group_charges(&lines);
         let keys: Vec<(&str, &str, String)> = charges
             .iter()
             .map(|c| {
@@ -465,6 +503,36 @@ mod tests {
         .unwrap();
         assert_eq!(inv.lines[1].rounded_amount, d("0.01"));
         assert_eq!(inv.total, d("0.02"));
+
+        // A plan change inside the period splits the charge, each part with
+        // its own service period; a price shared by every line is kept.
+        let priced = |plan: &str, hour: i64, price: &str| crate::RatedLine {
+            plan_id: plan.into(),
+            period_start: start + chrono::Duration::hours(hour),
+            period_end: start + chrono::Duration::hours(hour + 1),
+            unit_price: Some(d(price)),
+            amount: d(price),
+            ..lines[0].clone()
+        };
+        let split = group_charges(&[
+            priced("a", 0, "0.01"),
+            priced("a", 5, "0.01"),
+            priced("b", 6, "0.02"),
+            priced("b", 7, "0.03"),
+        ]);
+        assert_eq!(split.len(), 2);
+        assert_eq!(
+            (split[0].plan_id.as_str(), split[0].unit_price),
+            ("a", Some(d("0.01")))
+        );
+        assert_eq!(split[0].service_start, start);
+        assert_eq!(split[0].service_end, start + chrono::Duration::hours(6));
+        assert_eq!(
+            (split[1].plan_id.as_str(), split[1].unit_price),
+            ("b", None)
+        );
+        assert_eq!(split[1].service_start, start + chrono::Duration::hours(6));
+        assert_eq!(split[1].amount, d("0.05"));
     }
 
     #[test]

@@ -149,6 +149,103 @@ impl LedgerTransaction {
     }
 }
 
+impl LedgerTransaction {
+    /// A postpaid customer paid: cash debited, what they owe credited.
+    pub fn payment(
+        account: &str,
+        invoice: &str,
+        amount: Decimal,
+        currency: Currency,
+    ) -> Result<LedgerTransaction, LedgerError> {
+        if amount <= Decimal::ZERO {
+            return Err(LedgerError::NotPositive(amount));
+        }
+        LedgerTransaction::new(
+            TransactionKind::Payment,
+            format!("payment of invoice {invoice}"),
+            vec![
+                entry("cash".into(), amount, currency),
+                entry(format!("receivable:{account}"), -amount, currency),
+            ],
+        )
+    }
+
+    /// A prepaid balance settles what the customer owes: the prepaid
+    /// liability is debited, the receivable credited.
+    pub fn drawdown(
+        account: &str,
+        memo: String,
+        amount: Decimal,
+        currency: Currency,
+    ) -> Result<LedgerTransaction, LedgerError> {
+        if amount <= Decimal::ZERO {
+            return Err(LedgerError::NotPositive(amount));
+        }
+        LedgerTransaction::new(
+            TransactionKind::UsageDrawdown,
+            memo,
+            vec![
+                entry(format!("prepaid:{account}"), amount, currency),
+                entry(format!("receivable:{account}"), -amount, currency),
+            ],
+        )
+    }
+
+    /// A credit note (or a void, `kind` says which): revenue and tax are
+    /// debited back; the customer's side (`receivable:` for what is still
+    /// owed, `prepaid:` to return it to a prepaid balance) is credited.
+    pub fn reversal(
+        kind: TransactionKind,
+        customer_account: String,
+        memo: String,
+        net: Decimal,
+        tax: Decimal,
+        currency: Currency,
+    ) -> Result<LedgerTransaction, LedgerError> {
+        let mut entries = vec![entry(customer_account, -(net + tax), currency)];
+        if !net.is_zero() {
+            entries.push(entry("revenue".into(), net, currency));
+        }
+        if !tax.is_zero() {
+            entries.push(entry("tax".into(), tax, currency));
+        }
+        LedgerTransaction::new(kind, memo, entries)
+    }
+
+    /// A manual correction with a reason: a positive amount adds to what
+    /// the customer owes, a negative one takes from it; the other side is
+    /// the operator's `adjustments` account.
+    pub fn adjustment(
+        account: &str,
+        amount: Decimal,
+        reason: &str,
+        currency: Currency,
+    ) -> Result<LedgerTransaction, LedgerError> {
+        LedgerTransaction::new(
+            TransactionKind::Adjustment,
+            reason,
+            vec![
+                entry(format!("receivable:{account}"), amount, currency),
+                entry("adjustments".into(), -amount, currency),
+            ],
+        )
+    }
+}
+
+impl TransactionKind {
+    /// The stored name (`invoice_finalized`, …).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TransactionKind::InvoiceFinalized => "invoice_finalized",
+            TransactionKind::CreditNote => "credit_note",
+            TransactionKind::TopUp => "top_up",
+            TransactionKind::Payment => "payment",
+            TransactionKind::UsageDrawdown => "usage_drawdown",
+            TransactionKind::Adjustment => "adjustment",
+        }
+    }
+}
+
 fn entry(account: String, amount: Decimal, currency: Currency) -> LedgerEntry {
     LedgerEntry {
         account,
@@ -226,6 +323,30 @@ mod tests {
         assert_eq!(balance(&txs, "receivable:acme")["EUR"], d("119.00"));
         assert_eq!(balance(&txs, "prepaid:acme")["EUR"], d("-50"));
         assert_eq!(balance(&txs, "tax")["EUR"], d("-19.00"));
+    }
+
+    #[test]
+    fn payments_drawdowns_reversals_and_adjustments_balance() {
+        let txs = vec![
+            LedgerTransaction::invoice_finalized("acme", "INV-1", d("100.00"), d("19.00"), eur())
+                .unwrap(),
+            LedgerTransaction::reversal(
+                TransactionKind::CreditNote,
+                "receivable:acme".into(),
+                "credit note CN-1".into(),
+                d("8.40"),
+                d("1.60"),
+                eur(),
+            )
+            .unwrap(),
+            LedgerTransaction::payment("acme", "INV-1", d("109.00"), eur()).unwrap(),
+        ];
+        assert_eq!(balance(&txs, "receivable:acme")["EUR"], d("0.00"));
+        assert_eq!(balance(&txs, "revenue")["EUR"], d("-91.60"));
+        assert_eq!(balance(&txs, "tax")["EUR"], d("-17.40"));
+        let e = LedgerTransaction::adjustment("acme", d("5"), "", eur()).unwrap_err();
+        assert_eq!(e, LedgerError::NoReason);
+        assert!(LedgerTransaction::drawdown("acme", "x".into(), d("-1"), eur()).is_err());
     }
 
     proptest! {

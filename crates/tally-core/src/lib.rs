@@ -7,6 +7,7 @@
 //! rating engine) without dragging a runtime along. Nothing in this crate may
 //! depend on another Tally crate.
 
+pub mod billing;
 pub mod cloudkitty;
 pub mod document;
 pub mod identity;

@@ -1,34 +1,72 @@
-//! Tally's billing database: where the segment catalog, API keys and (later)
-//! accounts, invoices and the ledger live.
+//! Tally's billing database: where the segment catalog, API keys, rating
+//! runs, price plans, accounts, invoices and the ledger live.
 //!
-//! The embedded default is a SQLite file in the data directory. SQL in the
-//! migrations is kept portable (BIGINT microseconds for instants, TEXT ids,
-//! no SQLite-only syntax) so that the PostgreSQL backend added by the billing
-//! work reuses the same statements.
+//! Two backends behind one pool type: a SQLite file in the data directory
+//! (the embedded default) and PostgreSQL (`postgres://…`, for several
+//! `tally serve` processes sharing one database). Every statement in the
+//! data layer is written once, in the dialect both accept: `$1`-style
+//! parameters, BIGINT microseconds for instants, TEXT ids and exact decimals
+//! as TEXT, `INSERT … ON CONFLICT`, `RETURNING`. What the dialects cannot
+//! share (triggers, mostly) lives in one migration history per backend.
 
-use std::str::FromStr;
+use std::sync::Once;
 use std::time::Duration;
 
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::any::AnyPoolOptions;
+use sqlx::migrate::MigrateDatabase;
+use sqlx::{Any, Executor};
 
 /// The pool type every data-layer crate uses.
-pub type Pool = sqlx::SqlitePool;
+pub type Pool = sqlx::AnyPool;
 
 /// The migration history of the SQLite backend.
 pub static SQLITE_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
+
+/// The migration history of the PostgreSQL backend.
+pub static POSTGRES_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
+
+/// Which engine a [`Database`] runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    /// A SQLite file (embedded).
+    Sqlite,
+    /// A PostgreSQL server.
+    Postgres,
+}
+
+impl Backend {
+    /// The backend a URL names, if Tally supports it.
+    pub fn of_url(url: &str) -> Option<Backend> {
+        if url.starts_with("sqlite:") {
+            Some(Backend::Sqlite)
+        } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            Some(Backend::Postgres)
+        } else {
+            None
+        }
+    }
+
+    /// `sqlite` or `postgres`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Backend::Sqlite => "sqlite",
+            Backend::Postgres => "postgres",
+        }
+    }
+}
 
 /// Errors of opening or migrating the database.
 #[derive(Debug, thiserror::Error)]
 pub enum DbError {
     /// The URL is not one Tally understands.
     #[error(
-        "unsupported database URL '{0}': use sqlite://PATH (PostgreSQL support comes with the billing module)"
+        "unsupported database URL '{0}': use sqlite://PATH or postgres://USER@HOST:PORT/DATABASE"
     )]
     UnsupportedUrl(String),
     /// The database could not be opened.
     #[error("cannot open the billing database {url}: {source}")]
     Open {
-        /// The URL.
+        /// The URL (without its password).
         url: String,
         /// The cause.
         source: sqlx::Error,
@@ -36,7 +74,7 @@ pub enum DbError {
     /// A migration failed.
     #[error("cannot migrate the billing database {url}: {source}")]
     Migrate {
-        /// The URL.
+        /// The URL (without its password).
         url: String,
         /// The cause.
         source: sqlx::migrate::MigrateError,
@@ -50,44 +88,109 @@ pub struct Database {
     pub pool: Pool,
     /// The URL it was opened with.
     pub url: String,
+    /// The engine behind the pool.
+    pub backend: Backend,
+}
+
+fn install_drivers() {
+    static ONCE: Once = Once::new();
+    ONCE.call_once(sqlx::any::install_default_drivers);
+}
+
+/// The URL with any password replaced, for messages and logs.
+pub fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            let userinfo = &url[scheme + 3..at];
+            match userinfo.split_once(':') {
+                Some((user, _)) => format!("{}{user}:***{}", &url[..scheme + 3], &url[at..]),
+                None => url.to_string(),
+            }
+        }
+        _ => url.to_string(),
+    }
 }
 
 impl Database {
     /// Opens (creating if needed) and migrates the database at `url`.
     pub async fn open(url: &str) -> Result<Database, DbError> {
-        if !url.starts_with("sqlite:") {
-            return Err(DbError::UnsupportedUrl(url.to_string()));
-        }
+        install_drivers();
+        let backend = Backend::of_url(url).ok_or_else(|| DbError::UnsupportedUrl(redact(url)))?;
         let open_err = |source| DbError::Open {
-            url: url.to_string(),
+            url: redact(url),
             source,
         };
-        let options = SqliteConnectOptions::from_str(url)
-            .map_err(open_err)?
-            .create_if_missing(true)
-            // WAL lets CLI commands read while a server writes; FULL makes a
-            // committed catalog change survive power loss, which the raw
-            // store relies on before it deletes a write-ahead log file.
-            .journal_mode(SqliteJournalMode::Wal)
-            .synchronous(SqliteSynchronous::Full)
-            .busy_timeout(Duration::from_secs(30))
-            .foreign_keys(true);
-        let pool = SqlitePoolOptions::new()
-            .max_connections(8)
-            .connect_with(options)
-            .await
-            .map_err(open_err)?;
-        SQLITE_MIGRATIONS
+        let pool = match backend {
+            Backend::Sqlite => {
+                // `mode=rwc` creates the file; the pragmas below are what the
+                // SQLite driver's typed options would set, applied per
+                // connection because the Any driver only reads the URL.
+                let url = if url.contains("mode=") {
+                    url.to_string()
+                } else if url.contains('?') {
+                    format!("{url}&mode=rwc")
+                } else {
+                    format!("{url}?mode=rwc")
+                };
+                AnyPoolOptions::new()
+                    .max_connections(8)
+                    .after_connect(|conn, _| {
+                        Box::pin(async move {
+                            // WAL lets CLI commands read while a server
+                            // writes; FULL makes a committed catalog change
+                            // survive power loss, which the raw store relies
+                            // on before it deletes a write-ahead log file.
+                            conn.execute(
+                                "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; \
+                                 PRAGMA busy_timeout = 30000; PRAGMA foreign_keys = ON;",
+                            )
+                            .await?;
+                            Ok(())
+                        })
+                    })
+                    .connect(&url)
+                    .await
+                    .map_err(open_err)?
+            }
+            Backend::Postgres => {
+                if !Any::database_exists(url).await.map_err(open_err)? {
+                    Any::create_database(url).await.map_err(open_err)?;
+                }
+                AnyPoolOptions::new()
+                    .max_connections(16)
+                    .acquire_timeout(Duration::from_secs(30))
+                    .connect(url)
+                    .await
+                    .map_err(open_err)?
+            }
+        };
+        let migrator = match backend {
+            Backend::Sqlite => &SQLITE_MIGRATIONS,
+            Backend::Postgres => &POSTGRES_MIGRATIONS,
+        };
+        migrator
             .run(&pool)
             .await
             .map_err(|source| DbError::Migrate {
-                url: url.to_string(),
+                url: redact(url),
                 source,
             })?;
         Ok(Database {
             pool,
             url: url.to_string(),
+            backend,
         })
+    }
+
+    /// Begins a transaction that will write. On SQLite it takes the write
+    /// lock at once (`BEGIN IMMEDIATE`), so a transaction that reads before
+    /// it writes waits for other writers instead of failing when it
+    /// upgrades; PostgreSQL locks the rows it touches.
+    pub async fn begin_write(&self) -> Result<sqlx::Transaction<'static, Any>, sqlx::Error> {
+        match self.backend {
+            Backend::Sqlite => self.pool.begin_with("BEGIN IMMEDIATE").await,
+            Backend::Postgres => self.pool.begin().await,
+        }
     }
 
     /// The URL of a SQLite database file inside `dir`.
@@ -96,27 +199,80 @@ impl Database {
     }
 }
 
+/// Helpers for tests that need a real PostgreSQL.
+pub mod testing {
+    /// The server tests use: `TALLY_TEST_POSTGRES` (a URL without a
+    /// database name), else the local default that `scripts/test` starts.
+    pub fn postgres_server() -> String {
+        std::env::var("TALLY_TEST_POSTGRES")
+            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".to_string())
+    }
+
+    /// A URL naming a fresh, uniquely named database on the test server
+    /// (created by [`crate::Database::open`]). Tests using it fail, never
+    /// skip, when the server is down: `scripts/test` starts one.
+    pub fn fresh_postgres_url(label: &str) -> String {
+        let unique = format!(
+            "{}_{}_{}",
+            std::process::id(),
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_nanos())
+                .unwrap_or_default(),
+            label
+        );
+        let name: String = format!("tally_test_{unique}")
+            .chars()
+            .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+            .take(63)
+            .collect();
+        format!("{}/{}", postgres_server(), name.to_ascii_lowercase())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    #[tokio::test]
-    async fn opens_and_migrates_twice() {
-        let dir = tempfile::tempdir().unwrap();
-        let url = Database::sqlite_url_in(dir.path());
-        let db = Database::open(&url).await.unwrap();
+    async fn opens_and_migrates_twice(url: &str) {
+        let db = Database::open(url).await.unwrap();
         let n: i64 = sqlx::query_scalar("SELECT count(*) FROM raw_segments")
             .fetch_one(&db.pool)
             .await
             .unwrap();
         assert_eq!(n, 0);
         drop(db);
-        Database::open(&url).await.unwrap();
+        Database::open(url).await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn sqlite_opens_and_migrates_twice() {
+        let dir = tempfile::tempdir().unwrap();
+        opens_and_migrates_twice(&Database::sqlite_url_in(dir.path())).await;
+    }
+
+    #[tokio::test]
+    async fn postgres_opens_and_migrates_twice() {
+        opens_and_migrates_twice(&testing::fresh_postgres_url("migrate")).await;
     }
 
     #[tokio::test]
     async fn refuses_unknown_urls_with_advice() {
         let err = Database::open("mysql://x").await.unwrap_err();
         assert!(err.to_string().contains("sqlite://"));
+        assert!(err.to_string().contains("postgres://"));
+    }
+
+    #[test]
+    fn passwords_stay_out_of_messages() {
+        assert_eq!(
+            redact("postgres://tally:secret@db:5432/tally"),
+            "postgres://tally:***@db:5432/tally"
+        );
+        assert_eq!(
+            redact("postgres://tally@db/tally"),
+            "postgres://tally@db/tally"
+        );
+        assert_eq!(redact("sqlite:///x/tally.db"), "sqlite:///x/tally.db");
     }
 }

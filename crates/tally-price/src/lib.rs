@@ -12,7 +12,10 @@
 //! binary floating point, so floats are refused with a message saying so.
 //! This crate parses and decides; it does no I/O.
 
+pub mod book;
 pub mod cloudkitty_import;
+
+pub use book::PlanBook;
 
 use std::collections::BTreeMap;
 

@@ -43,7 +43,7 @@ use rust_decimal::Decimal;
 use tally_core::rated::UNPRICED;
 use tally_core::{Attributes, MeterKind, RatedLine};
 use tally_db::Database;
-use tally_price::PricePlan;
+use tally_price::{PlanBook, PricePlan};
 use tally_store::catalog::{self, SegmentEntry};
 use tally_store::objects::RawObjects;
 
@@ -145,7 +145,9 @@ pub struct RunTotals {
     pub unpriced_lines: u64,
     /// Lines a rule failed on.
     pub error_lines: u64,
-    /// Sum of line amounts, full precision.
+    /// Sum of the amounts of lines in the default plan's currency, full
+    /// precision (lines of account plans in other currencies are counted
+    /// in `lines` but not summed here: amounts of two currencies never add).
     pub amount: Decimal,
 }
 
@@ -176,8 +178,9 @@ pub struct RatingRequest {
     pub window: RatingWindow,
     /// The meter definitions.
     pub meters: Arc<MeterSet>,
-    /// The plan that prices lines; `None` leaves every line unpriced.
-    pub plan: Option<Arc<PricePlan>>,
+    /// The plans that price lines: per project (its billing account's
+    /// assignment in force) or the default; none leaves lines unpriced.
+    pub plans: Arc<PlanBook>,
 }
 
 /// Runs the DataFusion part of a rating and feeds each partition's lines to
@@ -675,14 +678,20 @@ impl<'a, S: LineSink> Consumer<'a, S> {
         if metered.is_empty() {
             return Ok(());
         }
-        let plan = self.request.plan.as_deref();
+        let plans = &self.request.plans;
         let lines: Vec<RatedLine> = metered
             .into_iter()
-            .map(|m| price_line(&rows.project, &rows.resource, m, plan, self.segment_paths))
+            .map(|m| {
+                let plan = plans.plan_for(&rows.project, m.period.start);
+                price_line(&rows.project, &rows.resource, m, plan, self.segment_paths)
+            })
             .collect();
+        let run_currency = plans.default_plan().map(|p| p.currency.code());
         for l in &lines {
             self.totals.lines += 1;
-            self.totals.amount += l.amount;
+            if run_currency.is_none_or(|c| c == l.currency) {
+                self.totals.amount += l.amount;
+            }
             if l.rule == UNPRICED {
                 self.totals.unpriced_lines += 1;
             }

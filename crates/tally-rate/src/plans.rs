@@ -4,11 +4,14 @@
 //! Everything is validated before it is stored, so a bad file changes
 //! nothing: the plan or definitions in force stay as they were.
 
-use chrono::Utc;
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
 use serde::Serialize;
 use tally_core::{Currency, DocumentError};
 use tally_db::Database;
-use tally_price::PricePlan;
+use tally_price::{PlanBook, PricePlan};
 
 use crate::meters::MeterSet;
 
@@ -89,7 +92,7 @@ pub async fn replace_meters(db: &Database, document: &str) -> Result<MeterSet, C
         }
     }
     sqlx::query(
-        "INSERT INTO meter_definitions (singleton, document, applied_at_us) VALUES (1, ?, ?) \
+        "INSERT INTO meter_definitions (singleton, document, applied_at_us) VALUES (1, $1, $2) \
          ON CONFLICT (singleton) DO UPDATE SET document = excluded.document, applied_at_us = excluded.applied_at_us",
     )
     .bind(document)
@@ -149,17 +152,19 @@ async fn store_plan(
     document: &str,
     make_default: bool,
 ) -> Result<(), ConfigError> {
-    let mut tx = db.pool.begin().await?;
-    let (count,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM price_plans WHERE plan_id <> ?")
+    let mut tx = db.begin_write().await?;
+    let (count,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM price_plans WHERE plan_id <> $1")
         .bind(&plan.id)
         .fetch_one(&mut *tx)
         .await?;
-    let was_default: Option<(bool,)> =
-        sqlx::query_as("SELECT is_default FROM price_plans WHERE plan_id = ?")
-            .bind(&plan.id)
-            .fetch_optional(&mut *tx)
-            .await?;
-    let is_default = make_default || count == 0 || was_default.is_some_and(|d| d.0);
+    // Booleans are read as 0/1: the Any driver decodes no SQLite BOOLEAN.
+    let was_default: Option<(i64,)> = sqlx::query_as(
+        "SELECT CAST(CASE WHEN is_default THEN 1 ELSE 0 END AS BIGINT) FROM price_plans WHERE plan_id = $1",
+    )
+    .bind(&plan.id)
+    .fetch_optional(&mut *tx)
+    .await?;
+    let is_default = make_default || count == 0 || was_default.is_some_and(|d| d.0 == 1);
     if is_default {
         sqlx::query("UPDATE price_plans SET is_default = FALSE")
             .execute(&mut *tx)
@@ -167,7 +172,7 @@ async fn store_plan(
     }
     sqlx::query(
         "INSERT INTO price_plans (plan_id, format, currency, document, is_default, applied_at_us) \
-         VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (plan_id) DO UPDATE SET format = excluded.format, \
+         VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (plan_id) DO UPDATE SET format = excluded.format, \
          currency = excluded.currency, document = excluded.document, is_default = excluded.is_default, \
          applied_at_us = excluded.applied_at_us",
     )
@@ -185,8 +190,10 @@ async fn store_plan(
 
 /// Every stored plan, by id.
 pub async fn list_plans(db: &Database) -> Result<Vec<StoredPlan>, ConfigError> {
-    let rows: Vec<(String, String, String, String, bool, i64)> = sqlx::query_as(
-        "SELECT plan_id, format, currency, document, is_default, applied_at_us FROM price_plans ORDER BY plan_id",
+    let rows: Vec<(String, String, String, String, i64, i64)> = sqlx::query_as(
+        "SELECT plan_id, format, currency, document, \
+         CAST(CASE WHEN is_default THEN 1 ELSE 0 END AS BIGINT), applied_at_us \
+         FROM price_plans ORDER BY plan_id",
     )
     .fetch_all(&db.pool)
     .await?;
@@ -197,7 +204,7 @@ pub async fn list_plans(db: &Database) -> Result<Vec<StoredPlan>, ConfigError> {
                 plan_id,
                 format,
                 currency,
-                is_default,
+                is_default: is_default == 1,
                 applied_at: chrono::DateTime::from_timestamp_micros(at)
                     .unwrap_or_default()
                     .to_rfc3339(),
@@ -246,4 +253,96 @@ pub async fn plan(db: &Database, plan_id: &str) -> Result<PricePlan, ConfigError
         .map(parse_stored)
         .transpose()?
         .ok_or_else(|| ConfigError::NoPlan(plan_id.to_string()))
+}
+
+/// Which account owns which project: direct ownership first, then the
+/// owner of the project's domain.
+#[derive(Debug, Clone, Default)]
+pub struct Owners {
+    projects: HashMap<String, String>,
+    domains: HashMap<String, String>,
+    domain_of: HashMap<String, String>,
+}
+
+impl Owners {
+    /// Loads the ownership tables.
+    pub async fn load(db: &Database) -> Result<Owners, ConfigError> {
+        let owned: Vec<(String, String, String)> =
+            sqlx::query_as("SELECT kind, keystone_id, account_id FROM account_ownership")
+                .fetch_all(&db.pool)
+                .await?;
+        let domain_of: Vec<(String, String)> =
+            sqlx::query_as("SELECT project_id, domain_id FROM keystone_projects")
+                .fetch_all(&db.pool)
+                .await?;
+        let mut o = Owners {
+            domain_of: domain_of.into_iter().collect(),
+            ..Owners::default()
+        };
+        for (kind, id, account) in owned {
+            if kind == "project" {
+                o.projects.insert(id, account);
+            } else {
+                o.domains.insert(id, account);
+            }
+        }
+        Ok(o)
+    }
+
+    /// Every project whose owner can be named: owned directly, or known to
+    /// be in an owned domain.
+    pub fn projects(&self) -> impl Iterator<Item = &str> {
+        self.projects
+            .keys()
+            .chain(self.domain_of.keys())
+            .map(String::as_str)
+    }
+
+    /// The account that pays for `project_id`, if any.
+    pub fn owner_of(&self, project_id: &str) -> Option<&str> {
+        self.projects
+            .get(project_id)
+            .or_else(|| {
+                self.domain_of
+                    .get(project_id)
+                    .and_then(|d| self.domains.get(d))
+            })
+            .map(String::as_str)
+    }
+}
+
+/// The plans in force for a rating run: the default plan, and for every
+/// project whose billing account has plan assignments, those assignments.
+pub async fn plan_book(db: &Database) -> Result<PlanBook, ConfigError> {
+    let default = default_plan(db).await?.map(Arc::new);
+    let rows: Vec<(String, String, i64)> = sqlx::query_as(
+        "SELECT account_id, plan_id, from_us FROM plan_assignments ORDER BY account_id, from_us",
+    )
+    .fetch_all(&db.pool)
+    .await?;
+    if rows.is_empty() {
+        return Ok(PlanBook::single(default));
+    }
+    let mut parsed: HashMap<String, Arc<PricePlan>> = HashMap::new();
+    let mut by_account: HashMap<String, Vec<(DateTime<Utc>, Arc<PricePlan>)>> = HashMap::new();
+    for (account, plan_id, from) in rows {
+        let p = match parsed.get(&plan_id) {
+            Some(p) => p.clone(),
+            None => {
+                let p = Arc::new(plan(db, &plan_id).await?);
+                parsed.insert(plan_id, p.clone());
+                p
+            }
+        };
+        by_account
+            .entry(account)
+            .or_default()
+            .push((DateTime::from_timestamp_micros(from).unwrap_or_default(), p));
+    }
+    let owners = Owners::load(db).await?;
+    let assignments = owners.projects().filter_map(|project| {
+        let account = owners.owner_of(project)?;
+        Some((project.to_string(), by_account.get(account)?.clone()))
+    });
+    Ok(PlanBook::new(default, assignments.collect::<Vec<_>>()))
 }

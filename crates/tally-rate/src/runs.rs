@@ -127,7 +127,7 @@ pub async fn list_runs(db: &Database, limit: i64) -> Result<Vec<RatingRun>, Rati
     let rows: Vec<RunRow> = sqlx::query_as(concat!(
         "SELECT ",
         run_columns!(),
-        " FROM rating_runs ORDER BY started_at_us DESC, run_id DESC LIMIT ?"
+        " FROM rating_runs ORDER BY started_at_us DESC, run_id DESC LIMIT $1"
     ))
     .bind(limit)
     .fetch_all(&db.pool)
@@ -140,7 +140,7 @@ pub async fn get_run(db: &Database, run_id: &str) -> Result<Option<RatingRun>, R
     let row: Option<RunRow> = sqlx::query_as(concat!(
         "SELECT ",
         run_columns!(),
-        " FROM rating_runs WHERE run_id = ?"
+        " FROM rating_runs WHERE run_id = $1"
     ))
     .bind(run_id)
     .fetch_optional(&db.pool)
@@ -170,7 +170,7 @@ pub async fn coverage(
     let rows: Vec<(String, i64, i64, String)> = sqlx::query_as(
         "SELECT c.run_id, c.from_us, c.to_us, r.files FROM rated_coverage c \
          JOIN rating_runs r ON r.run_id = c.run_id \
-         WHERE c.to_us > ? AND c.from_us < ? ORDER BY c.from_us",
+         WHERE c.to_us > $1 AND c.from_us < $2 ORDER BY c.from_us",
     )
     .bind(from.timestamp_micros())
     .bind(to.timestamp_micros())
@@ -285,19 +285,14 @@ pub async fn run_and_commit(
         &uuid::Uuid::new_v4().simple().to_string()[..8]
     );
     let window = request.window;
-    let plan_id = request
-        .plan
-        .as_ref()
-        .map(|p| p.id.clone())
-        .unwrap_or_default();
-    let currency = request
-        .plan
-        .as_ref()
+    let default_plan = request.plans.default_plan();
+    let plan_id = default_plan.map(|p| p.id.clone()).unwrap_or_default();
+    let currency = default_plan
         .map(|p| p.currency.code().to_string())
         .unwrap_or_default();
     sqlx::query(
         "INSERT INTO rating_runs (run_id, from_us, to_us, period_seconds, plan_id, status, started_at_us, currency) \
-         VALUES (?, ?, ?, ?, ?, 'running', ?, ?)",
+         VALUES ($1, $2, $3, $4, $5, 'running', $6, $7)",
     )
     .bind(&run_id)
     .bind(window.from.timestamp_micros())
@@ -326,7 +321,7 @@ pub async fn run_and_commit(
         Ok(o) => o,
         Err(e) => {
             sqlx::query(
-                "UPDATE rating_runs SET status = 'failed', finished_at_us = ?, message = ? WHERE run_id = ?",
+                "UPDATE rating_runs SET status = 'failed', finished_at_us = $1, message = $2 WHERE run_id = $3",
             )
             .bind(Utc::now().timestamp_micros())
             .bind(e.to_string())
@@ -339,20 +334,20 @@ pub async fn run_and_commit(
     totals.amount = totals.amount.normalize();
     let finished = Utc::now();
     let (from_us, to_us) = (window.from.timestamp_micros(), window.to.timestamp_micros());
-    let mut tx = db.pool.begin().await?;
+    let mut tx = db.begin_write().await?;
     let overlapping: Vec<(String, i64, i64)> = sqlx::query_as(
-        "SELECT run_id, from_us, to_us FROM rated_coverage WHERE to_us > ? AND from_us < ?",
+        "SELECT run_id, from_us, to_us FROM rated_coverage WHERE to_us > $1 AND from_us < $2",
     )
     .bind(from_us)
     .bind(to_us)
     .fetch_all(&mut *tx)
     .await?;
-    sqlx::query("DELETE FROM rated_coverage WHERE to_us > ? AND from_us < ?")
+    sqlx::query("DELETE FROM rated_coverage WHERE to_us > $1 AND from_us < $2")
         .bind(from_us)
         .bind(to_us)
         .execute(&mut *tx)
         .await?;
-    let insert = "INSERT INTO rated_coverage (run_id, from_us, to_us) VALUES (?, ?, ?)";
+    let insert = "INSERT INTO rated_coverage (run_id, from_us, to_us) VALUES ($1, $2, $3)";
     for (old, f, t) in overlapping {
         if f < from_us {
             sqlx::query(insert)
@@ -379,8 +374,8 @@ pub async fn run_and_commit(
         .await?;
     let json = |v: &Vec<String>| serde_json::to_string(v).expect("strings serialize");
     sqlx::query(
-        "UPDATE rating_runs SET status = 'complete', finished_at_us = ?, records_read = ?, duplicates = ?, \
-         line_count = ?, unpriced_lines = ?, error_lines = ?, amount = ?, segments = ?, files = ? WHERE run_id = ?",
+        "UPDATE rating_runs SET status = 'complete', finished_at_us = $1, records_read = $2, duplicates = $3, \
+         line_count = $4, unpriced_lines = $5, error_lines = $6, amount = $7, segments = $8, files = $9 WHERE run_id = $10",
     )
     .bind(finished.timestamp_micros())
     .bind(totals.records_read as i64)
@@ -429,7 +424,7 @@ pub async fn delete_superseded(
 ) -> Result<usize, RatingError> {
     let runs: Vec<(String, String)> = sqlx::query_as(
         "SELECT run_id, files FROM rating_runs WHERE status = 'complete' AND files <> '[]' \
-         AND finished_at_us < ? AND run_id NOT IN (SELECT run_id FROM rated_coverage)",
+         AND finished_at_us < $1 AND run_id NOT IN (SELECT run_id FROM rated_coverage)",
     )
     .bind(before.timestamp_micros())
     .fetch_all(&db.pool)
@@ -446,7 +441,7 @@ pub async fn delete_superseded(
             let _ = std::fs::remove_dir(root.join(run_id));
         }
         sqlx::query(
-            "UPDATE rating_runs SET files = '[]', message = 'superseded: line files deleted' WHERE run_id = ?",
+            "UPDATE rating_runs SET files = '[]', message = 'superseded: line files deleted' WHERE run_id = $1",
         )
         .bind(run_id)
         .execute(&db.pool)

@@ -10,7 +10,7 @@ use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
 use tally_core::{Attributes, Identity, RatedLine, Role};
 use tally_db::Database;
-use tally_price::{LinePrice, PricePlan};
+use tally_price::{LinePrice, PlanBook, PricePlan};
 use tally_store::objects::RawObjects;
 
 use crate::aggregate::{RatingWindow, WindowError};
@@ -207,14 +207,17 @@ impl RatingService {
         plan: Option<PricePlan>,
     ) -> Result<RatingRequest, ServiceError> {
         let meters = plans::current_meters(&self.db).await?;
-        let plan = match plan {
-            Some(p) => Some(p),
-            None => plans::default_plan(&self.db).await?,
+        // A candidate plan (simulation) prices every project; otherwise
+        // projects are priced by their billing account's plan in force,
+        // else the default plan.
+        let plans = match plan {
+            Some(p) => PlanBook::single(Some(Arc::new(p))),
+            None => plans::plan_book(&self.db).await?,
         };
         Ok(RatingRequest {
             window,
             meters: Arc::new(meters),
-            plan: plan.map(Arc::new),
+            plans: Arc::new(plans),
         })
     }
 

@@ -62,7 +62,7 @@ pub async fn commit_flush(
     };
     let count: i64 = segments.iter().map(|s| s.row_count).sum();
     sqlx::query(
-        "INSERT INTO raw_flushes (flush_id, origin, wal_seq, record_count, created_at_us) VALUES (?, ?, ?, ?, ?)",
+        "INSERT INTO raw_flushes (flush_id, origin, wal_seq, record_count, created_at_us) VALUES ($1, $2, $3, $4, $5)",
     )
     .bind(flush_id)
     .bind(origin_name)
@@ -73,7 +73,7 @@ pub async fn commit_flush(
     .await?;
     for s in segments {
         sqlx::query(
-            "INSERT INTO raw_segments (path, flush_id, partition_date, min_time_us, max_time_us, min_received_us, max_received_us, row_count, byte_size, state, created_at_us) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 'active', ?)",
+            "INSERT INTO raw_segments (path, flush_id, partition_date, min_time_us, max_time_us, min_received_us, max_received_us, row_count, byte_size, state, created_at_us) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, 'active', $10)",
         )
         .bind(&s.path)
         .bind(flush_id)
@@ -90,7 +90,7 @@ pub async fn commit_flush(
     }
     for path in retire {
         let done = sqlx::query(
-            "UPDATE raw_segments SET state = 'compacted', retired_at_us = ? WHERE path = ? AND state = 'active'",
+            "UPDATE raw_segments SET state = 'compacted', retired_at_us = $1 WHERE path = $2 AND state = 'active'",
         )
         .bind(now_us)
         .bind(path)
@@ -106,7 +106,7 @@ pub async fn commit_flush(
 
 /// Whether a flush is committed.
 pub async fn flush_exists(pool: &Pool, flush_id: &str) -> Result<bool, CatalogError> {
-    let n: i64 = sqlx::query_scalar("SELECT count(*) FROM raw_flushes WHERE flush_id = ?")
+    let n: i64 = sqlx::query_scalar("SELECT count(*) FROM raw_flushes WHERE flush_id = $1")
         .bind(flush_id)
         .fetch_one(pool)
         .await?;
@@ -143,7 +143,7 @@ pub async fn active_segments(
     sqlx::query_as(concat!(
         "SELECT ",
         segment_columns!(),
-        " FROM raw_segments WHERE state = 'active' AND max_time_us >= ? AND min_time_us < ? ORDER BY min_time_us, path"
+        " FROM raw_segments WHERE state = 'active' AND max_time_us >= $1 AND min_time_us < $2 ORDER BY min_time_us, path"
     ))
     .bind(from_us)
     .bind(to_us)
@@ -159,7 +159,7 @@ pub async fn partition_segments(
     sqlx::query_as(concat!(
         "SELECT ",
         segment_columns!(),
-        " FROM raw_segments WHERE state = 'active' AND partition_date = ? ORDER BY row_count, path"
+        " FROM raw_segments WHERE state = 'active' AND partition_date = $1 ORDER BY row_count, path"
     ))
     .bind(partition_date)
     .fetch_all(pool)
@@ -173,7 +173,7 @@ pub async fn compactable_partitions(
     max_rows: i64,
 ) -> Result<Vec<String>, CatalogError> {
     sqlx::query_scalar(
-        "SELECT partition_date FROM raw_segments WHERE state = 'active' AND row_count < ? GROUP BY partition_date HAVING count(*) >= ? ORDER BY partition_date",
+        "SELECT partition_date FROM raw_segments WHERE state = 'active' AND row_count < $1 GROUP BY partition_date HAVING count(*) >= $2 ORDER BY partition_date",
     )
     .bind(max_rows)
     .bind(min_segments)
@@ -184,7 +184,7 @@ pub async fn compactable_partitions(
 /// Segments retired before `before_us`, whose files may now be deleted.
 pub async fn retired_before(pool: &Pool, before_us: i64) -> Result<Vec<String>, CatalogError> {
     sqlx::query_scalar(
-        "SELECT path FROM raw_segments WHERE state = 'compacted' AND retired_at_us < ?",
+        "SELECT path FROM raw_segments WHERE state = 'compacted' AND retired_at_us < $1",
     )
     .bind(before_us)
     .fetch_all(pool)
@@ -193,7 +193,7 @@ pub async fn retired_before(pool: &Pool, before_us: i64) -> Result<Vec<String>, 
 
 /// Forgets a retired segment whose file was deleted.
 pub async fn forget_segment(pool: &Pool, path: &str) -> Result<(), CatalogError> {
-    sqlx::query("DELETE FROM raw_segments WHERE path = ? AND state = 'compacted'")
+    sqlx::query("DELETE FROM raw_segments WHERE path = $1 AND state = 'compacted'")
         .bind(path)
         .execute(pool)
         .await?;
@@ -221,7 +221,7 @@ pub struct CatalogStats {
 /// Counts active segments, records and bytes.
 pub async fn stats(pool: &Pool) -> Result<CatalogStats, CatalogError> {
     let (segments, records, bytes): (i64, Option<i64>, Option<i64>) = sqlx::query_as(
-        "SELECT count(*), sum(row_count), sum(byte_size) FROM raw_segments WHERE state = 'active'",
+        "SELECT count(*), CAST(sum(row_count) AS BIGINT), CAST(sum(byte_size) AS BIGINT) FROM raw_segments WHERE state = 'active'",
     )
     .fetch_one(pool)
     .await?;

@@ -30,6 +30,36 @@ pub struct Config {
     pub store: StoreSection,
     /// The rating job.
     pub rating: RatingSection,
+    /// Invoicing.
+    pub billing: BillingSection,
+}
+
+/// `[billing]`: the operator as printed on invoices, and number series.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct BillingSection {
+    /// Seller's legal name.
+    pub seller_name: String,
+    /// Seller's postal address, one element per line.
+    pub seller_address: Vec<String>,
+    /// Seller's billing e-mail.
+    pub seller_email: Option<String>,
+    /// Seller's VAT or tax id.
+    pub seller_tax_id: Option<String>,
+    /// Number series of credit notes (`CN` gives `CN-000001`).
+    pub credit_note_series: String,
+}
+
+impl Default for BillingSection {
+    fn default() -> Self {
+        BillingSection {
+            seller_name: "OpenStack cloud operator".into(),
+            seller_address: Vec::new(),
+            seller_email: None,
+            seller_tax_id: None,
+            credit_note_series: "CN".into(),
+        }
+    }
 }
 
 /// `[rating]`
@@ -114,6 +144,7 @@ impl Default for Config {
             ingest: IngestConfig::default(),
             store: StoreSection::default(),
             rating: RatingSection::default(),
+            billing: BillingSection::default(),
         }
     }
 }
@@ -175,6 +206,20 @@ impl Config {
         self.database_url
             .clone()
             .unwrap_or_else(|| tally_db::Database::sqlite_url_in(&self.data_dir))
+    }
+
+    /// The invoicing settings in force.
+    pub fn invoice_settings(&self) -> tally_bill::invoices::InvoiceSettings {
+        let b = &self.billing;
+        tally_bill::invoices::InvoiceSettings {
+            seller: tally_core::billing::Party {
+                name: b.seller_name.clone(),
+                address: b.seller_address.clone(),
+                email: b.seller_email.clone(),
+                tax_id: b.seller_tax_id.clone(),
+            },
+            credit_note_series: b.credit_note_series.clone(),
+        }
     }
 
     /// The raw store settings in force.

@@ -6,6 +6,7 @@
 //! user.
 
 mod admin;
+mod billing;
 mod client;
 mod config;
 mod demo;
@@ -42,6 +43,11 @@ struct Cli {
     /// Data directory (overrides `data_dir` in the configuration).
     #[arg(long, global = true)]
     data_dir: Option<PathBuf>,
+    /// Billing database URL: sqlite://PATH or postgres://USER@HOST/DB
+    /// (overrides `database_url`; default: a SQLite file in the data
+    /// directory).
+    #[arg(long, global = true, env = "TALLY_DATABASE_URL")]
+    database: Option<String>,
     #[command(subcommand)]
     command: Command,
 }
@@ -73,6 +79,22 @@ enum Command {
     },
     /// List the meter definitions in force (or a file's), or replace them.
     Meters(plan::MetersArgs),
+    /// Billing accounts: create, own projects and domains, plans, coupons,
+    /// top-ups, balances and the ledger.
+    Account {
+        #[command(subcommand)]
+        command: billing::AccountCommand,
+    },
+    /// Invoices: run a period, list, show, finalize, pay, void, credit.
+    Invoice {
+        #[command(subcommand)]
+        command: billing::InvoiceCommand,
+    },
+    /// Reports: usage that no account pays for.
+    Report {
+        #[command(subcommand)]
+        command: billing::ReportCommand,
+    },
     /// Administration: API keys.
     Admin {
         #[command(subcommand)]
@@ -106,6 +128,9 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let mut cfg = config::Config::load(cli.config.as_deref())?;
     if let Some(d) = cli.data_dir {
         cfg.data_dir = d;
+    }
+    if let Some(url) = cli.database {
+        cfg.database_url = Some(url);
     }
     match cli.command {
         Command::Serve { listen } => {
@@ -143,6 +168,18 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Meters(args) => {
             config::init_logging_quiet(&cfg);
             plan::meters(cfg, args).await?;
+        }
+        Command::Account { command } => {
+            config::init_logging_quiet(&cfg);
+            billing::account(cfg, command).await?;
+        }
+        Command::Invoice { command } => {
+            config::init_logging_quiet(&cfg);
+            billing::invoice(cfg, command).await?;
+        }
+        Command::Report { command } => {
+            config::init_logging_quiet(&cfg);
+            billing::report(cfg, command).await?;
         }
         Command::Admin { command } => {
             config::init_logging_quiet(&cfg);

@@ -12,7 +12,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Context;
-use chrono::{DateTime, Datelike, NaiveDate, TimeZone, Utc};
+use chrono::{DateTime, Utc};
 use tally_core::{Identity, Role};
 use tally_db::Database;
 use tally_rate::service::{LineFilter, Simulation};
@@ -41,22 +41,16 @@ impl RangeArgs {
     /// The range, if one was given.
     pub fn range(&self) -> anyhow::Result<Option<(DateTime<Utc>, DateTime<Utc>)>> {
         if let Some(p) = &self.period {
-            let first = NaiveDate::parse_from_str(&format!("{p}-01"), "%Y-%m-%d")
-                .with_context(|| format!("--period '{p}' is not a month: write YYYY-MM"))?;
-            let next = if first.month() == 12 {
-                NaiveDate::from_ymd_opt(first.year() + 1, 1, 1)
-            } else {
-                NaiveDate::from_ymd_opt(first.year(), first.month() + 1, 1)
-            }
-            .expect("the first of a month exists");
-            let utc =
-                |d: NaiveDate| Utc.from_utc_datetime(&d.and_hms_opt(0, 0, 0).expect("midnight"));
-            return Ok(Some((utc(first), utc(next))));
+            let label = p
+                .parse::<tally_core::billing::PeriodLabel>()
+                .with_context(|| format!("--period '{p}'"))?;
+            let month = tally_core::billing::BillingPeriod::new(label, 1, chrono_tz::Tz::UTC)?;
+            return Ok(Some((month.start, month.end)));
         }
         Ok(self.from.zip(self.to))
     }
 
-    fn required(&self) -> anyhow::Result<(DateTime<Utc>, DateTime<Utc>)> {
+    pub(crate) fn required(&self) -> anyhow::Result<(DateTime<Utc>, DateTime<Utc>)> {
         self.range()?
             .context("give the range: --period YYYY-MM, or --from and --to (RFC 3339)")
     }

@@ -139,6 +139,7 @@ pub async fn run(
             rated: cfg.rated_store()?,
             config: cfg.rating_config()?,
         }),
+        invoice_settings: cfg.invoice_settings(),
     });
     tracing::info!(%addr, data_dir = %cfg.data_dir.display(), "tally listening");
     eprintln!(

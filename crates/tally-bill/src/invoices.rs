@@ -1,0 +1,902 @@
+//! Invoices: runs that build drafts from rated lines, finalization with
+//! gapless numbers, payment, void and credit notes.
+//!
+//! Life of an invoice: an invoice run writes a `draft` per account and
+//! period (one row per (account, period), so two runs at once still give
+//! one invoice); a later run regenerates the draft; `finalize` numbers and
+//! freezes it and posts it to the ledger; after that it is only ever paid,
+//! voided or credited, each recorded beside it. Triggers refuse any change
+//! to a finalized invoice or its lines (see the 0005 migrations).
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, Duration, Utc};
+use rust_decimal::Decimal;
+use serde::Serialize;
+use sqlx::Row;
+use tally_core::Money;
+use tally_core::billing::{
+    BillingPeriod, InvoiceDocument, Party, PaymentMode, PeriodLabel, split_credit,
+};
+use tally_core::invoice::{ChargeGrouper, InvoiceInput, check_credit, compute_invoice};
+use tally_core::ledger::{LedgerTransaction, TransactionKind};
+use tally_db::Database;
+use tally_store::objects::RawObjects;
+
+use tally_rate::plans::Owners;
+
+use crate::accounts::{Account, list_accounts};
+use crate::{AccountScope, BillingError, decimal, instant, ledger};
+
+/// Operator-wide settings of invoicing.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct InvoiceSettings {
+    /// The operator, printed as seller on every invoice.
+    pub seller: Party,
+    /// The number series of credit notes (`CN` gives `CN-000001`).
+    pub credit_note_series: String,
+}
+
+/// What an invoice run did for one account.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct RunOutcome {
+    /// The account.
+    pub account_id: String,
+    /// Its invoice for the period, when there is one.
+    pub invoice_id: Option<String>,
+    /// `created`, `regenerated`, `finalized` (left as issued) or `blocked`.
+    pub outcome: String,
+    /// The draft's total.
+    pub total: Option<Decimal>,
+    /// Why it was blocked.
+    pub message: Option<String>,
+}
+
+/// What an invoice run did.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct RunSummary {
+    /// The period.
+    pub period: String,
+    /// One outcome per account, by account id.
+    pub accounts: Vec<RunOutcome>,
+    /// Rated lines read.
+    pub lines_read: u64,
+    /// Lines of projects no account owns (see the unbilled usage report).
+    pub unbilled_lines: u64,
+}
+
+/// The id of an account's invoice for a period: deterministic, so two
+/// runs at once address the same row.
+pub fn invoice_id(account_id: &str, period: PeriodLabel) -> String {
+    format!("{account_id}-{period}")
+}
+
+struct Pending {
+    account: Account,
+    period: BillingPeriod,
+    grouper: ChargeGrouper,
+    lines: u64,
+    blocked: Option<String>,
+}
+
+/// Builds or regenerates the draft invoice of every account (or of the
+/// accounts named) for `label`. Refuses a period that has not ended for
+/// some account, or that is not fully rated; accounts whose lines cannot
+/// be invoiced (priced in error, another currency) are reported blocked
+/// and the others are invoiced.
+pub async fn run_invoices(
+    db: &Database,
+    rated: &RawObjects,
+    settings: &InvoiceSettings,
+    label: PeriodLabel,
+    only: Option<&[String]>,
+    now: DateTime<Utc>,
+) -> Result<RunSummary, BillingError> {
+    let mut accounts = list_accounts(db, &AccountScope::All).await?;
+    if let Some(only) = only {
+        for id in only {
+            if !accounts.iter().any(|a| &a.spec.account_id == id) {
+                return Err(BillingError::UnknownAccount(id.clone()));
+            }
+        }
+        accounts.retain(|a| only.contains(&a.spec.account_id));
+    }
+    let mut pending: BTreeMap<String, Pending> = BTreeMap::new();
+    for account in accounts {
+        let period = BillingPeriod::new(label, account.spec.billing_day, account.timezone())?;
+        if period.end > now {
+            return Err(BillingError::PeriodNotEnded {
+                period: label.to_string(),
+                account: account.spec.account_id.clone(),
+                end: period.end.to_rfc3339(),
+            });
+        }
+        pending.insert(
+            account.spec.account_id.clone(),
+            Pending {
+                account,
+                period,
+                grouper: ChargeGrouper::new(),
+                lines: 0,
+                blocked: None,
+            },
+        );
+    }
+    let mut summary = RunSummary {
+        period: label.to_string(),
+        accounts: Vec::new(),
+        lines_read: 0,
+        unbilled_lines: 0,
+    };
+    let Some(from) = pending.values().map(|p| p.period.start).min() else {
+        return Ok(summary);
+    };
+    let to = pending.values().map(|p| p.period.end).max().unwrap_or(from);
+    check_rated(db, from, to).await?;
+
+    let owners = Owners::load(db).await?;
+    tally_rate::runs::read_current_lines(db, rated, from, to, |line| {
+        summary.lines_read += 1;
+        let Some(owner) = owners.owner_of(&line.project_id) else {
+            summary.unbilled_lines += 1;
+            return;
+        };
+        let Some(p) = pending.get_mut(owner) else {
+            return;
+        };
+        if line.period_start < p.period.start || line.period_start >= p.period.end {
+            return;
+        }
+        p.lines += 1;
+        if p.blocked.is_some() {
+            return;
+        }
+        if let Some(e) = &line.error {
+            p.blocked = Some(format!(
+                "a line of project {} meter {} at {} could not be priced ({e}): fix the plan and re-rate",
+                line.project_id,
+                line.meter,
+                line.period_start.to_rfc3339()
+            ));
+        } else if line.currency != p.account.spec.currency.code() && line.amount != Decimal::ZERO
+        {
+            p.blocked = Some(format!(
+                "project {} was priced in {} but the account is billed in {}: assign a plan in {} and re-rate",
+                line.project_id,
+                line.currency,
+                p.account.spec.currency.code(),
+                p.account.spec.currency.code()
+            ));
+        } else {
+            p.grouper.add(&line);
+        }
+    })
+    .await?;
+
+    let mut drafts = Vec::new();
+    for (account_id, p) in pending {
+        if let Some(message) = p.blocked {
+            summary.accounts.push(RunOutcome {
+                account_id,
+                invoice_id: None,
+                outcome: "blocked".into(),
+                total: None,
+                message: Some(message),
+            });
+            continue;
+        }
+        drafts.push(draft(settings, &p.account, &p.period, p.grouper)?);
+    }
+    // Accounts in id order and in batches: two runs at once lock rows in
+    // the same order (no deadlock), and a month of many accounts does not
+    // pay one commit per invoice.
+    for batch in drafts.chunks(200) {
+        let mut tx = db.begin_write().await?;
+        for doc in batch {
+            let outcome = write_draft(&mut tx, doc, now).await?;
+            summary.accounts.push(RunOutcome {
+                account_id: doc.account_id.clone(),
+                invoice_id: Some(doc.invoice_id.clone()),
+                total: (outcome != "finalized").then_some(doc.total),
+                outcome: outcome.into(),
+                message: None,
+            });
+        }
+        tx.commit().await?;
+    }
+    summary
+        .accounts
+        .sort_by(|a, b| a.account_id.cmp(&b.account_id));
+    Ok(summary)
+}
+
+/// Refuses a range that rating has not covered completely.
+async fn check_rated(
+    db: &Database,
+    from: DateTime<Utc>,
+    to: DateTime<Utc>,
+) -> Result<(), BillingError> {
+    let mut at = from;
+    for c in tally_rate::runs::coverage(db, from, to).await? {
+        if c.from > at {
+            break;
+        }
+        at = at.max(c.to);
+    }
+    if at < to {
+        return Err(BillingError::NotRated {
+            from: at.to_rfc3339(),
+            to: to.to_rfc3339(),
+        });
+    }
+    Ok(())
+}
+
+fn draft(
+    settings: &InvoiceSettings,
+    account: &Account,
+    period: &BillingPeriod,
+    grouper: ChargeGrouper,
+) -> Result<InvoiceDocument, BillingError> {
+    let input = InvoiceInput {
+        currency: account.spec.currency,
+        charges: grouper.finish(),
+        discounts: account
+            .coupons
+            .iter()
+            .filter(|c| c.applies_to(period.label))
+            .map(|c| (c.code.clone(), c.discount.clone()))
+            .collect(),
+        minimum_commitment: account.spec.minimum_commitment,
+        taxes: account.spec.taxes.clone(),
+    };
+    let computed = compute_invoice(&input)?;
+    let doc = InvoiceDocument::from_computed(
+        invoice_id(&account.spec.account_id, period.label),
+        account.spec.account_id.clone(),
+        settings.seller.clone(),
+        account.buyer(),
+        period,
+        &computed,
+    );
+    doc.check()
+        .map_err(tally_core::invoice::InvoiceError::Invariant)?;
+    Ok(doc)
+}
+
+/// Writes a draft unless the invoice is finalized; returns what happened.
+async fn write_draft(
+    conn: &mut sqlx::AnyConnection,
+    doc: &InvoiceDocument,
+    now: DateTime<Utc>,
+) -> Result<&'static str, BillingError> {
+    let document = serde_json::to_string(doc).expect("documents serialize");
+    let figures = [
+        doc.subtotal.to_string(),
+        doc.discount_total().to_string(),
+        doc.commitment_top_up.to_string(),
+        doc.taxable.to_string(),
+        doc.tax_total().to_string(),
+        doc.total.to_string(),
+    ];
+    let inserted = sqlx::query(
+        "INSERT INTO invoices (invoice_id, account_id, period, period_start_us, period_end_us, status, \
+         currency, subtotal, discount_total, commitment_top_up, taxable, tax_total, total, document, \
+         revision, generated_at_us) \
+         VALUES ($1, $2, $3, $4, $5, 'draft', $6, $7, $8, $9, $10, $11, $12, $13, 1, $14) \
+         ON CONFLICT (account_id, period) DO NOTHING",
+    )
+    .bind(&doc.invoice_id)
+    .bind(&doc.account_id)
+    .bind(&doc.period)
+    .bind(doc.period_start.timestamp_micros())
+    .bind(doc.period_end.timestamp_micros())
+    .bind(doc.currency.code())
+    .bind(&figures[0])
+    .bind(&figures[1])
+    .bind(&figures[2])
+    .bind(&figures[3])
+    .bind(&figures[4])
+    .bind(&figures[5])
+    .bind(&document)
+    .bind(now.timestamp_micros())
+    .execute(&mut *conn)
+    .await?
+    .rows_affected();
+    let outcome = if inserted == 1 {
+        "created"
+    } else {
+        let updated = sqlx::query(
+            "UPDATE invoices SET subtotal = $1, discount_total = $2, commitment_top_up = $3, taxable = $4, \
+             tax_total = $5, total = $6, document = $7, revision = revision + 1, generated_at_us = $8 \
+             WHERE invoice_id = $9 AND status = 'draft'",
+        )
+        .bind(&figures[0])
+        .bind(&figures[1])
+        .bind(&figures[2])
+        .bind(&figures[3])
+        .bind(&figures[4])
+        .bind(&figures[5])
+        .bind(&document)
+        .bind(now.timestamp_micros())
+        .bind(&doc.invoice_id)
+        .execute(&mut *conn)
+        .await?
+        .rows_affected();
+        if updated == 0 {
+            return Ok("finalized");
+        }
+        sqlx::query("DELETE FROM invoice_lines WHERE invoice_id = $1")
+            .bind(&doc.invoice_id)
+            .execute(&mut *conn)
+            .await?;
+        "regenerated"
+    };
+    insert_lines(conn, doc).await?;
+    Ok(outcome)
+}
+
+const LINE_COLUMNS: usize = 13;
+
+async fn insert_lines(
+    conn: &mut sqlx::AnyConnection,
+    doc: &InvoiceDocument,
+) -> Result<(), BillingError> {
+    // Both engines take at least 32,766 parameters per statement.
+    for chunk in doc.lines.chunks(1000) {
+        let mut sql = String::from(
+            "INSERT INTO invoice_lines (invoice_id, line_no, project_id, meter, unit, plan_id, \
+             service_start_us, service_end_us, quantity, unit_price, amount, rounded_amount, correction) VALUES ",
+        );
+        for i in 0..chunk.len() {
+            if i > 0 {
+                sql.push_str(", ");
+            }
+            sql.push('(');
+            for c in 0..LINE_COLUMNS {
+                if c > 0 {
+                    sql.push_str(", ");
+                }
+                sql.push_str(&format!("${}", i * LINE_COLUMNS + c + 1));
+            }
+            sql.push(')');
+        }
+        // Only numbered placeholders are generated into this text.
+        let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
+        for l in chunk {
+            q = q
+                .bind(&doc.invoice_id)
+                .bind(l.line_no as i64)
+                .bind(&l.project_id)
+                .bind(&l.meter)
+                .bind(&l.unit)
+                .bind(&l.plan_id)
+                .bind(l.service_start.timestamp_micros())
+                .bind(l.service_end.timestamp_micros())
+                .bind(l.quantity.to_string())
+                .bind(l.unit_price.map(|p| p.to_string()))
+                .bind(l.amount.to_string())
+                .bind(l.amount.to_string())
+                .bind(l.correction);
+        }
+        q.execute(&mut *conn).await?;
+    }
+    Ok(())
+}
+
+/// An invoice as stored, with its settlement and credit notes.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct StoredInvoice {
+    /// The document (status includes settlement: `paid`, `void`).
+    #[serde(flatten)]
+    pub document: InvoiceDocument,
+    /// How many times the draft was generated.
+    pub revision: i64,
+    /// Σ credit notes (tax included).
+    pub credited: Decimal,
+    /// Credit notes issued against it.
+    pub credit_notes: Vec<CreditNote>,
+}
+
+/// A credit note as issued.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct CreditNote {
+    /// Its id.
+    pub credit_note_id: String,
+    /// Its gapless number.
+    pub number: String,
+    /// The invoice it credits.
+    pub invoice_id: String,
+    /// The line it credits, when per line.
+    pub line_no: Option<u32>,
+    /// Revenue part.
+    pub net: Decimal,
+    /// Tax part.
+    pub tax: Decimal,
+    /// net + tax.
+    pub total: Decimal,
+    /// Why.
+    pub reason: String,
+    /// When.
+    pub issued_at: DateTime<Utc>,
+}
+
+/// Filters of an invoice listing.
+#[derive(Debug, Clone, Default)]
+pub struct InvoiceFilter {
+    /// Only this account.
+    pub account_id: Option<String>,
+    /// Only this period.
+    pub period: Option<PeriodLabel>,
+    /// Only this status (`draft`, `finalized`, `paid`, `void`).
+    pub status: Option<String>,
+}
+
+/// Invoices the caller may see, newest period first.
+pub async fn list_invoices(
+    db: &Database,
+    scope: &AccountScope,
+    filter: &InvoiceFilter,
+) -> Result<Vec<StoredInvoice>, BillingError> {
+    let (all, one) = scope.binds();
+    let q = sqlx::query_scalar::<_, String>(
+        "SELECT invoice_id FROM invoices WHERE ($1 OR account_id = $2) ORDER BY period DESC, account_id",
+    )
+    .bind(all)
+    .bind(one);
+    let mut out = Vec::new();
+    for id in q.fetch_all(&db.pool).await? {
+        let inv = get_invoice(db, scope, &id).await?;
+        let keep = filter
+            .account_id
+            .as_ref()
+            .is_none_or(|a| *a == inv.document.account_id)
+            && filter
+                .period
+                .is_none_or(|p| p.to_string() == inv.document.period)
+            && filter
+                .status
+                .as_ref()
+                .is_none_or(|s| *s == inv.document.status);
+        if keep {
+            out.push(inv);
+        }
+    }
+    Ok(out)
+}
+
+/// One invoice the caller may see.
+pub async fn get_invoice(
+    db: &Database,
+    scope: &AccountScope,
+    invoice_id: &str,
+) -> Result<StoredInvoice, BillingError> {
+    let mut conn = db.pool.acquire().await?;
+    read_invoice(&mut conn, scope, invoice_id).await
+}
+
+async fn read_invoice(
+    conn: &mut sqlx::AnyConnection,
+    scope: &AccountScope,
+    invoice_id: &str,
+) -> Result<StoredInvoice, BillingError> {
+    let (all, one) = scope.binds();
+    let q = sqlx::query(
+        "SELECT i.document, i.revision, s.status AS settled FROM invoices i \
+         LEFT JOIN invoice_settlements s ON s.invoice_id = i.invoice_id \
+         WHERE i.invoice_id = $1 AND ($2 OR i.account_id = $3)",
+    )
+    .bind(invoice_id)
+    .bind(all)
+    .bind(one);
+    let row = q
+        .fetch_optional(&mut *conn)
+        .await?
+        .ok_or_else(|| BillingError::UnknownInvoice(invoice_id.to_string()))?;
+    let mut document: InvoiceDocument =
+        serde_json::from_str(&row.try_get::<String, _>("document")?).map_err(|e| {
+            BillingError::Invalid(format!("stored invoice {invoice_id} does not parse: {e}"))
+        })?;
+    if let Some(settled) = row.try_get::<Option<String>, _>("settled")? {
+        document.status = settled;
+    }
+    let credit_notes = credit_notes(conn, invoice_id).await?;
+    Ok(StoredInvoice {
+        revision: row.try_get("revision")?,
+        credited: credit_notes.iter().map(|c| c.total).sum(),
+        credit_notes,
+        document,
+    })
+}
+
+async fn credit_notes(
+    conn: &mut sqlx::AnyConnection,
+    invoice_id: &str,
+) -> Result<Vec<CreditNote>, BillingError> {
+    let rows: Vec<(
+        String,
+        String,
+        Option<i64>,
+        String,
+        String,
+        String,
+        String,
+        i64,
+    )> = sqlx::query_as(
+        "SELECT credit_note_id, number, line_no, net, tax, total, reason, issued_at_us \
+         FROM credit_notes WHERE invoice_id = $1 ORDER BY number",
+    )
+    .bind(invoice_id)
+    .fetch_all(&mut *conn)
+    .await?;
+    rows.into_iter()
+        .map(|(id, number, line_no, net, tax, total, reason, at)| {
+            Ok(CreditNote {
+                credit_note_id: id,
+                number,
+                invoice_id: invoice_id.to_string(),
+                line_no: line_no.map(|n| n as u32),
+                net: decimal("credit net", &net)?,
+                tax: decimal("credit tax", &tax)?,
+                total: decimal("credit total", &total)?,
+                reason,
+                issued_at: instant(at),
+            })
+        })
+        .collect()
+}
+
+/// Takes the next number of a series inside the caller's transaction: a
+/// rolled-back issue gives the number back, so numbers have no gaps.
+async fn next_number(conn: &mut sqlx::AnyConnection, series: &str) -> Result<String, BillingError> {
+    sqlx::query("INSERT INTO number_series (series, next_number) VALUES ($1, 1) ON CONFLICT (series) DO NOTHING")
+        .bind(series)
+        .execute(&mut *conn)
+        .await?;
+    let next: i64 = sqlx::query_scalar(
+        "UPDATE number_series SET next_number = next_number + 1 WHERE series = $1 RETURNING next_number",
+    )
+    .bind(series)
+    .fetch_one(&mut *conn)
+    .await?;
+    Ok(format!("{series}-{:06}", next - 1))
+}
+
+fn wrong_status(doc: &InvoiceDocument, advice: &str) -> BillingError {
+    BillingError::WrongStatus {
+        invoice: doc.invoice_id.clone(),
+        status: doc.status.clone(),
+        advice: advice.to_string(),
+    }
+}
+
+/// Finalizes a draft: gives it the next number of its account's series,
+/// sets issue and due dates, freezes it and posts it to the ledger. A
+/// prepaid account's balance pays what it can at once.
+pub async fn finalize(
+    db: &Database,
+    invoice_id: &str,
+    now: DateTime<Utc>,
+) -> Result<StoredInvoice, BillingError> {
+    let mut tx = db.begin_write().await?;
+    let stored = read_invoice(&mut tx, &AccountScope::All, invoice_id).await?;
+    let mut doc = stored.document;
+    if doc.status != "draft" {
+        return Err(wrong_status(&doc, "only a draft can be finalized"));
+    }
+    let account = crate::accounts::get_account(db, &AccountScope::All, &doc.account_id).await?;
+    doc.number = Some(next_number(&mut tx, &account.spec.series).await?);
+    doc.status = "finalized".into();
+    doc.issued_at = Some(now);
+    doc.due_at = Some(now + Duration::days(account.spec.payment_terms_days as i64));
+    let number = doc.number.clone().unwrap_or_default();
+    sqlx::query(
+        "UPDATE invoices SET status = 'finalized', number = $1, issued_at_us = $2, due_at_us = $3, document = $4 \
+         WHERE invoice_id = $5 AND status = 'draft'",
+    )
+    .bind(&number)
+    .bind(now.timestamp_micros())
+    .bind(doc.due_at.map(|d| d.timestamp_micros()))
+    .bind(serde_json::to_string(&doc).expect("documents serialize"))
+    .bind(invoice_id)
+    .execute(&mut *tx)
+    .await?;
+    let tax = doc.tax_total();
+    if !doc.total.is_zero() {
+        let txn = LedgerTransaction::invoice_finalized(
+            &doc.account_id,
+            &number,
+            doc.total - tax,
+            tax,
+            doc.currency,
+        )?;
+        ledger::post(&mut tx, &txn, Some(&doc.account_id), Some(invoice_id), now).await?;
+    }
+    if account.spec.payment_mode == PaymentMode::Prepaid && doc.total > Decimal::ZERO {
+        let funds = -ledger::balance(&mut tx, &format!("prepaid:{}", doc.account_id))
+            .await?
+            .get(doc.currency.code())
+            .copied()
+            .unwrap_or_default();
+        let draw = funds.min(doc.total);
+        if draw > Decimal::ZERO {
+            let txn = LedgerTransaction::drawdown(
+                &doc.account_id,
+                format!("invoice {number} paid from the prepaid balance"),
+                draw,
+                doc.currency,
+            )?;
+            ledger::post(&mut tx, &txn, Some(&doc.account_id), Some(invoice_id), now).await?;
+        }
+        if draw == doc.total {
+            settle(&mut tx, invoice_id, "paid", "prepaid balance", now).await?;
+        }
+    }
+    tx.commit().await?;
+    get_invoice(db, &AccountScope::All, invoice_id).await
+}
+
+async fn settle(
+    conn: &mut sqlx::AnyConnection,
+    invoice_id: &str,
+    status: &str,
+    reference: &str,
+    now: DateTime<Utc>,
+) -> Result<(), BillingError> {
+    sqlx::query(
+        "INSERT INTO invoice_settlements (invoice_id, status, reference, settled_at_us) VALUES ($1, $2, $3, $4)",
+    )
+    .bind(invoice_id)
+    .bind(status)
+    .bind(reference)
+    .bind(now.timestamp_micros())
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
+}
+
+/// Finalizes every draft of a period, in account order; returns them.
+pub async fn finalize_period(
+    db: &Database,
+    label: PeriodLabel,
+    now: DateTime<Utc>,
+) -> Result<Vec<StoredInvoice>, BillingError> {
+    let ids: Vec<String> = sqlx::query_scalar(
+        "SELECT invoice_id FROM invoices WHERE period = $1 AND status = 'draft' ORDER BY account_id",
+    )
+    .bind(label.to_string())
+    .fetch_all(&db.pool)
+    .await?;
+    let mut out = Vec::with_capacity(ids.len());
+    for id in ids {
+        out.push(finalize(db, &id, now).await?);
+    }
+    Ok(out)
+}
+
+/// Records full payment of a finalized invoice (what remains after credit
+/// notes).
+pub async fn pay(
+    db: &Database,
+    invoice_id: &str,
+    reference: &str,
+    now: DateTime<Utc>,
+) -> Result<StoredInvoice, BillingError> {
+    let mut tx = db.begin_write().await?;
+    let stored = read_invoice(&mut tx, &AccountScope::All, invoice_id).await?;
+    let doc = &stored.document;
+    if doc.status != "finalized" {
+        return Err(wrong_status(
+            doc,
+            "only a finalized, unsettled invoice can be paid",
+        ));
+    }
+    let due = doc.total - stored.credited;
+    if due > Decimal::ZERO {
+        let txn = LedgerTransaction::payment(
+            &doc.account_id,
+            doc.number.as_deref().unwrap_or(invoice_id),
+            due,
+            doc.currency,
+        )?;
+        ledger::post(&mut tx, &txn, Some(&doc.account_id), Some(invoice_id), now).await?;
+    }
+    settle(&mut tx, invoice_id, "paid", reference, now).await?;
+    tx.commit().await?;
+    get_invoice(db, &AccountScope::All, invoice_id).await
+}
+
+/// Voids a finalized invoice: what remains of it (after credit notes) is
+/// reversed in the ledger; its number stays used.
+pub async fn void(
+    db: &Database,
+    invoice_id: &str,
+    reason: &str,
+    now: DateTime<Utc>,
+) -> Result<StoredInvoice, BillingError> {
+    if reason.trim().is_empty() {
+        return Err(BillingError::Invalid(
+            "voiding an invoice needs a reason".into(),
+        ));
+    }
+    let mut tx = db.begin_write().await?;
+    let stored = read_invoice(&mut tx, &AccountScope::All, invoice_id).await?;
+    let doc = &stored.document;
+    if doc.status != "finalized" {
+        return Err(wrong_status(
+            doc,
+            "only a finalized, unpaid invoice can be voided; issue a credit note instead",
+        ));
+    }
+    let remaining = doc.total - stored.credited;
+    if remaining > Decimal::ZERO {
+        let credited_tax: Decimal = stored.credit_notes.iter().map(|c| c.tax).sum();
+        let tax = doc.tax_total() - credited_tax;
+        let txn = LedgerTransaction::reversal(
+            TransactionKind::CreditNote,
+            format!("receivable:{}", doc.account_id),
+            format!(
+                "void of invoice {}: {reason}",
+                doc.number.as_deref().unwrap_or(invoice_id)
+            ),
+            remaining - tax,
+            tax,
+            doc.currency,
+        )?;
+        ledger::post(&mut tx, &txn, Some(&doc.account_id), Some(invoice_id), now).await?;
+    }
+    settle(&mut tx, invoice_id, "void", reason, now).await?;
+    tx.commit().await?;
+    get_invoice(db, &AccountScope::All, invoice_id).await
+}
+
+/// What a credit note is for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CreditRequest {
+    /// The finalized invoice.
+    pub invoice_id: String,
+    /// One line of it (else the invoice as a whole).
+    pub line_no: Option<u32>,
+    /// Amount, tax included; default: all that remains (of the line, or
+    /// of the invoice).
+    pub amount: Option<Decimal>,
+    /// Why (printed on the note).
+    pub reason: String,
+}
+
+/// Issues a credit note against a finalized (or paid) invoice, never for
+/// more than what remains of it; a line's share is its part of the
+/// invoice total (after discounts, with tax).
+pub async fn credit(
+    db: &Database,
+    settings: &InvoiceSettings,
+    request: &CreditRequest,
+    now: DateTime<Utc>,
+) -> Result<CreditNote, BillingError> {
+    if request.reason.trim().is_empty() {
+        return Err(BillingError::Invalid("a credit note needs a reason".into()));
+    }
+    let mut tx = db.begin_write().await?;
+    let stored = read_invoice(&mut tx, &AccountScope::All, &request.invoice_id).await?;
+    let doc = &stored.document;
+    if doc.status != "finalized" && doc.status != "paid" {
+        return Err(wrong_status(
+            doc,
+            "credit notes apply to finalized or paid invoices",
+        ));
+    }
+    let remaining = doc.total - stored.credited;
+    let round = |d: Decimal| Money::new(d, doc.currency).round_to_minor_unit().amount;
+    let limit = match request.line_no {
+        None => remaining,
+        Some(n) => {
+            let line = doc.lines.iter().find(|l| l.line_no == n).ok_or_else(|| {
+                BillingError::Invalid(format!(
+                    "invoice {} has no line {n} (it has {} lines)",
+                    doc.invoice_id,
+                    doc.lines.len()
+                ))
+            })?;
+            let share = if doc.subtotal.is_zero() {
+                Decimal::ZERO
+            } else {
+                round(line.amount * doc.total / doc.subtotal)
+            };
+            let on_line: Decimal = stored
+                .credit_notes
+                .iter()
+                .filter(|c| c.line_no == Some(n))
+                .map(|c| c.total)
+                .sum();
+            (share - on_line).min(remaining)
+        }
+    };
+    let amount = request.amount.unwrap_or(limit);
+    if round(amount) != amount {
+        return Err(BillingError::Invalid(format!(
+            "a credit of {amount} {} has more decimals than the currency's {}",
+            doc.currency.code(),
+            doc.currency.minor_unit_digits()
+        )));
+    }
+    check_credit(doc.total, doc.total - limit, amount).map_err(|e| {
+        BillingError::CreditTooLarge(match request.line_no {
+            Some(n) => format!("{e} (line {n} can take {limit})"),
+            None => e,
+        })
+    })?;
+    let split = split_credit(amount, doc.total, doc.tax_total(), doc.currency);
+    let series = if settings.credit_note_series.is_empty() {
+        "CN"
+    } else {
+        &settings.credit_note_series
+    };
+    let number = next_number(&mut tx, series).await?;
+    let id = format!("cn_{}", uuid::Uuid::new_v4().simple());
+    sqlx::query(
+        "INSERT INTO credit_notes (credit_note_id, number, invoice_id, line_no, net, tax, total, reason, issued_at_us) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+    )
+    .bind(&id)
+    .bind(&number)
+    .bind(&doc.invoice_id)
+    .bind(request.line_no.map(|n| n as i64))
+    .bind(split.net.to_string())
+    .bind(split.tax.to_string())
+    .bind(amount.to_string())
+    .bind(&request.reason)
+    .bind(now.timestamp_micros())
+    .execute(&mut *tx)
+    .await?;
+    // Money already paid goes back to the customer's prepaid balance;
+    // money still owed is taken off what they owe.
+    let customer = if doc.status == "paid" {
+        format!("prepaid:{}", doc.account_id)
+    } else {
+        format!("receivable:{}", doc.account_id)
+    };
+    let txn = LedgerTransaction::reversal(
+        TransactionKind::CreditNote,
+        customer,
+        format!("credit note {number}: {}", request.reason),
+        split.net,
+        split.tax,
+        doc.currency,
+    )?;
+    ledger::post(&mut tx, &txn, Some(&doc.account_id), Some(&id), now).await?;
+    tx.commit().await?;
+    Ok(CreditNote {
+        credit_note_id: id,
+        number,
+        invoice_id: doc.invoice_id.clone(),
+        line_no: request.line_no,
+        net: split.net,
+        tax: split.tax,
+        total: amount,
+        reason: request.reason.clone(),
+        issued_at: now,
+    })
+}
+
+/// Deletes a draft (a later run may create it again). Finalized invoices
+/// are refused here and, whatever the caller, by the database.
+pub async fn delete_draft(db: &Database, invoice_id: &str) -> Result<(), BillingError> {
+    let mut tx = db.begin_write().await?;
+    let stored = read_invoice(&mut tx, &AccountScope::All, invoice_id).await?;
+    if stored.document.status != "draft" {
+        return Err(wrong_status(
+            &stored.document,
+            "a finalized invoice is never deleted; void it or issue a credit note",
+        ));
+    }
+    sqlx::query("DELETE FROM invoice_lines WHERE invoice_id = $1")
+        .bind(invoice_id)
+        .execute(&mut *tx)
+        .await?;
+    sqlx::query("DELETE FROM invoices WHERE invoice_id = $1")
+        .bind(invoice_id)
+        .execute(&mut *tx)
+        .await?;
+    tx.commit().await?;
+    Ok(())
+}

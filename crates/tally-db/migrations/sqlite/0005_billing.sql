@@ -1,0 +1,186 @@
+-- Billing: accounts, invoices, credit notes and the double-entry ledger.
+-- Money is exact decimal text (rust_decimal), summed in Rust, never in SQL
+-- floating point. Instants are BIGINT microseconds since the Unix epoch.
+
+CREATE TABLE billing_accounts (
+    account_id          TEXT PRIMARY KEY,
+    name                TEXT NOT NULL,
+    currency            TEXT NOT NULL,
+    payment_mode        TEXT NOT NULL CHECK (payment_mode IN ('prepaid', 'postpaid')),
+    billing_day         BIGINT NOT NULL DEFAULT 1 CHECK (billing_day BETWEEN 1 AND 28),
+    timezone            TEXT NOT NULL DEFAULT 'UTC',
+    taxes               TEXT NOT NULL DEFAULT '[]',
+    minimum_commitment  TEXT,
+    low_balance         TEXT,
+    payment_terms_days  BIGINT NOT NULL DEFAULT 30,
+    series              TEXT NOT NULL DEFAULT 'INV',
+    contact             TEXT NOT NULL DEFAULT '{}',
+    created_at_us       BIGINT NOT NULL
+);
+
+-- What an account owns: single Keystone projects, or whole domains (every
+-- project of the domain, including ones created later). A project owned
+-- directly wins over its domain's owner.
+CREATE TABLE account_ownership (
+    kind         TEXT NOT NULL CHECK (kind IN ('project', 'domain')),
+    keystone_id  TEXT NOT NULL,
+    account_id   TEXT NOT NULL REFERENCES billing_accounts (account_id),
+    PRIMARY KEY (kind, keystone_id)
+);
+
+-- The Keystone domain of each project Tally has heard of.
+CREATE TABLE keystone_projects (
+    project_id     TEXT PRIMARY KEY,
+    domain_id      TEXT NOT NULL,
+    updated_at_us  BIGINT NOT NULL
+);
+
+-- Which plan prices an account's usage, from an instant until the next one.
+CREATE TABLE plan_assignments (
+    account_id  TEXT NOT NULL REFERENCES billing_accounts (account_id),
+    from_us     BIGINT NOT NULL,
+    plan_id     TEXT NOT NULL REFERENCES price_plans (plan_id),
+    PRIMARY KEY (account_id, from_us)
+);
+
+-- Coupons granted to an account, for N billing periods from a first one.
+CREATE TABLE coupons (
+    account_id    TEXT NOT NULL REFERENCES billing_accounts (account_id),
+    code          TEXT NOT NULL,
+    kind          TEXT NOT NULL CHECK (kind IN ('percent', 'fixed')),
+    value         TEXT NOT NULL,
+    first_period  TEXT NOT NULL,
+    periods       BIGINT NOT NULL CHECK (periods > 0),
+    PRIMARY KEY (account_id, code)
+);
+
+-- Gapless numbering: a number is taken in the transaction that issues the
+-- document, so a rolled-back issue gives its number back.
+CREATE TABLE number_series (
+    series       TEXT PRIMARY KEY,
+    next_number  BIGINT NOT NULL
+);
+
+CREATE TABLE invoices (
+    invoice_id         TEXT PRIMARY KEY,
+    account_id         TEXT NOT NULL REFERENCES billing_accounts (account_id),
+    period             TEXT NOT NULL,
+    period_start_us    BIGINT NOT NULL,
+    period_end_us      BIGINT NOT NULL,
+    status             TEXT NOT NULL CHECK (status IN ('draft', 'finalized')),
+    number             TEXT UNIQUE,
+    currency           TEXT NOT NULL,
+    subtotal           TEXT NOT NULL,
+    discount_total     TEXT NOT NULL,
+    commitment_top_up  TEXT NOT NULL,
+    taxable            TEXT NOT NULL,
+    tax_total          TEXT NOT NULL,
+    total              TEXT NOT NULL,
+    document           TEXT NOT NULL,
+    revision           BIGINT NOT NULL DEFAULT 1,
+    generated_at_us    BIGINT NOT NULL,
+    issued_at_us       BIGINT,
+    due_at_us          BIGINT,
+    UNIQUE (account_id, period),
+    CHECK ((status = 'draft' AND number IS NULL) OR (status = 'finalized' AND number IS NOT NULL AND issued_at_us IS NOT NULL))
+);
+
+CREATE TABLE invoice_lines (
+    invoice_id        TEXT NOT NULL REFERENCES invoices (invoice_id),
+    line_no           BIGINT NOT NULL,
+    project_id        TEXT NOT NULL,
+    meter             TEXT NOT NULL,
+    unit              TEXT NOT NULL,
+    plan_id           TEXT NOT NULL,
+    service_start_us  BIGINT NOT NULL,
+    service_end_us    BIGINT NOT NULL,
+    quantity          TEXT NOT NULL,
+    unit_price        TEXT,
+    amount            TEXT NOT NULL,
+    rounded_amount    TEXT NOT NULL,
+    correction        BOOLEAN NOT NULL,
+    PRIMARY KEY (invoice_id, line_no)
+);
+
+-- Paid or void is recorded beside a finalized invoice, never by changing it.
+CREATE TABLE invoice_settlements (
+    invoice_id     TEXT PRIMARY KEY REFERENCES invoices (invoice_id),
+    status         TEXT NOT NULL CHECK (status IN ('paid', 'void')),
+    reference      TEXT NOT NULL,
+    settled_at_us  BIGINT NOT NULL
+);
+
+CREATE TABLE credit_notes (
+    credit_note_id  TEXT PRIMARY KEY,
+    number          TEXT NOT NULL UNIQUE,
+    invoice_id      TEXT NOT NULL REFERENCES invoices (invoice_id),
+    line_no         BIGINT,
+    net             TEXT NOT NULL,
+    tax             TEXT NOT NULL,
+    total           TEXT NOT NULL,
+    reason          TEXT NOT NULL,
+    issued_at_us    BIGINT NOT NULL
+);
+CREATE INDEX credit_notes_by_invoice ON credit_notes (invoice_id);
+
+CREATE TABLE ledger_transactions (
+    txn_id         TEXT PRIMARY KEY,
+    kind           TEXT NOT NULL,
+    memo           TEXT NOT NULL,
+    account_id     TEXT REFERENCES billing_accounts (account_id),
+    reference      TEXT,
+    created_at_us  BIGINT NOT NULL
+);
+CREATE INDEX ledger_transactions_by_account ON ledger_transactions (account_id, created_at_us);
+
+CREATE TABLE ledger_entries (
+    txn_id          TEXT NOT NULL REFERENCES ledger_transactions (txn_id),
+    entry_no        BIGINT NOT NULL,
+    ledger_account  TEXT NOT NULL,
+    currency        TEXT NOT NULL,
+    amount          TEXT NOT NULL,
+    PRIMARY KEY (txn_id, entry_no)
+);
+CREATE INDEX ledger_entries_by_ledger_account ON ledger_entries (ledger_account);
+
+-- Immutability, enforced by the database itself so that no code path (and
+-- no hand-typed SQL) can change an issued document. Drafts stay editable.
+CREATE TRIGGER invoices_finalized_no_update BEFORE UPDATE ON invoices
+WHEN OLD.status = 'finalized'
+BEGIN SELECT RAISE(ABORT, 'invoice is finalized and cannot be changed: issue a credit note'); END;
+
+CREATE TRIGGER invoices_finalized_no_delete BEFORE DELETE ON invoices
+WHEN OLD.status = 'finalized'
+BEGIN SELECT RAISE(ABORT, 'invoice is finalized and cannot be deleted: issue a credit note'); END;
+
+CREATE TRIGGER invoice_lines_frozen_insert BEFORE INSERT ON invoice_lines
+WHEN (SELECT status FROM invoices WHERE invoice_id = NEW.invoice_id) = 'finalized'
+BEGIN SELECT RAISE(ABORT, 'lines of a finalized invoice cannot be changed: issue a credit note'); END;
+
+CREATE TRIGGER invoice_lines_frozen_update BEFORE UPDATE ON invoice_lines
+WHEN (SELECT status FROM invoices WHERE invoice_id = OLD.invoice_id) = 'finalized'
+  OR (SELECT status FROM invoices WHERE invoice_id = NEW.invoice_id) = 'finalized'
+BEGIN SELECT RAISE(ABORT, 'lines of a finalized invoice cannot be changed: issue a credit note'); END;
+
+CREATE TRIGGER invoice_lines_frozen_delete BEFORE DELETE ON invoice_lines
+WHEN (SELECT status FROM invoices WHERE invoice_id = OLD.invoice_id) = 'finalized'
+BEGIN SELECT RAISE(ABORT, 'lines of a finalized invoice cannot be changed: issue a credit note'); END;
+
+CREATE TRIGGER invoice_settlements_no_update BEFORE UPDATE ON invoice_settlements
+BEGIN SELECT RAISE(ABORT, 'a payment or void is final: record a credit note or an adjustment'); END;
+CREATE TRIGGER invoice_settlements_no_delete BEFORE DELETE ON invoice_settlements
+BEGIN SELECT RAISE(ABORT, 'a payment or void is final: record a credit note or an adjustment'); END;
+
+CREATE TRIGGER credit_notes_no_update BEFORE UPDATE ON credit_notes
+BEGIN SELECT RAISE(ABORT, 'a credit note is final: issue another document to correct it'); END;
+CREATE TRIGGER credit_notes_no_delete BEFORE DELETE ON credit_notes
+BEGIN SELECT RAISE(ABORT, 'a credit note is final: issue another document to correct it'); END;
+
+CREATE TRIGGER ledger_transactions_no_update BEFORE UPDATE ON ledger_transactions
+BEGIN SELECT RAISE(ABORT, 'the ledger is append-only: post an adjustment'); END;
+CREATE TRIGGER ledger_transactions_no_delete BEFORE DELETE ON ledger_transactions
+BEGIN SELECT RAISE(ABORT, 'the ledger is append-only: post an adjustment'); END;
+CREATE TRIGGER ledger_entries_no_update BEFORE UPDATE ON ledger_entries
+BEGIN SELECT RAISE(ABORT, 'the ledger is append-only: post an adjustment'); END;
+CREATE TRIGGER ledger_entries_no_delete BEFORE DELETE ON ledger_entries
+BEGIN SELECT RAISE(ABORT, 'the ledger is append-only: post an adjustment'); END;

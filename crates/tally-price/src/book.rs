@@ -1,0 +1,108 @@
+//! Which plan prices which project when: the default plan, and the plans
+//! of the billing accounts that own projects, each from an instant on.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
+
+use crate::PricePlan;
+
+/// The plans that price a rating run.
+///
+/// A project owned by a billing account with plan assignments is priced by
+/// the assignment in force at the rating period's start (so a plan change
+/// in the middle of a month splits the month); every other project by the
+/// default plan.
+#[derive(Debug, Clone, Default)]
+pub struct PlanBook {
+    default: Option<Arc<PricePlan>>,
+    by_project: HashMap<String, Arc<[(DateTime<Utc>, Arc<PricePlan>)]>>,
+}
+
+impl PlanBook {
+    /// One plan for every project (or none: every line unpriced).
+    pub fn single(plan: Option<Arc<PricePlan>>) -> PlanBook {
+        PlanBook {
+            default: plan,
+            by_project: HashMap::new(),
+        }
+    }
+
+    /// The default plan and, per project, its account's assignments as
+    /// (from, plan) in any order.
+    pub fn new(
+        default: Option<Arc<PricePlan>>,
+        assignments: impl IntoIterator<Item = (String, Vec<(DateTime<Utc>, Arc<PricePlan>)>)>,
+    ) -> PlanBook {
+        PlanBook {
+            default,
+            by_project: assignments
+                .into_iter()
+                .map(|(project, mut a)| {
+                    a.sort_by_key(|(from, _)| *from);
+                    (project, a.into())
+                })
+                .collect(),
+        }
+    }
+
+    /// The default plan.
+    pub fn default_plan(&self) -> Option<&PricePlan> {
+        self.default.as_deref()
+    }
+
+    /// The plan pricing `project`'s usage of the period starting at `at`:
+    /// its account's latest assignment from at or before `at`, else the
+    /// default plan (also before the account's first assignment).
+    pub fn plan_for(&self, project: &str, at: DateTime<Utc>) -> Option<&PricePlan> {
+        self.by_project
+            .get(project)
+            .and_then(|a| a.iter().rev().find(|(from, _)| *from <= at))
+            .map(|(_, p)| p.as_ref())
+            .or(self.default.as_deref())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn plan(id: &str) -> Arc<PricePlan> {
+        Arc::new(
+            PricePlan::from_toml(
+                &format!(
+                    "id = \"{id}\"\ncurrency = \"EUR\"\n[[versions]]\neffective_from = \"2020-01-01T00:00:00Z\"\n"
+                ),
+                None,
+            )
+            .unwrap(),
+        )
+    }
+
+    #[test]
+    fn the_assignment_in_force_at_the_period_start_prices_it() {
+        let t = |s: &str| s.parse::<DateTime<Utc>>().unwrap();
+        let book = PlanBook::new(
+            Some(plan("default")),
+            [(
+                "p1".to_string(),
+                vec![
+                    (t("2026-10-15T00:00:00Z"), plan("gold")),
+                    (t("2026-10-01T00:00:00Z"), plan("silver")),
+                ],
+            )],
+        );
+        let id = |p: &str, at: &str| book.plan_for(p, t(at)).map(|p| p.id.clone());
+        assert_eq!(id("p1", "2026-09-30T23:00:00Z").as_deref(), Some("default"));
+        assert_eq!(id("p1", "2026-10-01T00:00:00Z").as_deref(), Some("silver"));
+        assert_eq!(id("p1", "2026-10-14T23:00:00Z").as_deref(), Some("silver"));
+        assert_eq!(id("p1", "2026-10-15T00:00:00Z").as_deref(), Some("gold"));
+        assert_eq!(id("p2", "2026-10-15T00:00:00Z").as_deref(), Some("default"));
+        assert!(
+            PlanBook::single(None)
+                .plan_for("p1", t("2026-10-15T00:00:00Z"))
+                .is_none()
+        );
+    }
+}
