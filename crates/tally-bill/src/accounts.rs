@@ -6,7 +6,8 @@ use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
 use sqlx::Row;
 use tally_core::billing::{
-    Coupon, Party, PaymentMode, PeriodLabel, check_billing_day, parse_timezone,
+    Coupon, Party, PaymentMode, PeriodLabel, check_billing_day, earliest_open_period,
+    parse_timezone,
 };
 use tally_core::invoice::{Discount, TaxRate};
 use tally_core::{Currency, Money};
@@ -461,7 +462,14 @@ pub async fn grant_coupon(
     let account = get_account(db, &AccountScope::All, account_id).await?;
     check_id("coupon code", &coupon.code)?;
     let current = PeriodLabel::containing(now, account.spec.billing_day, account.timezone());
-    coupon.check_grant(current)?;
+    let last_finalized: Option<String> = sqlx::query_scalar(
+        "SELECT max(period) FROM invoices WHERE account_id = $1 AND status = 'finalized'",
+    )
+    .bind(account_id)
+    .fetch_one(&db.pool)
+    .await?;
+    let last_finalized = last_finalized.map(|p| p.parse()).transpose()?;
+    coupon.check_grant(earliest_open_period(current, last_finalized))?;
     let (kind, value) = match &coupon.discount {
         Discount::Percent(p) => ("percent", *p),
         Discount::Fixed(f) => {

@@ -562,6 +562,25 @@ async fn next_number(conn: &mut sqlx::AnyConnection, series: &str) -> Result<Str
     Ok(format!("{series}-{:06}", next - 1))
 }
 
+/// Begins a write transaction holding the invoice's row lock, so that
+/// concurrent finalizations, payments, voids and credit notes of one
+/// invoice run one after the other and each sees the previous one's
+/// outcome. SQLite's `BEGIN IMMEDIATE` already serializes every writer;
+/// PostgreSQL locks the row (`FOR UPDATE` fires no trigger).
+async fn begin_on_invoice(
+    db: &Database,
+    invoice_id: &str,
+) -> Result<sqlx::Transaction<'static, sqlx::Any>, BillingError> {
+    let mut tx = db.begin_write().await?;
+    if db.backend == tally_db::Backend::Postgres {
+        sqlx::query("SELECT invoice_id FROM invoices WHERE invoice_id = $1 FOR UPDATE")
+            .bind(invoice_id)
+            .fetch_optional(&mut *tx)
+            .await?;
+    }
+    Ok(tx)
+}
+
 fn wrong_status(doc: &InvoiceDocument, advice: &str) -> BillingError {
     BillingError::WrongStatus {
         invoice: doc.invoice_id.clone(),
@@ -578,7 +597,7 @@ pub async fn finalize(
     invoice_id: &str,
     now: DateTime<Utc>,
 ) -> Result<StoredInvoice, BillingError> {
-    let mut tx = db.begin_write().await?;
+    let mut tx = begin_on_invoice(db, invoice_id).await?;
     let stored = read_invoice(&mut tx, &AccountScope::All, invoice_id).await?;
     let mut doc = stored.document;
     if doc.status != "draft" {
@@ -590,7 +609,7 @@ pub async fn finalize(
     doc.issued_at = Some(now);
     doc.due_at = Some(now + Duration::days(account.spec.payment_terms_days as i64));
     let number = doc.number.clone().unwrap_or_default();
-    sqlx::query(
+    let frozen = sqlx::query(
         "UPDATE invoices SET status = 'finalized', number = $1, issued_at_us = $2, due_at_us = $3, document = $4 \
          WHERE invoice_id = $5 AND status = 'draft'",
     )
@@ -600,7 +619,15 @@ pub async fn finalize(
     .bind(serde_json::to_string(&doc).expect("documents serialize"))
     .bind(invoice_id)
     .execute(&mut *tx)
-    .await?;
+    .await?
+    .rows_affected();
+    if frozen != 1 {
+        // Unreachable while the row lock is held; never post twice.
+        return Err(wrong_status(
+            &doc,
+            "it changed while being finalized; try again",
+        ));
+    }
     let tax = doc.tax_total();
     if !doc.total.is_zero() {
         let txn = LedgerTransaction::invoice_finalized(
@@ -612,6 +639,8 @@ pub async fn finalize(
         )?;
         ledger::post(&mut tx, &txn, Some(&doc.account_id), Some(invoice_id), now).await?;
     }
+    // The series row taken above is held until commit, so two
+    // finalizations of one account never spend the same prepaid funds.
     if account.spec.payment_mode == PaymentMode::Prepaid && doc.total > Decimal::ZERO {
         let funds = -ledger::balance(&mut tx, &format!("prepaid:{}", doc.account_id))
             .await?
@@ -655,7 +684,8 @@ async fn settle(
     Ok(())
 }
 
-/// Finalizes every draft of a period, in account order; returns them.
+/// Finalizes every draft of a period, in account order; returns those
+/// this call finalized.
 pub async fn finalize_period(
     db: &Database,
     label: PeriodLabel,
@@ -669,7 +699,13 @@ pub async fn finalize_period(
     .await?;
     let mut out = Vec::with_capacity(ids.len());
     for id in ids {
-        out.push(finalize(db, &id, now).await?);
+        match finalize(db, &id, now).await {
+            Ok(i) => out.push(i),
+            // Another process finalized it since the listing: it has its
+            // number already, and finalizing is not to be done twice.
+            Err(BillingError::WrongStatus { .. }) => continue,
+            Err(e) => return Err(e),
+        }
     }
     Ok(out)
 }
@@ -682,7 +718,7 @@ pub async fn pay(
     reference: &str,
     now: DateTime<Utc>,
 ) -> Result<StoredInvoice, BillingError> {
-    let mut tx = db.begin_write().await?;
+    let mut tx = begin_on_invoice(db, invoice_id).await?;
     let stored = read_invoice(&mut tx, &AccountScope::All, invoice_id).await?;
     let doc = &stored.document;
     if doc.status != "finalized" {
@@ -719,7 +755,7 @@ pub async fn void(
             "voiding an invoice needs a reason".into(),
         ));
     }
-    let mut tx = db.begin_write().await?;
+    let mut tx = begin_on_invoice(db, invoice_id).await?;
     let stored = read_invoice(&mut tx, &AccountScope::All, invoice_id).await?;
     let doc = &stored.document;
     if doc.status != "finalized" {
@@ -776,7 +812,7 @@ pub async fn credit(
     if request.reason.trim().is_empty() {
         return Err(BillingError::Invalid("a credit note needs a reason".into()));
     }
-    let mut tx = db.begin_write().await?;
+    let mut tx = begin_on_invoice(db, &request.invoice_id).await?;
     let stored = read_invoice(&mut tx, &AccountScope::All, &request.invoice_id).await?;
     let doc = &stored.document;
     if doc.status != "finalized" && doc.status != "paid" {
@@ -881,7 +917,7 @@ pub async fn credit(
 /// Deletes a draft (a later run may create it again). Finalized invoices
 /// are refused here and, whatever the caller, by the database.
 pub async fn delete_draft(db: &Database, invoice_id: &str) -> Result<(), BillingError> {
-    let mut tx = db.begin_write().await?;
+    let mut tx = begin_on_invoice(db, invoice_id).await?;
     let stored = read_invoice(&mut tx, &AccountScope::All, invoice_id).await?;
     if stored.document.status != "draft" {
         return Err(wrong_status(

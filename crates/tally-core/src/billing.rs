@@ -228,9 +228,10 @@ pub struct Coupon {
 }
 
 impl Coupon {
-    /// Checks a coupon being granted while `current` is the open period:
-    /// refuses one with no periods, a bad value, or one already over.
-    pub fn check_grant(&self, current: PeriodLabel) -> Result<(), BillingError> {
+    /// Checks a coupon being granted when `earliest_open` is the earliest
+    /// period it could still reduce (see [`earliest_open_period`]): refuses
+    /// one with no periods, a bad value, or one whose periods are all over.
+    pub fn check_grant(&self, earliest_open: PeriodLabel) -> Result<(), BillingError> {
         let bad = |message: String| BillingError::BadCoupon {
             code: self.code.clone(),
             message,
@@ -251,7 +252,7 @@ impl Coupon {
             }
             _ => {}
         }
-        if self.last_period() < current {
+        if self.last_period() < earliest_open {
             return Err(BillingError::CouponExpired {
                 code: self.code.clone(),
                 last: self.last_period().to_string(),
@@ -268,6 +269,21 @@ impl Coupon {
     /// Whether it applies to `period`.
     pub fn applies_to(&self, period: PeriodLabel) -> bool {
         period >= self.first_period && period <= self.last_period()
+    }
+}
+
+/// The earliest period a new coupon can still reduce: the period before
+/// `current` (usually not invoiced yet when it ends) unless the account's
+/// invoices are finalized up to `last_finalized`; a finalized invoice never
+/// changes, so a coupon can only reach periods after it.
+pub fn earliest_open_period(
+    current: PeriodLabel,
+    last_finalized: Option<PeriodLabel>,
+) -> PeriodLabel {
+    let previous = current.plus(-1);
+    match last_finalized {
+        Some(f) if f >= previous => f.plus(1),
+        _ => previous,
     }
 }
 
@@ -583,8 +599,14 @@ mod tests {
         assert!(c.applies_to(label("2026-09")));
         assert!(c.applies_to(label("2026-10")));
         assert!(!c.applies_to(label("2026-11")));
-        assert!(c.check_grant(label("2026-10")).is_ok());
-        let e = c.check_grant(label("2026-11")).unwrap_err().to_string();
+        // Granted during November for September and October: October is
+        // still open unless its invoice is finalized.
+        let open = earliest_open_period(label("2026-11"), None);
+        assert_eq!(open, label("2026-10"));
+        assert!(c.check_grant(open).is_ok());
+        let open = earliest_open_period(label("2026-11"), Some(label("2026-10")));
+        assert_eq!(open, label("2026-11"));
+        let e = c.check_grant(open).unwrap_err().to_string();
         assert_eq!(e, "coupon 'WELCOME' expired after 2026-10: grant a new one");
         let zero = Coupon {
             periods: 0,

@@ -25,6 +25,8 @@ pub enum RoleName {
     Admin,
     /// One project (needs --project).
     ProjectReader,
+    /// One billing account: its invoices, balance and ledger (needs --account).
+    AccountReader,
 }
 
 /// `tally admin key ...`
@@ -38,6 +40,9 @@ pub enum KeyCommand {
         /// The project of a project_reader key.
         #[arg(long)]
         project: Option<String>,
+        /// The billing account of an account_reader key.
+        #[arg(long)]
+        account: Option<String>,
         /// A note for people.
         #[arg(long, default_value = "")]
         label: String,
@@ -62,23 +67,39 @@ pub enum KeyCommand {
 pub async fn run(cfg: Config, cmd: AdminCommand) -> anyhow::Result<()> {
     // The database allows a server and this command at once (SQLite WAL).
     let db = Database::open(&cfg.database_url()).await?;
-    let keys = ApiKeys::new(db.pool);
+    let keys = ApiKeys::new(db.pool.clone());
     let AdminCommand::Key { command } = cmd;
     match command {
         KeyCommand::Create {
             role,
             project,
+            account,
             label,
             output,
         } => {
-            let role = match (role, project) {
-                (RoleName::Admin, None) => Role::Admin,
-                (RoleName::Admin, Some(_)) => {
-                    anyhow::bail!("--project applies to project_reader keys only")
+            let role = match (role, project, account) {
+                (RoleName::Admin, None, None) => Role::Admin,
+                (RoleName::ProjectReader, Some(project_id), None) => {
+                    Role::ProjectReader { project_id }
                 }
-                (RoleName::ProjectReader, Some(project_id)) => Role::ProjectReader { project_id },
-                (RoleName::ProjectReader, None) => {
-                    anyhow::bail!("a project_reader key needs --project ID")
+                (RoleName::ProjectReader, _, _) => {
+                    anyhow::bail!("a project_reader key needs --project ID (and no --account)")
+                }
+                (RoleName::AccountReader, None, Some(account_id)) => {
+                    // The key is useless for an account that does not exist.
+                    tally_bill::accounts::get_account(
+                        &db,
+                        &tally_bill::AccountScope::All,
+                        &account_id,
+                    )
+                    .await?;
+                    Role::AccountReader { account_id }
+                }
+                (RoleName::AccountReader, _, _) => {
+                    anyhow::bail!("an account_reader key needs --account ID (and no --project)")
+                }
+                (RoleName::Admin, _, _) => {
+                    anyhow::bail!("--project and --account apply to reader keys only")
                 }
             };
             let key = keys.create(role, &label).await?;

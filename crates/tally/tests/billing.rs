@@ -1,0 +1,757 @@
+//! Billing as an operator runs it, on SQLite and on PostgreSQL: accounts,
+//! a month of usage rated and invoiced, finalization, payments, credit
+//! notes, the ledger, and the database refusing changes to issued
+//! invoices. Every scenario runs once per backend (`_sqlite`, `_postgres`);
+//! the PostgreSQL ones need the server `scripts/test` starts and fail when
+//! it is not there.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use rust_decimal::Decimal;
+use serde_json::Value;
+
+/// A data directory and the billing database a scenario uses.
+struct Env {
+    dir: tempfile::TempDir,
+    database: String,
+}
+
+impl Env {
+    fn new(backend: &str, label: &str) -> Env {
+        let dir = tempfile::tempdir().unwrap();
+        let database = match backend {
+            "sqlite" => tally_db::Database::sqlite_url_in(dir.path()),
+            _ => tally_db::testing::fresh_postgres_url(label),
+        };
+        Env { dir, database }
+    }
+
+    fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    fn tally(&self) -> Command {
+        let mut c = common::tally(self.path());
+        c.arg("--database").arg(&self.database);
+        c
+    }
+
+    /// Runs a command that must succeed; returns stdout.
+    fn ok(&self, args: &[&str]) -> String {
+        let out = self.tally().args(args).output().expect("tally runs");
+        assert!(
+            out.status.success(),
+            "tally {args:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    }
+
+    /// Runs a command that must succeed and print JSON.
+    fn json(&self, args: &[&str]) -> Value {
+        let text = self.ok(&[args, &["--output", "json"]].concat());
+        serde_json::from_str(&text).unwrap_or_else(|e| panic!("{e}: {text}"))
+    }
+
+    /// Runs a command that must fail; returns stderr.
+    fn fails(&self, args: &[&str]) -> String {
+        let out = self.tally().args(args).output().expect("tally runs");
+        assert!(
+            !out.status.success(),
+            "tally {args:?} should have failed: {}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+        String::from_utf8(out.stderr).unwrap()
+    }
+
+    fn write(&self, name: &str, text: &str) -> PathBuf {
+        let p = self.path().join(name);
+        std::fs::write(&p, text).unwrap();
+        p
+    }
+
+    fn ingest(&self, events: &[String]) {
+        let file = self.write("usage.ndjson", &events.join("\n"));
+        let out = self.ok(&["ingest", file.to_str().unwrap()]);
+        assert!(out.contains("rejected 0"), "{out}");
+    }
+
+    fn apply_plan(&self, name: &str, text: &str) {
+        let file = self.write(name, text);
+        self.ok(&["plan", "apply", file.to_str().unwrap()]);
+    }
+
+    async fn connect(&self) -> tally_db::Database {
+        tally_db::Database::open(&self.database).await.unwrap()
+    }
+}
+
+/// Runs a scenario once on each backend.
+macro_rules! on_both_backends {
+    ($name:ident) => {
+        mod $name {
+            #[tokio::test(flavor = "multi_thread")]
+            async fn sqlite() {
+                super::$name(super::Env::new("sqlite", stringify!($name))).await;
+            }
+            #[tokio::test(flavor = "multi_thread")]
+            async fn postgres() {
+                super::$name(super::Env::new("postgres", stringify!($name))).await;
+            }
+        }
+    };
+}
+
+/// A `vcpus` gauge of `n` for `resource` in `project` from 1 October on:
+/// `n` × 744 vCPU-hours in October.
+fn vcpus(id: &str, resource: &str, project: &str, n: u32) -> String {
+    format!(
+        r#"{{"specversion":"1.0","id":"{id}","source":"nova","type":"vcpus","subject":"{resource}","time":"2026-10-01T00:00:00Z","data":{{"project_id":"{project}","volume":{n},"kind":"gauge","attributes":{{}}}}}}"#
+    )
+}
+
+const STANDARD: &str = r#"
+id = "standard"
+currency = "EUR"
+[[versions]]
+effective_from = "2020-01-01T00:00:00Z"
+[[versions.rules]]
+meter = "vcpu.hours"
+charge = { type = "per_unit", unit_price = "0.01" }
+"#;
+
+fn d(v: &Value) -> Decimal {
+    v.as_str()
+        .unwrap_or_else(|| panic!("not a decimal string: {v}"))
+        .parse()
+        .unwrap()
+}
+
+fn dec(s: &str) -> Decimal {
+    s.parse().unwrap()
+}
+
+/// Three accounts with October usage rated: `pre` (prepaid, p-pre, 2
+/// vCPUs), `post` (postpaid, p-post, 4 vCPUs, VAT 19%, 10% coupon), `dom`
+/// (domain `dom`: d-1, d-2, d-3 with 1, 1, 2 vCPUs, minimum commitment 50),
+/// and p-orphan (1 vCPU) that no account owns.
+fn three_accounts(env: &Env) {
+    env.apply_plan("standard.toml", STANDARD);
+    env.ingest(&[
+        vcpus("e1", "vm-a", "p-pre", 2),
+        vcpus("e2", "vm-b", "p-post", 4),
+        vcpus("e3", "vm-c", "d-1", 1),
+        vcpus("e4", "vm-d", "d-2", 1),
+        vcpus("e5", "vm-e", "d-3", 2),
+        vcpus("e6", "vm-z", "p-orphan", 1),
+    ]);
+    // 11 vCPUs × 744 h × 0.01 = 81.84.
+    let rate = env.ok(&["rate", "--period", "2026-10"]);
+    assert!(
+        rate.contains("4464 lines") && rate.contains("amount 81.84 EUR"),
+        "{rate}"
+    );
+    env.ok(&[
+        "account",
+        "create",
+        "pre",
+        "--name",
+        "Pre Ltd",
+        "--currency",
+        "EUR",
+        "--mode",
+        "prepaid",
+        "--project",
+        "p-pre",
+    ]);
+    env.ok(&[
+        "account",
+        "create",
+        "post",
+        "--name",
+        "Post GmbH",
+        "--currency",
+        "EUR",
+        "--tax",
+        "VAT 19%=0.19",
+        "--project",
+        "p-post",
+        "--email",
+        "billing@post.example",
+        "--address",
+        "Hauptstraße 1",
+        "--address",
+        "10115 Berlin",
+    ]);
+    env.ok(&[
+        "account",
+        "coupon",
+        "post",
+        "TEN",
+        "--percent",
+        "10",
+        "--first-period",
+        "2026-10",
+    ]);
+    env.ok(&[
+        "account",
+        "create",
+        "dom",
+        "--name",
+        "Domain Corp",
+        "--currency",
+        "EUR",
+        "--domain",
+        "dom",
+        "--minimum-commitment",
+        "50",
+    ]);
+    for p in ["d-1", "d-2", "d-3"] {
+        env.ok(&["account", "map-project", p, "--domain", "dom"]);
+    }
+}
+
+fn outcomes(run: &Value) -> Vec<(String, String, Option<Decimal>)> {
+    run["accounts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|o| {
+            (
+                o["account_id"].as_str().unwrap().to_string(),
+                o["outcome"].as_str().unwrap().to_string(),
+                o["total"].as_str().map(|t| t.parse().unwrap()),
+            )
+        })
+        .collect()
+}
+
+async fn a_month_for_three_accounts(env: Env) {
+    three_accounts(&env);
+    env.ok(&["account", "top-up", "pre", "20.00", "--reference", "wire-1"]);
+
+    let run = env.json(&["invoice", "run", "--period", "2026-10"]);
+    // pre: 2 × 744 × 0.01 = 14.88.
+    // post: 4 × 744 × 0.01 = 29.76; 10% = 2.976 → 2.98; 26.78 × 0.19 =
+    //   5.0882 → 5.09; total 31.87.
+    // dom: 4 × 744 × 0.01 = 29.76 over three lines; commitment tops it up
+    //   to 50.00 (+20.24); no tax.
+    assert_eq!(
+        outcomes(&run),
+        vec![
+            ("dom".into(), "created".into(), Some(dec("50.00"))),
+            ("post".into(), "created".into(), Some(dec("31.87"))),
+            ("pre".into(), "created".into(), Some(dec("14.88"))),
+        ]
+    );
+    assert_eq!(run["unbilled_lines"], 744, "p-orphan's hours");
+    let unbilled = env.json(&["report", "unbilled", "--period", "2026-10"]);
+    assert_eq!(unbilled.as_array().unwrap().len(), 1);
+    assert_eq!(unbilled[0]["project_id"], "p-orphan");
+    assert_eq!(d(&unbilled[0]["amount"]), dec("7.44"));
+
+    let dom = env.json(&["invoice", "show", "dom-2026-10"]);
+    let lines = dom["lines"].as_array().unwrap();
+    assert_eq!(lines.len(), 3);
+    assert_eq!(
+        lines
+            .iter()
+            .map(|l| l["project_id"].as_str().unwrap())
+            .collect::<Vec<_>>(),
+        ["d-1", "d-2", "d-3"]
+    );
+    assert_eq!(d(&lines[2]["amount"]), dec("14.88"));
+    assert_eq!(d(&lines[2]["quantity"]), dec("1488"));
+    assert_eq!(d(&lines[2]["unit_price"]), dec("0.01"));
+    assert_eq!(d(&dom["commitment_top_up"]), dec("20.24"));
+
+    let post = env.json(&["invoice", "show", "post-2026-10"]);
+    assert_eq!(post["status"], "draft");
+    assert_eq!(post["number"], Value::Null);
+    assert_eq!(post["buyer"]["name"], "Post GmbH");
+    assert_eq!(post["buyer"]["address"][1], "10115 Berlin");
+    assert_eq!(post["discounts"][0]["code"], "TEN");
+    assert_eq!(d(&post["discounts"][0]["amount"]), dec("2.98"));
+    assert_eq!(d(&post["taxes"][0]["amount"]), dec("5.09"));
+
+    // A second run regenerates the drafts to the same figures.
+    let again = env.json(&["invoice", "run", "--period", "2026-10"]);
+    assert!(outcomes(&again).iter().all(|(_, o, _)| o == "regenerated"));
+    assert_eq!(
+        env.json(&["invoice", "show", "post-2026-10"])["revision"],
+        2
+    );
+
+    // Finalizing numbers them without gaps, in account order.
+    let done = env.json(&["invoice", "finalize", "--period", "2026-10"]);
+    let numbers: Vec<&str> = done
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["number"].as_str().unwrap())
+        .collect();
+    assert_eq!(numbers, ["INV-000001", "INV-000002", "INV-000003"]);
+    // The prepaid account's balance paid its invoice at once.
+    let pre = env.json(&["invoice", "show", "pre-2026-10"]);
+    assert_eq!(pre["status"], "paid");
+    let pre_balance = env.json(&["account", "balance", "pre"]);
+    assert_eq!(d(&pre_balance["prepaid"]), dec("5.12"));
+    assert_eq!(d(&pre_balance["receivable"]), dec("0"));
+    let post_balance = env.json(&["account", "balance", "post"]);
+    assert_eq!(d(&post_balance["receivable"]), dec("31.87"));
+    assert!(
+        env.fails(&["invoice", "finalize", "post-2026-10"])
+            .contains("is finalized")
+    );
+
+    // Credit notes: 10.00 returns 1.60 of tax (10 × 5.09 / 31.87 = 1.597…);
+    // never more than what remains.
+    let cn = env.json(&[
+        "invoice",
+        "credit",
+        "post-2026-10",
+        "--amount",
+        "10.00",
+        "--reason",
+        "outage",
+    ]);
+    assert_eq!(cn["number"], "CN-000001");
+    assert_eq!((d(&cn["net"]), d(&cn["tax"])), (dec("8.40"), dec("1.60")));
+    let too_much = env.fails(&[
+        "invoice",
+        "credit",
+        "post-2026-10",
+        "--amount",
+        "21.88",
+        "--reason",
+        "x",
+    ]);
+    assert!(too_much.contains("exceeds what remains"), "{too_much}");
+    env.json(&["invoice", "credit", "post-2026-10", "--reason", "goodwill"]);
+    assert_eq!(
+        d(&env.json(&["account", "balance", "post"])["receivable"]),
+        dec("0.00")
+    );
+    let shown = env.json(&["invoice", "show", "post-2026-10"]);
+    assert_eq!(d(&shown["credited"]), dec("31.87"));
+    assert_eq!(shown["credit_notes"][1]["number"], "CN-000002");
+
+    // dom pays; the ledger has every movement and balances.
+    env.ok(&["invoice", "pay", "dom-2026-10", "--reference", "wire-7"]);
+    assert_eq!(
+        env.json(&["invoice", "show", "dom-2026-10"])["status"],
+        "paid"
+    );
+    let db = env.connect().await;
+    let amounts: Vec<(String, String)> =
+        sqlx::query_as("SELECT currency, amount FROM ledger_entries")
+            .fetch_all(&db.pool)
+            .await
+            .unwrap();
+    let sum: Decimal = amounts.iter().map(|(_, a)| dec(a)).sum();
+    assert_eq!(sum, Decimal::ZERO, "the books balance");
+    let revenue: Decimal = sqlx::query_as::<_, (String,)>(
+        "SELECT amount FROM ledger_entries WHERE ledger_account = 'revenue'",
+    )
+    .fetch_all(&db.pool)
+    .await
+    .unwrap()
+    .iter()
+    .map(|(a,)| dec(a))
+    .sum();
+    // Credited: 50.00 + 14.88 + 26.78; debited back by the two notes: 26.78.
+    assert_eq!(revenue, dec("-64.88"));
+
+    // Runs after finalization leave issued invoices alone.
+    let after = env.json(&["invoice", "run", "--period", "2026-10"]);
+    assert!(
+        outcomes(&after)
+            .iter()
+            .all(|(_, o, t)| o == "finalized" && t.is_none())
+    );
+    let table = env.ok(&["invoice", "show", "post-2026-10"]);
+    assert!(table.contains("INVOICE INV-000002"), "{table}");
+    assert!(table.contains("credit note CN-000001"), "{table}");
+}
+on_both_backends!(a_month_for_three_accounts);
+
+async fn finalized_invoices_cannot_be_changed(env: Env) {
+    three_accounts(&env);
+    env.json(&["invoice", "run", "--period", "2026-10"]);
+    env.json(&["invoice", "finalize", "post-2026-10"]);
+    let db = env.connect().await;
+    let attempts = [
+        "UPDATE invoices SET total = '0' WHERE invoice_id = 'post-2026-10'",
+        "UPDATE invoices SET status = 'draft', number = NULL WHERE invoice_id = 'post-2026-10'",
+        "DELETE FROM invoices WHERE invoice_id = 'post-2026-10'",
+        "UPDATE invoice_lines SET amount = '0' WHERE invoice_id = 'post-2026-10'",
+        "DELETE FROM invoice_lines WHERE invoice_id = 'post-2026-10'",
+        "INSERT INTO invoice_lines (invoice_id, line_no, project_id, meter, unit, plan_id, \
+         service_start_us, service_end_us, quantity, amount, rounded_amount, correction) \
+         VALUES ('post-2026-10', 99, 'p', 'm', 'u', 'standard', 0, 1, '1', '1', '1', FALSE)",
+        "UPDATE ledger_entries SET amount = '0'",
+        "DELETE FROM ledger_transactions",
+    ];
+    for sql in attempts {
+        let err = sqlx::query(sql)
+            .execute(&db.pool)
+            .await
+            .expect_err(&format!("the database accepted: {sql}"));
+        let message = err.to_string();
+        assert!(
+            message.contains("finalized") || message.contains("append-only"),
+            "{sql}: {message}"
+        );
+    }
+    if db.backend == tally_db::Backend::Postgres {
+        let err = sqlx::query("TRUNCATE invoice_lines, invoices CASCADE")
+            .execute(&db.pool)
+            .await
+            .expect_err("TRUNCATE accepted");
+        assert!(err.to_string().contains("truncated"), "{err}");
+    }
+    // Drafts stay editable by the database (invoice runs regenerate them).
+    sqlx::query("UPDATE invoices SET revision = revision + 1 WHERE invoice_id = 'pre-2026-10'")
+        .execute(&db.pool)
+        .await
+        .unwrap();
+
+    // Through the API: no deletion, no second finalization, no new lines.
+    let server = common::Server::start_with(env.path(), &[("TALLY_DATABASE_URL", &env.database)]);
+    let client = common::client();
+    let url = |p: &str| format!("{}{p}", server.url);
+    let del = client
+        .delete(url("/v1/invoices/post-2026-10"))
+        .bearer_auth(&server.key)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(del.status(), 409);
+    let body: Value = del.json().await.unwrap();
+    assert!(
+        body["message"].as_str().unwrap().contains("never deleted"),
+        "{body}"
+    );
+    let fin = client
+        .post(url("/v1/invoices/post-2026-10/finalize"))
+        .bearer_auth(&server.key)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(fin.status(), 409);
+    let shown: Value = client
+        .get(url("/v1/invoices/post-2026-10"))
+        .bearer_auth(&server.key)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(shown["number"], "INV-000001");
+    assert_eq!(d(&shown["total"]), dec("31.87"));
+    assert_eq!(shown["lines"].as_array().unwrap().len(), 1);
+    // A draft can be deleted, and the next run creates it again.
+    let del = client
+        .delete(url("/v1/invoices/pre-2026-10"))
+        .bearer_auth(&server.key)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(del.status(), 204);
+    let run: Value = client
+        .post(url("/v1/invoices/runs"))
+        .bearer_auth(&server.key)
+        .json(&serde_json::json!({ "period": "2026-10" }))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        outcomes(&run),
+        vec![
+            ("dom".into(), "regenerated".into(), Some(dec("50.00"))),
+            ("post".into(), "finalized".into(), None),
+            ("pre".into(), "created".into(), Some(dec("14.88"))),
+        ]
+    );
+
+    // An account reader sees its own invoices only.
+    let key = env.json(&[
+        "admin",
+        "key",
+        "create",
+        "--role",
+        "account-reader",
+        "--account",
+        "post",
+    ]);
+    let reader = key["key"].as_str().unwrap();
+    let list: Value = client
+        .get(url("/v1/invoices"))
+        .bearer_auth(reader)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let ids: Vec<&str> = list["invoices"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["invoice_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, ["post-2026-10"]);
+    let other = client
+        .get(url("/v1/invoices/dom-2026-10"))
+        .bearer_auth(reader)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(other.status(), 404);
+    let accounts: Value = client
+        .get(url("/v1/accounts"))
+        .bearer_auth(reader)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(accounts["accounts"].as_array().unwrap().len(), 1);
+    let forbidden = client
+        .post(url("/v1/invoices/runs"))
+        .bearer_auth(reader)
+        .json(&serde_json::json!({ "period": "2026-10" }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(forbidden.status(), 403);
+    server.stop();
+}
+on_both_backends!(finalized_invoices_cannot_be_changed);
+
+async fn concurrent_runs_give_one_invoice_per_account(env: Env) {
+    three_accounts(&env);
+    let spawn = |args: &[&str]| env.tally().args(args).output();
+    let (a, b) = std::thread::scope(|s| {
+        let a = s.spawn(|| spawn(&["invoice", "run", "--period", "2026-10"]));
+        let b = s.spawn(|| spawn(&["invoice", "run", "--period", "2026-10"]));
+        (a.join().unwrap().unwrap(), b.join().unwrap().unwrap())
+    });
+    for out in [&a, &b] {
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let db = env.connect().await;
+    let per_account: Vec<(String, i64)> = sqlx::query_as(
+        "SELECT account_id, count(*) FROM invoices GROUP BY account_id ORDER BY account_id",
+    )
+    .fetch_all(&db.pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        per_account,
+        vec![("dom".into(), 1), ("post".into(), 1), ("pre".into(), 1)]
+    );
+    let lines: i64 = sqlx::query_scalar("SELECT count(*) FROM invoice_lines")
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+    assert_eq!(lines, 5, "3 dom lines + post + pre, not doubled");
+
+    // Two finalizations at once: each invoice numbered once, no gaps.
+    let (a, b) = std::thread::scope(|s| {
+        let a = s.spawn(|| spawn(&["invoice", "finalize", "--period", "2026-10"]));
+        let b = s.spawn(|| spawn(&["invoice", "finalize", "--period", "2026-10"]));
+        (a.join().unwrap().unwrap(), b.join().unwrap().unwrap())
+    });
+    for out in [&a, &b] {
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let mut numbers: Vec<String> =
+        sqlx::query_scalar("SELECT number FROM invoices WHERE status = 'finalized'")
+            .fetch_all(&db.pool)
+            .await
+            .unwrap();
+    numbers.sort();
+    assert_eq!(numbers, ["INV-000001", "INV-000002", "INV-000003"]);
+    let postings: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM ledger_transactions WHERE kind = 'invoice_finalized'",
+    )
+    .fetch_one(&db.pool)
+    .await
+    .unwrap();
+    assert_eq!(postings, 3);
+}
+on_both_backends!(concurrent_runs_give_one_invoice_per_account);
+
+const PREMIUM: &str = r#"
+id = "premium"
+currency = "EUR"
+[[versions]]
+effective_from = "2020-01-01T00:00:00Z"
+[[versions.rules]]
+meter = "vcpu.hours"
+charge = { type = "per_unit", unit_price = "0.02" }
+"#;
+
+async fn a_plan_change_in_the_middle_of_a_month(env: Env) {
+    env.apply_plan("standard.toml", STANDARD);
+    env.apply_plan("premium.toml", PREMIUM);
+    env.apply_plan(
+        "dollars.toml",
+        &STANDARD
+            .replace("\"standard\"", "\"dollars\"")
+            .replace("EUR", "USD"),
+    );
+    env.ingest(&[vcpus("e1", "vm-a", "p-x", 1)]);
+    env.ok(&[
+        "account",
+        "create",
+        "acme",
+        "--name",
+        "Acme",
+        "--currency",
+        "EUR",
+        "--project",
+        "p-x",
+        "--plan",
+        "standard",
+    ]);
+    env.ok(&[
+        "account",
+        "assign-plan",
+        "acme",
+        "premium",
+        "--from",
+        "2026-10-16T00:00:00Z",
+    ]);
+    let e = env.fails(&["account", "assign-plan", "acme", "dollars"]);
+    assert!(
+        e.contains("plan 'dollars' is in USD but account 'acme' is billed in EUR"),
+        "{e}"
+    );
+    env.ok(&["rate", "--period", "2026-10"]);
+    env.json(&["invoice", "run", "--period", "2026-10"]);
+    let inv = env.json(&["invoice", "show", "acme-2026-10"]);
+    // 15 days × 24 h at 0.01 = 3.60, then 16 days × 24 h at 0.02 = 7.68.
+    let lines = inv["lines"].as_array().unwrap();
+    let summary: Vec<(&str, &str, &str, Decimal)> = lines
+        .iter()
+        .map(|l| {
+            (
+                l["plan_id"].as_str().unwrap(),
+                l["service_start"].as_str().unwrap(),
+                l["service_end"].as_str().unwrap(),
+                d(&l["amount"]),
+            )
+        })
+        .collect();
+    assert_eq!(
+        summary,
+        vec![
+            (
+                "premium",
+                "2026-10-16T00:00:00Z",
+                "2026-11-01T00:00:00Z",
+                dec("7.68")
+            ),
+            (
+                "standard",
+                "2026-10-01T00:00:00Z",
+                "2026-10-16T00:00:00Z",
+                dec("3.60")
+            ),
+        ]
+    );
+    assert_eq!(d(&inv["total"]), dec("11.28"));
+}
+on_both_backends!(a_plan_change_in_the_middle_of_a_month);
+
+async fn bad_input_changes_nothing(env: Env) {
+    three_accounts(&env);
+    let e = env.fails(&["invoice", "run", "--period", "2026-10", "--account", "nope"]);
+    assert!(e.contains("no billing account 'nope'"), "{e}");
+    let e = env.fails(&["invoice", "run", "--period", "2099-01"]);
+    assert!(e.contains("has not ended"), "{e}");
+    let e = env.fails(&["invoice", "run", "--period", "2026-09"]);
+    assert!(
+        e.contains("has not been rated") && e.contains("tally rate"),
+        "{e}"
+    );
+    let e = env.fails(&["invoice", "run", "--period", "october"]);
+    assert!(e.contains("YYYY-MM"), "{e}");
+    let e = env.fails(&[
+        "account",
+        "coupon",
+        "post",
+        "OLD",
+        "--fixed",
+        "5",
+        "--first-period",
+        "2026-01",
+    ]);
+    assert!(e.contains("coupon 'OLD' expired after 2026-01"), "{e}");
+    let e = env.fails(&[
+        "account",
+        "create",
+        "post",
+        "--name",
+        "Again",
+        "--currency",
+        "EUR",
+    ]);
+    assert!(e.contains("already exists"), "{e}");
+    let e = env.fails(&[
+        "account",
+        "create",
+        "x",
+        "--name",
+        "X",
+        "--currency",
+        "EUR",
+        "--timezone",
+        "Mars/Base",
+    ]);
+    assert!(e.contains("IANA"), "{e}");
+    let e = env.fails(&["account", "add-project", "pre", "p-post"]);
+    assert!(e.contains("belongs to account 'post'"), "{e}");
+    let e = env.fails(&["invoice", "pay", "post-2026-10"]);
+    assert!(e.contains("no invoice 'post-2026-10'"), "{e}");
+    let e = env.fails(&["account", "adjust", "post", "5", "--reason", " "]);
+    assert!(e.contains("needs a reason"), "{e}");
+    // Nothing above stored anything.
+    let db = env.connect().await;
+    for table in [
+        "invoices",
+        "ledger_transactions",
+        "coupons WHERE code = 'OLD'",
+    ] {
+        let n: i64 =
+            sqlx::query_scalar(sqlx::AssertSqlSafe(format!("SELECT count(*) FROM {table}")))
+                .fetch_one(&db.pool)
+                .await
+                .unwrap();
+        assert_eq!(n, 0, "{table}");
+    }
+    let accounts: i64 = sqlx::query_scalar("SELECT count(*) FROM billing_accounts")
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+    assert_eq!(accounts, 3);
+}
+on_both_backends!(bad_input_changes_nothing);
