@@ -18,7 +18,7 @@ use tally_core::Money;
 use tally_core::billing::{
     BillingPeriod, InvoiceDocument, Party, PaymentMode, PeriodLabel, split_credit,
 };
-use tally_core::invoice::{ChargeGrouper, InvoiceInput, check_credit, compute_invoice};
+use tally_core::invoice::{Charge, ChargeGrouper, InvoiceInput, check_credit, compute_invoice};
 use tally_core::ledger::{LedgerTransaction, TransactionKind};
 use tally_db::Database;
 use tally_store::objects::RawObjects;
@@ -29,12 +29,25 @@ use crate::accounts::{Account, list_accounts};
 use crate::{AccountScope, BillingError, decimal, instant, ledger};
 
 /// Operator-wide settings of invoicing.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct InvoiceSettings {
     /// The operator, printed as seller on every invoice.
     pub seller: Party,
     /// The number series of credit notes (`CN` gives `CN-000001`).
     pub credit_note_series: String,
+    /// How many finalized periods back an invoice run looks for late or
+    /// re-rated usage, which it invoices as correction lines.
+    pub correction_periods: u32,
+}
+
+impl Default for InvoiceSettings {
+    fn default() -> Self {
+        InvoiceSettings {
+            seller: Party::default(),
+            credit_note_series: "CN".into(),
+            correction_periods: 3,
+        }
+    }
 }
 
 /// What an invoice run did for one account.
@@ -75,8 +88,23 @@ struct Pending {
     account: Account,
     period: BillingPeriod,
     grouper: ChargeGrouper,
+    /// Earlier periods whose invoices are finalized, with their lines as
+    /// they are now: the source of correction lines.
+    finalized: Vec<(BillingPeriod, ChargeGrouper)>,
     lines: u64,
     blocked: Option<String>,
+}
+
+impl Pending {
+    fn grouper_for(&mut self, t: DateTime<Utc>) -> Option<&mut ChargeGrouper> {
+        if t >= self.period.start && t < self.period.end {
+            return Some(&mut self.grouper);
+        }
+        self.finalized
+            .iter_mut()
+            .find(|(p, _)| t >= p.start && t < p.end)
+            .map(|(_, g)| g)
+    }
 }
 
 /// Builds or regenerates the draft invoice of every account (or of the
@@ -117,10 +145,30 @@ pub async fn run_invoices(
                 account,
                 period,
                 grouper: ChargeGrouper::new(),
+                finalized: Vec::new(),
                 lines: 0,
                 blocked: None,
             },
         );
+    }
+    let earliest = label.plus(-(settings.correction_periods as i64));
+    let finalized: Vec<(String, String)> = sqlx::query_as(
+        "SELECT account_id, period FROM invoices WHERE status = 'finalized' AND period < $1 AND period >= $2 \
+         ORDER BY account_id, period",
+    )
+    .bind(label.to_string())
+    .bind(earliest.to_string())
+    .fetch_all(&db.pool)
+    .await?;
+    for (account_id, period) in finalized {
+        if let Some(p) = pending.get_mut(&account_id) {
+            let earlier = BillingPeriod::new(
+                period.parse()?,
+                p.account.spec.billing_day,
+                p.account.timezone(),
+            )?;
+            p.finalized.push((earlier, ChargeGrouper::new()));
+        }
     }
     let mut summary = RunSummary {
         period: label.to_string(),
@@ -133,24 +181,29 @@ pub async fn run_invoices(
     };
     let to = pending.values().map(|p| p.period.end).max().unwrap_or(from);
     check_rated(db, from, to).await?;
+    let read_from = pending
+        .values()
+        .flat_map(|p| p.finalized.iter().map(|(e, _)| e.start))
+        .fold(from, DateTime::min);
 
     let owners = Owners::load(db).await?;
-    tally_rate::runs::read_current_lines(db, rated, from, to, |line| {
-        summary.lines_read += 1;
+    tally_rate::runs::read_current_lines(db, rated, read_from, to, |line| {
+        let in_period = line.period_start >= from;
+        summary.lines_read += u64::from(in_period);
         let Some(owner) = owners.owner_of(&line.project_id) else {
-            summary.unbilled_lines += 1;
+            summary.unbilled_lines += u64::from(in_period);
             return;
         };
         let Some(p) = pending.get_mut(owner) else {
             return;
         };
-        if line.period_start < p.period.start || line.period_start >= p.period.end {
-            return;
-        }
-        p.lines += 1;
         if p.blocked.is_some() {
             return;
         }
+        let currency = p.account.spec.currency;
+        let Some(grouper) = p.grouper_for(line.period_start) else {
+            return;
+        };
         if let Some(e) = &line.error {
             p.blocked = Some(format!(
                 "a line of project {} meter {} at {} could not be priced ({e}): fix the plan and re-rate",
@@ -158,17 +211,17 @@ pub async fn run_invoices(
                 line.meter,
                 line.period_start.to_rfc3339()
             ));
-        } else if line.currency != p.account.spec.currency.code() && line.amount != Decimal::ZERO
-        {
+        } else if line.currency != currency.code() && line.amount != Decimal::ZERO {
             p.blocked = Some(format!(
                 "project {} was priced in {} but the account is billed in {}: assign a plan in {} and re-rate",
                 line.project_id,
                 line.currency,
-                p.account.spec.currency.code(),
-                p.account.spec.currency.code()
+                currency.code(),
+                currency.code()
             ));
         } else {
-            p.grouper.add(&line);
+            grouper.add(&line);
+            p.lines += 1;
         }
     })
     .await?;
@@ -185,7 +238,13 @@ pub async fn run_invoices(
             });
             continue;
         }
-        drafts.push(draft(settings, &p.account, &p.period, p.grouper)?);
+        let mut charges = p.grouper.finish();
+        let this = invoice_id(&account_id, label);
+        for (earlier, grouper) in p.finalized {
+            let invoiced = invoiced_for(db, &account_id, &earlier, &this).await?;
+            charges.extend(corrections(grouper.finish(), invoiced));
+        }
+        drafts.push(draft(settings, &p.account, &p.period, charges)?);
     }
     // Accounts in id order and in batches: two runs at once lock rows in
     // the same order (no deadlock), and a month of many accounts does not
@@ -232,15 +291,129 @@ async fn check_rated(
     Ok(())
 }
 
+/// What was invoiced so far for an earlier, finalized period, per
+/// (project, meter, plan): its own invoice's lines plus corrections of it
+/// on other invoices (drafts included, so two open drafts never claim the
+/// same late usage), except on the invoice being built.
+async fn invoiced_for(
+    db: &Database,
+    account_id: &str,
+    period: &BillingPeriod,
+    building: &str,
+) -> Result<BTreeMap<ChargeKey, Charge>, BillingError> {
+    let rows: Vec<InvoicedLine> = sqlx::query_as(
+        "SELECT l.project_id, l.meter, l.plan_id, l.unit, l.quantity, l.amount, l.service_start_us, l.service_end_us \
+         FROM invoice_lines l JOIN invoices i ON i.invoice_id = l.invoice_id \
+         WHERE i.account_id = $1 AND ((i.invoice_id = $2 AND l.correction = FALSE) \
+         OR (l.correction = TRUE AND i.invoice_id <> $3 AND l.service_start_us >= $4 AND l.service_start_us < $5))",
+    )
+    .bind(account_id)
+    .bind(invoice_id(account_id, period.label))
+    .bind(building)
+    .bind(period.start.timestamp_micros())
+    .bind(period.end.timestamp_micros())
+    .fetch_all(&db.pool)
+    .await?;
+    let mut out: BTreeMap<ChargeKey, Charge> = BTreeMap::new();
+    for InvoicedLine {
+        project_id,
+        meter,
+        plan_id,
+        unit,
+        quantity,
+        amount,
+        service_start_us: start,
+        service_end_us: end,
+    } in rows
+    {
+        let key = (project_id.clone(), meter.clone(), plan_id.clone());
+        let c = out.entry(key).or_insert_with(|| Charge {
+            project_id,
+            meter,
+            plan_id,
+            quantity: Decimal::ZERO,
+            unit,
+            unit_price: None,
+            amount: Decimal::ZERO,
+            service_start: instant(start),
+            service_end: instant(end),
+            correction: true,
+        });
+        c.quantity += decimal("line quantity", &quantity)?;
+        c.amount += decimal("line amount", &amount)?;
+    }
+    Ok(out)
+}
+
+type ChargeKey = (String, String, String);
+
+#[derive(sqlx::FromRow)]
+struct InvoicedLine {
+    project_id: String,
+    meter: String,
+    plan_id: String,
+    unit: String,
+    quantity: String,
+    amount: String,
+    service_start_us: i64,
+    service_end_us: i64,
+}
+
+#[derive(sqlx::FromRow)]
+struct CreditNoteRow {
+    credit_note_id: String,
+    number: String,
+    line_no: Option<i64>,
+    net: String,
+    tax: String,
+    total: String,
+    reason: String,
+    issued_at_us: i64,
+}
+
+/// Correction charges: what a finalized period's lines say now minus what
+/// was invoiced for it, per (project, meter, plan), carrying the original
+/// service period. Nothing when they agree.
+fn corrections(now: Vec<Charge>, mut invoiced: BTreeMap<ChargeKey, Charge>) -> Vec<Charge> {
+    let mut out = Vec::new();
+    for c in now {
+        let key = (c.project_id.clone(), c.meter.clone(), c.plan_id.clone());
+        let (q, a) = invoiced
+            .remove(&key)
+            .map(|i| (i.quantity, i.amount))
+            .unwrap_or_default();
+        if c.quantity != q || c.amount != a {
+            out.push(Charge {
+                quantity: c.quantity - q,
+                amount: c.amount - a,
+                unit_price: c.unit_price.filter(|_| c.quantity != q),
+                correction: true,
+                ..c
+            });
+        }
+    }
+    // Invoiced usage that re-rating removed is credited back.
+    for (_, i) in invoiced {
+        if !i.quantity.is_zero() || !i.amount.is_zero() {
+            out.push(Charge {
+                quantity: -i.quantity,
+                amount: -i.amount,
+                ..i
+            });
+        }
+    }
+    out
+}
+
 fn draft(
     settings: &InvoiceSettings,
     account: &Account,
     period: &BillingPeriod,
-    grouper: ChargeGrouper,
+    charges: Vec<Charge>,
 ) -> Result<InvoiceDocument, BillingError> {
     let input = InvoiceInput {
         currency: account.spec.currency,
-        charges: grouper.finish(),
+        charges,
         discounts: account
             .coupons
             .iter()
@@ -375,7 +548,7 @@ async fn insert_lines(
                 .bind(l.service_end.timestamp_micros())
                 .bind(l.quantity.to_string())
                 .bind(l.unit_price.map(|p| p.to_string()))
-                .bind(l.amount.to_string())
+                .bind(l.exact_amount.to_string())
                 .bind(l.amount.to_string())
                 .bind(l.correction);
         }
@@ -513,16 +686,7 @@ async fn credit_notes(
     conn: &mut sqlx::AnyConnection,
     invoice_id: &str,
 ) -> Result<Vec<CreditNote>, BillingError> {
-    let rows: Vec<(
-        String,
-        String,
-        Option<i64>,
-        String,
-        String,
-        String,
-        String,
-        i64,
-    )> = sqlx::query_as(
+    let rows: Vec<CreditNoteRow> = sqlx::query_as(
         "SELECT credit_note_id, number, line_no, net, tax, total, reason, issued_at_us \
          FROM credit_notes WHERE invoice_id = $1 ORDER BY number",
     )
@@ -530,17 +694,17 @@ async fn credit_notes(
     .fetch_all(&mut *conn)
     .await?;
     rows.into_iter()
-        .map(|(id, number, line_no, net, tax, total, reason, at)| {
+        .map(|r| {
             Ok(CreditNote {
-                credit_note_id: id,
-                number,
+                credit_note_id: r.credit_note_id,
+                number: r.number,
                 invoice_id: invoice_id.to_string(),
-                line_no: line_no.map(|n| n as u32),
-                net: decimal("credit net", &net)?,
-                tax: decimal("credit tax", &tax)?,
-                total: decimal("credit total", &total)?,
-                reason,
-                issued_at: instant(at),
+                line_no: r.line_no.map(|n| n as u32),
+                net: decimal("credit net", &r.net)?,
+                tax: decimal("credit tax", &r.tax)?,
+                total: decimal("credit total", &r.total)?,
+                reason: r.reason,
+                issued_at: instant(r.issued_at_us),
             })
         })
         .collect()

@@ -134,41 +134,47 @@ pub async fn transactions(
     account_id: &str,
 ) -> Result<Vec<PostedTransaction>, BillingError> {
     get_account(db, scope, account_id).await?;
-    let rows: Vec<(
-        String,
-        String,
-        String,
-        Option<String>,
-        i64,
-        i64,
-        String,
-        String,
-        String,
-    )> = sqlx::query_as(
-        "SELECT t.txn_id, t.kind, t.memo, t.reference, t.created_at_us, e.entry_no, \
-             e.ledger_account, e.currency, e.amount \
-             FROM ledger_transactions t JOIN ledger_entries e ON e.txn_id = t.txn_id \
-             WHERE t.account_id = $1 ORDER BY t.created_at_us, t.txn_id, e.entry_no",
+    let rows: Vec<EntryRow> = sqlx::query_as(
+        "SELECT t.txn_id, t.kind, t.memo, t.reference, t.created_at_us, \
+         e.ledger_account, e.currency, e.amount \
+         FROM ledger_transactions t JOIN ledger_entries e ON e.txn_id = t.txn_id \
+         WHERE t.account_id = $1 ORDER BY t.created_at_us, t.txn_id, e.entry_no",
     )
     .bind(account_id)
     .fetch_all(&db.pool)
     .await?;
     let mut out: Vec<PostedTransaction> = Vec::new();
-    for (txn_id, kind, memo, reference, at, _, ledger_account, currency, amount) in rows {
-        let amount = decimal("ledger amount", &amount)?;
+    for r in rows {
+        let entry = (
+            r.ledger_account,
+            r.currency,
+            decimal("ledger amount", &r.amount)?,
+        );
         match out.last_mut() {
-            Some(t) if t.txn_id == txn_id => t.entries.push((ledger_account, currency, amount)),
+            Some(t) if t.txn_id == r.txn_id => t.entries.push(entry),
             _ => out.push(PostedTransaction {
-                txn_id,
-                kind,
-                memo,
-                reference,
-                created_at: instant(at),
-                entries: vec![(ledger_account, currency, amount)],
+                txn_id: r.txn_id,
+                kind: r.kind,
+                memo: r.memo,
+                reference: r.reference,
+                created_at: instant(r.created_at_us),
+                entries: vec![entry],
             }),
         }
     }
     Ok(out)
+}
+
+#[derive(sqlx::FromRow)]
+struct EntryRow {
+    txn_id: String,
+    kind: String,
+    memo: String,
+    reference: Option<String>,
+    created_at_us: i64,
+    ledger_account: String,
+    currency: String,
+    amount: String,
 }
 
 /// Credits a prepaid balance with money received. Any account may hold

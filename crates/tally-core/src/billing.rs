@@ -358,7 +358,12 @@ pub struct DocumentLine {
     pub unit_price: Option<Decimal>,
     /// Amount, rounded to the minor unit.
     pub amount: Decimal,
-    /// Late usage of an earlier, already finalized period.
+    /// The rated lines' sum before rounding: what later corrections of the
+    /// same service period are measured against.
+    pub exact_amount: Decimal,
+    /// Late usage (or re-rating) of an earlier, already finalized period:
+    /// the difference between what that period's lines now say and what
+    /// was invoiced for it.
     pub correction: bool,
 }
 
@@ -469,6 +474,7 @@ impl InvoiceDocument {
                     unit: l.charge.unit.clone(),
                     unit_price: l.charge.unit_price.map(|p| p.normalize()),
                     amount: l.rounded_amount,
+                    exact_amount: l.charge.amount.normalize(),
                     correction: l.charge.correction,
                 })
                 .collect(),

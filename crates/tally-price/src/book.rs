@@ -17,8 +17,15 @@ use crate::PricePlan;
 #[derive(Debug, Clone, Default)]
 pub struct PlanBook {
     default: Option<Arc<PricePlan>>,
-    by_project: HashMap<String, Arc<[(DateTime<Utc>, Arc<PricePlan>)]>>,
+    by_project: HashMap<String, Assignments>,
 }
+
+/// A project's plans by start instant, earliest first (shared by every
+/// project of one account).
+type Assignments = Arc<[(DateTime<Utc>, Arc<PricePlan>)]>;
+
+/// An account's plan assignments: (from, plan), in any order.
+pub type PlanStarts = Vec<(DateTime<Utc>, Arc<PricePlan>)>;
 
 impl PlanBook {
     /// One plan for every project (or none: every line unpriced).
@@ -33,7 +40,7 @@ impl PlanBook {
     /// (from, plan) in any order.
     pub fn new(
         default: Option<Arc<PricePlan>>,
-        assignments: impl IntoIterator<Item = (String, Vec<(DateTime<Utc>, Arc<PricePlan>)>)>,
+        assignments: impl IntoIterator<Item = (String, PlanStarts)>,
     ) -> PlanBook {
         PlanBook {
             default,

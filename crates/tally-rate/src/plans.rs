@@ -11,7 +11,7 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 use tally_core::{Currency, DocumentError};
 use tally_db::Database;
-use tally_price::{PlanBook, PricePlan};
+use tally_price::{PlanBook, PlanStarts, PricePlan};
 
 use crate::meters::MeterSet;
 
@@ -324,7 +324,7 @@ pub async fn plan_book(db: &Database) -> Result<PlanBook, ConfigError> {
         return Ok(PlanBook::single(default));
     }
     let mut parsed: HashMap<String, Arc<PricePlan>> = HashMap::new();
-    let mut by_account: HashMap<String, Vec<(DateTime<Utc>, Arc<PricePlan>)>> = HashMap::new();
+    let mut by_account: HashMap<String, PlanStarts> = HashMap::new();
     for (account, plan_id, from) in rows {
         let p = match parsed.get(&plan_id) {
             Some(p) => p.clone(),

@@ -20,7 +20,7 @@ use crate::output::OutputFormat;
 #[derive(Subcommand, Debug)]
 pub enum AccountCommand {
     /// Create a billing account.
-    Create(CreateArgs),
+    Create(Box<CreateArgs>),
     /// List accounts.
     List {
         /// Output format.

@@ -48,6 +48,9 @@ pub struct BillingSection {
     pub seller_tax_id: Option<String>,
     /// Number series of credit notes (`CN` gives `CN-000001`).
     pub credit_note_series: String,
+    /// Finalized periods an invoice run re-checks for late usage, which
+    /// goes on the new invoice as correction lines.
+    pub correction_periods: u32,
 }
 
 impl Default for BillingSection {
@@ -58,6 +61,7 @@ impl Default for BillingSection {
             seller_email: None,
             seller_tax_id: None,
             credit_note_series: "CN".into(),
+            correction_periods: 3,
         }
     }
 }
@@ -219,6 +223,7 @@ impl Config {
                 tax_id: b.seller_tax_id.clone(),
             },
             credit_note_series: b.credit_note_series.clone(),
+            correction_periods: b.correction_periods,
         }
     }
 

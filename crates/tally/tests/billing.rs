@@ -755,3 +755,79 @@ async fn bad_input_changes_nothing(env: Env) {
     assert_eq!(accounts, 3);
 }
 on_both_backends!(bad_input_changes_nothing);
+
+/// A `vcpus` gauge of `n` at `time`.
+fn vcpus_at(id: &str, resource: &str, project: &str, n: u32, time: &str) -> String {
+    vcpus(id, resource, project, n).replace("2026-10-01T00:00:00Z", time)
+}
+
+async fn late_usage_lands_on_the_next_invoice(env: Env) {
+    env.apply_plan("standard.toml", STANDARD);
+    env.ingest(&[
+        vcpus_at("s1", "vm-b", "p-post", 4, "2026-09-01T00:00:00Z"),
+        vcpus_at("o1", "vm-b", "p-post", 4, "2026-10-01T00:00:00Z"),
+    ]);
+    env.ok(&[
+        "account",
+        "create",
+        "post",
+        "--name",
+        "Post GmbH",
+        "--currency",
+        "EUR",
+        "--project",
+        "p-post",
+    ]);
+    env.ok(&["rate", "--period", "2026-09"]);
+    env.json(&["invoice", "run", "--period", "2026-09"]);
+    let september = env.json(&["invoice", "finalize", "post-2026-09"]);
+    // 4 vCPUs × 720 h × 0.01 = 28.80.
+    assert_eq!(d(&september[0]["total"]), dec("28.80"));
+
+    // A record for 30 September arrives after September was invoiced: one
+    // vCPU for its last 24 hours (0.24).
+    env.ingest(&[vcpus_at(
+        "late",
+        "vm-late",
+        "p-post",
+        1,
+        "2026-09-30T00:00:00Z",
+    )]);
+    env.ok(&["rate", "--period", "2026-09"]);
+    env.ok(&["rate", "--period", "2026-10"]);
+    env.json(&["invoice", "run", "--period", "2026-10"]);
+    let october = env.json(&["invoice", "show", "post-2026-10"]);
+    let lines = october["lines"].as_array().unwrap();
+    assert_eq!(lines.len(), 2, "{october}");
+    // October: vm-b's 4 vCPUs and the late VM's one, carried on from 30
+    // September: 5 × 744 × 0.01 = 37.20.
+    assert_eq!(lines[0]["correction"], false);
+    assert_eq!(d(&lines[0]["amount"]), dec("37.20"));
+    // The correction carries September as its service period.
+    assert_eq!(lines[1]["correction"], true);
+    assert_eq!(lines[1]["service_start"], "2026-09-01T00:00:00Z");
+    assert_eq!(lines[1]["service_end"], "2026-10-01T00:00:00Z");
+    assert_eq!(d(&lines[1]["quantity"]), dec("24"));
+    assert_eq!(d(&lines[1]["amount"]), dec("0.24"));
+    assert_eq!(d(&october["total"]), dec("37.44"));
+    // September's invoice is as it was issued.
+    let again = env.json(&["invoice", "show", "post-2026-09"]);
+    assert_eq!(again["lines"], september[0]["lines"]);
+    assert_eq!(d(&again["total"]), dec("28.80"));
+
+    // Regenerating October does not claim the late usage twice, and once
+    // October is finalized the correction is not repeated in November's
+    // check of September.
+    env.json(&["invoice", "run", "--period", "2026-10"]);
+    let october = env.json(&["invoice", "show", "post-2026-10"]);
+    assert_eq!(october["lines"].as_array().unwrap().len(), 2);
+    env.json(&["invoice", "finalize", "post-2026-10"]);
+    let db = env.connect().await;
+    let corrections: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM invoice_lines WHERE correction = TRUE")
+            .fetch_one(&db.pool)
+            .await
+            .unwrap();
+    assert_eq!(corrections, 1);
+}
+on_both_backends!(late_usage_lands_on_the_next_invoice);
