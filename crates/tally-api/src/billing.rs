@@ -16,7 +16,7 @@ use rust_decimal::Decimal;
 use serde::Deserialize;
 use tally_bill::accounts::{self, AccountSpec, Owned};
 use tally_bill::invoices::{self, CreditRequest, InvoiceFilter};
-use tally_bill::{AccountScope, BillingError, ledger, reports};
+use tally_bill::{AccountScope, BillingError, alerts, ledger, reports};
 use tally_core::billing::{Coupon, PeriodLabel};
 use tally_core::invoice::Discount;
 use tally_rate::RatingService;
@@ -534,4 +534,99 @@ pub async fn unbilled(
         .await
         .map_err(billing_error)?;
     Ok(Json(serde_json::json!({ "usage": rows })).into_response())
+}
+
+/// Body of `POST /v1/accounts/{id}/budgets`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BudgetBody {
+    /// Limit per period.
+    pub amount: Decimal,
+    /// One project of the account.
+    pub project_id: Option<String>,
+    /// Percentages; default 50, 80, 100.
+    pub thresholds: Option<Vec<Decimal>>,
+}
+
+/// `POST /v1/accounts/{id}/budgets`
+pub async fn create_budget(
+    State(state): State<Arc<AppState>>,
+    caller: Caller,
+    Path(id): Path<String>,
+    Json(body): Json<BudgetBody>,
+) -> Result<Response, ApiError> {
+    require_admin(&caller)?;
+    let db = &service(&state)?.db;
+    let thresholds = body
+        .thresholds
+        .unwrap_or_else(|| vec![Decimal::from(50), Decimal::from(80), Decimal::from(100)]);
+    let b = alerts::create_budget(
+        db,
+        &id,
+        body.project_id.as_deref(),
+        body.amount,
+        &thresholds,
+    )
+    .await
+    .map_err(billing_error)?;
+    Ok((StatusCode::CREATED, Json(b)).into_response())
+}
+
+/// `GET /v1/budgets`
+pub async fn list_budgets(
+    State(state): State<Arc<AppState>>,
+    caller: Caller,
+) -> Result<Response, ApiError> {
+    let db = &service(&state)?.db;
+    let list = alerts::list_budgets(db, &AccountScope::of(&caller.0))
+        .await
+        .map_err(billing_error)?;
+    Ok(Json(serde_json::json!({ "budgets": list })).into_response())
+}
+
+/// `GET /v1/alerts`
+pub async fn list_alerts(
+    State(state): State<Arc<AppState>>,
+    caller: Caller,
+) -> Result<Response, ApiError> {
+    let db = &service(&state)?.db;
+    let list = alerts::list_alerts(db, &AccountScope::of(&caller.0))
+        .await
+        .map_err(billing_error)?;
+    Ok(Json(serde_json::json!({ "alerts": list })).into_response())
+}
+
+/// Body of `POST /v1/webhooks`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WebhookBody {
+    /// http:// URL.
+    pub url: String,
+    /// Only this account's alerts.
+    pub account_id: Option<String>,
+}
+
+/// `POST /v1/webhooks`: answers with the signing secret, shown once.
+pub async fn create_webhook(
+    State(state): State<Arc<AppState>>,
+    caller: Caller,
+    Json(body): Json<WebhookBody>,
+) -> Result<Response, ApiError> {
+    require_admin(&caller)?;
+    let db = &service(&state)?.db;
+    let hook = alerts::create_webhook(db, &body.url, body.account_id.as_deref())
+        .await
+        .map_err(billing_error)?;
+    Ok((StatusCode::CREATED, Json(hook)).into_response())
+}
+
+/// `GET /v1/webhooks/deliveries`: the delivery log (operators only).
+pub async fn list_deliveries(
+    State(state): State<Arc<AppState>>,
+    caller: Caller,
+) -> Result<Response, ApiError> {
+    require_admin(&caller)?;
+    let db = &service(&state)?.db;
+    let log = alerts::deliveries(db).await.map_err(billing_error)?;
+    Ok(Json(serde_json::json!({ "deliveries": log })).into_response())
 }

@@ -111,6 +111,11 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/invoices/{id}/void", post(billing::void))
         .route("/v1/invoices/{id}/credit-notes", post(billing::credit))
         .route("/v1/reports/unbilled", get(billing::unbilled))
+        .route("/v1/accounts/{id}/budgets", post(billing::create_budget))
+        .route("/v1/budgets", get(billing::list_budgets))
+        .route("/v1/alerts", get(billing::list_alerts))
+        .route("/v1/webhooks", post(billing::create_webhook))
+        .route("/v1/webhooks/deliveries", get(billing::list_deliveries))
         .fallback(|| async {
             ApiError::new(
                 StatusCode::NOT_FOUND,

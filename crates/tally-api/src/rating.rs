@@ -102,7 +102,14 @@ pub async fn create_run(
     // Records acknowledged a moment ago must be in the run.
     state.store.flush_now().await.map_err(ApiError::internal)?;
     let run = svc.rate(window).await.map_err(service_error)?;
-    Ok((StatusCode::CREATED, Json(run)).into_response())
+    // Prepaid drawdowns and budget alerts follow every run; the lines are
+    // committed either way, so a failure here is logged, not answered.
+    let mut body = serde_json::to_value(&run).map_err(ApiError::internal)?;
+    match tally_bill::after_rating(&svc.db, &svc.rated, Utc::now()).await {
+        Ok(after) => body["billing"] = serde_json::to_value(after).map_err(ApiError::internal)?,
+        Err(e) => tracing::error!(error = %e, "drawdowns and budget checks after rating failed"),
+    }
+    Ok((StatusCode::CREATED, Json(body)).into_response())
 }
 
 /// `GET /v1/rating/runs`: recent runs.

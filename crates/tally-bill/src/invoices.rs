@@ -805,6 +805,19 @@ pub async fn finalize(
     }
     // The series row taken above is held until commit, so two
     // finalizations of one account never spend the same prepaid funds.
+    if account.spec.payment_mode == PaymentMode::Prepaid {
+        // Usage drawn while the period was rated is given back first; the
+        // invoice total (with tax, coupons, commitment) is what is owed.
+        let drawn = crate::prepaid::drawn_for(&mut tx, &doc.account_id, invoice_id).await?;
+        if !drawn.is_zero() {
+            let txn = crate::prepaid::draw_transaction(
+                &account,
+                format!("usage drawn for {} settled by invoice {number}", doc.period),
+                -drawn,
+            )?;
+            ledger::post(&mut tx, &txn, Some(&doc.account_id), Some(invoice_id), now).await?;
+        }
+    }
     if account.spec.payment_mode == PaymentMode::Prepaid && doc.total > Decimal::ZERO {
         let funds = -ledger::balance(&mut tx, &format!("prepaid:{}", doc.account_id))
             .await?
@@ -826,6 +839,7 @@ pub async fn finalize(
         }
     }
     tx.commit().await?;
+    crate::alerts::check_low_balance(db, &account, now).await?;
     get_invoice(db, &AccountScope::All, invoice_id).await
 }
 

@@ -195,6 +195,7 @@ pub async fn top_up(
     let mut tx = db.pool.begin().await?;
     post(&mut tx, &txn, Some(account_id), Some(reference), Utc::now()).await?;
     tx.commit().await?;
+    crate::alerts::check_low_balance(db, &account, Utc::now()).await?;
     balances(db, &AccountScope::All, account_id).await
 }
 

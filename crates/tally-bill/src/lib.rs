@@ -12,11 +12,15 @@
 //! - [`invoices`]: invoice runs (drafts, regenerated until finalized),
 //!   finalization with gapless numbers, payment, void, credit notes.
 //! - [`ledger`]: posting balanced transactions and deriving balances.
+//! - [`prepaid`]: prepaid balances drawn down as usage is rated.
+//! - [`alerts`]: budgets, low-balance alerts and signed webhook deliveries.
 //! - [`reports`]: usage no account owns.
 
 pub mod accounts;
+pub mod alerts;
 pub mod invoices;
 pub mod ledger;
+pub mod prepaid;
 pub mod reports;
 
 use rust_decimal::Decimal;
@@ -139,6 +143,30 @@ impl AccountScope {
             AccountScope::Nothing => (false, None),
         }
     }
+}
+
+/// What follows a rating run: prepaid drawdowns and budget checks.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct AfterRating {
+    /// Drawdowns posted (or checked) per prepaid account and open period.
+    pub drawdowns: Vec<prepaid::Drawdown>,
+    /// Alerts raised.
+    pub alerts: Vec<alerts::Alert>,
+}
+
+/// Runs what must follow every rating run: prepaid balances drawn down to
+/// the usage rated so far, and budgets compared with it.
+pub async fn after_rating(
+    db: &tally_db::Database,
+    rated: &tally_store::objects::RawObjects,
+    now: chrono::DateTime<chrono::Utc>,
+) -> Result<AfterRating, BillingError> {
+    let (drawdowns, mut raised) = prepaid::draw_down(db, rated, now).await?;
+    raised.extend(alerts::check_budgets(db, rated, now).await?);
+    Ok(AfterRating {
+        drawdowns,
+        alerts: raised,
+    })
 }
 
 /// Parses exact decimal text stored by this crate.

@@ -70,3 +70,28 @@ pub async fn unbilled_usage(
         })
         .collect())
 }
+
+/// Sums the current rated amounts of `[from, to)` into buckets: `bucket`
+/// gets each line with the account that owns its project (`None` for
+/// none) and names its bucket, or skips it. Lines in error are skipped:
+/// they are no money yet.
+pub async fn sum_rated<K: Ord>(
+    db: &Database,
+    rated: &RawObjects,
+    from: DateTime<Utc>,
+    to: DateTime<Utc>,
+    mut bucket: impl FnMut(Option<&str>, &tally_core::RatedLine) -> Option<K>,
+) -> Result<BTreeMap<K, Decimal>, BillingError> {
+    let owners = Owners::load(db).await?;
+    let mut out: BTreeMap<K, Decimal> = BTreeMap::new();
+    tally_rate::runs::read_current_lines(db, rated, from, to, |l| {
+        if l.error.is_some() {
+            return;
+        }
+        if let Some(k) = bucket(owners.owner_of(&l.project_id), &l) {
+            *out.entry(k).or_default() += l.amount;
+        }
+    })
+    .await?;
+    Ok(out)
+}

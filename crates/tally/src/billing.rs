@@ -8,7 +8,7 @@ use rust_decimal::Decimal;
 use serde::Serialize;
 use tally_bill::accounts::{self, AccountSpec, Owned};
 use tally_bill::invoices::{self, CreditRequest, InvoiceFilter, StoredInvoice};
-use tally_bill::{AccountScope, ledger, reports};
+use tally_bill::{AccountScope, alerts, ledger, reports};
 use tally_core::billing::{Coupon, Party, PaymentMode, PeriodLabel};
 use tally_core::invoice::{Discount, TaxRate};
 use tally_db::Database;
@@ -102,6 +102,20 @@ pub enum AccountCommand {
         /// How many periods.
         #[arg(long, default_value_t = 1)]
         periods: u32,
+    },
+    /// Set a budget per billing period for the account (or one of its
+    /// projects); alerts are raised at each threshold percentage.
+    Budget {
+        /// Account id.
+        id: String,
+        /// The limit per period, in the account's currency.
+        amount: Decimal,
+        /// Only this project of the account.
+        #[arg(long)]
+        project: Option<String>,
+        /// Alert thresholds in percent, comma-separated.
+        #[arg(long, value_delimiter = ',', default_value = "50,80,100")]
+        thresholds: Vec<Decimal>,
     },
     /// Credit prepaid funds received.
     TopUp {
@@ -343,6 +357,42 @@ pub enum InvoiceCommand {
     },
 }
 
+/// `tally alert ...`
+#[derive(Subcommand, Debug)]
+pub enum AlertCommand {
+    /// List raised alerts.
+    List {
+        /// Output format.
+        #[arg(long, value_enum, default_value_t)]
+        output: OutputFormat,
+    },
+    /// Draw prepaid balances down to the usage rated so far, check budgets,
+    /// and deliver due webhooks (what `tally serve` does on its own).
+    Check {
+        /// Output format.
+        #[arg(long, value_enum, default_value_t)]
+        output: OutputFormat,
+    },
+    /// Register a webhook for alerts (all accounts, or one); prints its
+    /// signing secret once.
+    AddWebhook {
+        /// http:// URL alerts are POSTed to.
+        url: String,
+        /// Only this account's alerts.
+        #[arg(long)]
+        account: Option<String>,
+        /// Output format.
+        #[arg(long, value_enum, default_value_t)]
+        output: OutputFormat,
+    },
+    /// The webhook delivery log.
+    Deliveries {
+        /// Output format.
+        #[arg(long, value_enum, default_value_t)]
+        output: OutputFormat,
+    },
+}
+
 /// `tally report ...`
 #[derive(Subcommand, Debug)]
 pub enum ReportCommand {
@@ -500,6 +550,26 @@ pub async fn account(cfg: Config, cmd: AccountCommand) -> anyhow::Result<()> {
             println!(
                 "coupon {code} granted to {id} for {first_period} to {}",
                 coupon.last_period()
+            );
+        }
+        AccountCommand::Budget {
+            id,
+            amount,
+            project,
+            thresholds,
+        } => {
+            let b =
+                alerts::create_budget(&db, &id, project.as_deref(), amount, &thresholds).await?;
+            println!(
+                "budget {} for {}: {} per period, alerts at {}%",
+                b.budget_id,
+                b.project_id.as_deref().unwrap_or(&b.account_id),
+                b.amount,
+                b.thresholds
+                    .iter()
+                    .map(|t| t.to_string())
+                    .collect::<Vec<_>>()
+                    .join("/")
             );
         }
         AccountCommand::TopUp {
@@ -758,6 +828,90 @@ fn print_invoice(i: &StoredInvoice, output: OutputFormat) {
             }
         }
     }
+}
+
+/// Runs `tally alert`.
+pub async fn alert(cfg: Config, cmd: AlertCommand) -> anyhow::Result<()> {
+    let db = Database::open(&cfg.database_url()).await?;
+    match cmd {
+        AlertCommand::List { output } => {
+            let list = alerts::list_alerts(&db, &AccountScope::All).await?;
+            match output {
+                OutputFormat::Json => print_json(&list),
+                OutputFormat::Table => {
+                    for a in &list {
+                        println!(
+                            "{}  {:<12} {}",
+                            a.raised_at.format("%Y-%m-%d %H:%M"),
+                            a.kind,
+                            a.message
+                        );
+                    }
+                }
+            }
+        }
+        AlertCommand::Check { output } => {
+            let rated = cfg.rated_store()?;
+            let now = Utc::now();
+            let after = tally_bill::after_rating(&db, &rated, now).await?;
+            let delivered = alerts::deliver_due(&db, now).await?;
+            match output {
+                OutputFormat::Json => print_json(&serde_json::json!({
+                    "drawdowns": after.drawdowns,
+                    "alerts": after.alerts,
+                    "delivered": delivered,
+                })),
+                OutputFormat::Table => {
+                    for d in &after.drawdowns {
+                        println!(
+                            "drawdown {} {}: rated {}, posted {}",
+                            d.account_id, d.period, d.rated, d.posted
+                        );
+                    }
+                    for a in &after.alerts {
+                        println!("alert: {}", a.message);
+                    }
+                    println!("{delivered} webhook deliveries made");
+                }
+            }
+        }
+        AlertCommand::AddWebhook {
+            url,
+            account,
+            output,
+        } => {
+            let hook = alerts::create_webhook(&db, &url, account.as_deref()).await?;
+            match output {
+                OutputFormat::Json => print_json(&hook),
+                OutputFormat::Table => {
+                    println!("{}", hook.secret.as_deref().unwrap_or_default());
+                    eprintln!(
+                        "webhook {} -> {}; the signing secret above is shown only once",
+                        hook.webhook_id, hook.url
+                    );
+                }
+            }
+        }
+        AlertCommand::Deliveries { output } => {
+            let log = alerts::deliveries(&db).await?;
+            match output {
+                OutputFormat::Json => print_json(&log),
+                OutputFormat::Table => {
+                    for d in &log {
+                        println!(
+                            "{:<40} {:<10} attempts {} last {} {}",
+                            d.delivery_id,
+                            d.status,
+                            d.attempts,
+                            d.last_status.map(|s| s.to_string()).unwrap_or("-".into()),
+                            d.last_error.as_deref().unwrap_or("")
+                        );
+                    }
+                }
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Runs `tally report`.

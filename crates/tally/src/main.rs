@@ -90,6 +90,11 @@ enum Command {
         #[command(subcommand)]
         command: billing::InvoiceCommand,
     },
+    /// Alerts: budgets crossed, low prepaid balances, webhook deliveries.
+    Alert {
+        #[command(subcommand)]
+        command: billing::AlertCommand,
+    },
     /// Reports: usage that no account pays for.
     Report {
         #[command(subcommand)]
@@ -176,6 +181,10 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Invoice { command } => {
             config::init_logging_quiet(&cfg);
             billing::invoice(cfg, command).await?;
+        }
+        Command::Alert { command } => {
+            config::init_logging_quiet(&cfg);
+            billing::alert(cfg, command).await?;
         }
         Command::Report { command } => {
             config::init_logging_quiet(&cfg);

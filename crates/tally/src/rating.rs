@@ -173,7 +173,14 @@ pub async fn rate(cfg: Config, args: RateArgs) -> anyhow::Result<()> {
                     .shutdown()
                     .await?;
             }
-            serde_json::to_value(read_only_service(&cfg).await?.rate(window).await?)?
+            let svc = read_only_service(&cfg).await?;
+            let mut run = serde_json::to_value(svc.rate(window).await?)?;
+            // What the server does after a run: prepaid drawdowns, budgets.
+            let after = tally_bill::after_rating(&svc.db, &svc.rated, chrono::Utc::now())
+                .await
+                .context("rated, but prepaid drawdowns and budget checks failed")?;
+            run["billing"] = serde_json::to_value(after)?;
+            run
         }
     };
     match args.output {
@@ -196,6 +203,9 @@ pub async fn rate(cfg: Config, args: RateArgs) -> anyhow::Result<()> {
                 s("amount"),
                 s("currency"),
             );
+            for a in run["billing"]["alerts"].as_array().into_iter().flatten() {
+                println!("alert: {}", a["message"].as_str().unwrap_or_default());
+            }
         }
     }
     Ok(())

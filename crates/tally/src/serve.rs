@@ -141,6 +141,7 @@ pub async fn run(
         }),
         invoice_settings: cfg.invoice_settings(),
     });
+    spawn_webhook_deliveries(store.database().clone());
     tracing::info!(%addr, data_dir = %cfg.data_dir.display(), "tally listening");
     eprintln!(
         "tally listening on http://{addr} (data directory {})",
@@ -160,4 +161,18 @@ pub async fn run(
         .context("flush at shutdown failed; the log will be replayed at next start")?;
     eprintln!("tally stopped cleanly");
     Ok(())
+}
+
+/// Delivers due webhook alerts every few seconds: new ones at once, failed
+/// ones on their backoff schedule (the delivery log keeps every attempt).
+fn spawn_webhook_deliveries(db: Database) {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(std::time::Duration::from_secs(5));
+        loop {
+            tick.tick().await;
+            if let Err(e) = tally_bill::alerts::deliver_due(&db, chrono::Utc::now()).await {
+                tracing::warn!(error = %e, "webhook deliveries failed; retrying later");
+            }
+        }
+    });
 }

@@ -831,3 +831,172 @@ async fn late_usage_lands_on_the_next_invoice(env: Env) {
     assert_eq!(corrections, 1);
 }
 on_both_backends!(late_usage_lands_on_the_next_invoice);
+
+/// A webhook receiver on loopback: records every request, answers 500 to
+/// the first and 200 after.
+async fn webhook_receiver() -> (
+    String,
+    std::sync::Arc<std::sync::Mutex<Vec<(String, String)>>>,
+) {
+    use axum::http::{HeaderMap, StatusCode};
+    let seen: std::sync::Arc<std::sync::Mutex<Vec<(String, String)>>> = Default::default();
+    let state = seen.clone();
+    let app = axum::Router::new().route(
+        "/hook",
+        axum::routing::post(move |headers: HeaderMap, body: String| {
+            let state = state.clone();
+            async move {
+                let signature = headers
+                    .get("x-tally-signature")
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or_default()
+                    .to_string();
+                let mut seen = state.lock().unwrap();
+                seen.push((signature, body));
+                if seen.len() == 1 {
+                    StatusCode::INTERNAL_SERVER_ERROR
+                } else {
+                    StatusCode::OK
+                }
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/hook", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    (url, seen)
+}
+
+async fn prepaid_drawdown_budgets_and_webhooks(env: Env) {
+    let (hook_url, seen) = webhook_receiver().await;
+    env.apply_plan("standard.toml", STANDARD);
+    env.ingest(&[
+        vcpus("e1", "vm-a", "p-pre", 2),
+        vcpus_at("n1", "vm-b", "p-post", 4, "2026-11-01T00:00:00Z"),
+    ]);
+    env.ok(&[
+        "account",
+        "create",
+        "pre",
+        "--name",
+        "Pre Ltd",
+        "--currency",
+        "EUR",
+        "--mode",
+        "prepaid",
+        "--project",
+        "p-pre",
+        "--low-balance",
+        "10",
+    ]);
+    env.ok(&[
+        "account",
+        "create",
+        "post",
+        "--name",
+        "Post GmbH",
+        "--currency",
+        "EUR",
+        "--project",
+        "p-post",
+    ]);
+    let hook = env.json(&["alert", "add-webhook", &hook_url]);
+    let secret = hook["secret"].as_str().unwrap().to_string();
+    env.ok(&["account", "top-up", "pre", "20.00"]);
+
+    // Rating October draws the prepaid balance down as it is rated:
+    // 2 × 744 × 0.01 = 14.88 leaves 5.12, under the threshold of 10.
+    let run = env.json(&["rate", "--period", "2026-10"]);
+    let drawn = &run["billing"]["drawdowns"];
+    assert!(
+        drawn
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|d| d["period"] == "2026-10" && d["posted"] == "14.88"),
+        "{run}"
+    );
+    assert_eq!(run["billing"]["alerts"][0]["kind"], "low_balance");
+    assert_eq!(
+        d(&env.json(&["account", "balance", "pre"])["prepaid"]),
+        dec("5.12")
+    );
+    // Rating it again posts nothing more and raises nothing new.
+    let again = env.json(&["rate", "--period", "2026-10"]);
+    assert!(again["billing"]["alerts"].as_array().unwrap().is_empty());
+    assert_eq!(
+        d(&env.json(&["account", "balance", "pre"])["prepaid"]),
+        dec("5.12")
+    );
+
+    // The invoice replaces the drawdowns: the balance ends where it says.
+    env.json(&["invoice", "run", "--period", "2026-10", "--account", "pre"]);
+    let fin = env.json(&["invoice", "finalize", "pre-2026-10"]);
+    assert_eq!(fin[0]["status"], "paid");
+    assert_eq!(
+        d(&env.json(&["account", "balance", "pre"])["prepaid"]),
+        dec("5.12")
+    );
+
+    // A budget of 1.00 for post's current period: one day of 4 vCPUs in
+    // November is 0.96, 96%: the 50% and 80% thresholds are crossed.
+    env.ok(&[
+        "account",
+        "budget",
+        "post",
+        "1.00",
+        "--thresholds",
+        "50,80,100",
+    ]);
+    let run = env.json(&[
+        "rate",
+        "--from",
+        "2026-11-01T00:00:00Z",
+        "--to",
+        "2026-11-02T00:00:00Z",
+    ]);
+    let levels: Vec<&str> = run["billing"]["alerts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["level"].as_str().unwrap())
+        .collect();
+    assert_eq!(levels, ["50", "80"], "{run}");
+    let alerts = env.json(&["alert", "list"]);
+    assert_eq!(alerts.as_array().unwrap().len(), 3);
+
+    // Deliveries: the first attempt is answered 500 and stays pending; the
+    // rest are delivered, signed with the webhook's secret.
+    let check = env.json(&["alert", "check"]);
+    assert_eq!(check["delivered"], 2, "{check}");
+    let log = env.json(&["alert", "deliveries"]);
+    let pending: Vec<&Value> = log
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|d| d["status"] == "pending")
+        .collect();
+    assert_eq!(pending.len(), 1);
+    assert_eq!(pending[0]["attempts"], 1);
+    assert_eq!(pending[0]["last_status"], 500);
+    // Its retry is due after the backoff, not before.
+    let db = env.connect().await;
+    let now = chrono::Utc::now();
+    assert_eq!(tally_bill::alerts::deliver_due(&db, now).await.unwrap(), 0);
+    let later = now + chrono::Duration::seconds(25);
+    assert_eq!(
+        tally_bill::alerts::deliver_due(&db, later).await.unwrap(),
+        1
+    );
+    let seen = seen.lock().unwrap().clone();
+    assert_eq!(seen.len(), 4);
+    for (signature, body) in &seen {
+        assert_eq!(
+            *signature,
+            tally_bill::alerts::signature(&secret, body.as_bytes())
+        );
+        let alert: Value = serde_json::from_str(body).unwrap();
+        assert!(alert["message"].as_str().unwrap().contains("account"));
+    }
+}
+on_both_backends!(prepaid_drawdown_budgets_and_webhooks);
