@@ -307,7 +307,8 @@ pub async fn check_budgets(
 /// Alerts of the accounts the caller may see, newest first.
 pub async fn list_alerts(db: &Database, scope: &AccountScope) -> Result<Vec<Alert>, BillingError> {
     let (all, one) = scope.binds();
-    let rows: Vec<(String, String, String, String, String, String, String, i64)> = sqlx::query_as(
+    type Row = (String, String, String, String, String, String, String, i64);
+    let rows: Vec<Row> = sqlx::query_as(
         "SELECT alert_id, account_id, kind, subject, period, level, message, raised_at_us \
              FROM alerts WHERE ($1 OR account_id = $2) ORDER BY raised_at_us DESC, alert_id",
     )
