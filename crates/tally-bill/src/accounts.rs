@@ -1,6 +1,8 @@
 //! Billing accounts: who pays, in which currency, on which plan, for which
 //! Keystone projects.
 
+use std::collections::HashMap;
+
 use chrono::{DateTime, Utc};
 use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
@@ -248,49 +250,78 @@ pub async fn get_account(
         .fetch_optional(&db.pool)
         .await?
         .ok_or_else(|| BillingError::UnknownAccount(account_id.to_string()))?;
-    let (spec, created_at) = spec_from_row(&row)?;
-    complete(db, spec, created_at).await
+    let spec = spec_from_row(&row)?;
+    Ok(complete(db, vec![spec])
+        .await?
+        .pop()
+        .expect("one account in, one out"))
 }
 
+/// Adds what accounts own, their plans and coupons: three queries for any
+/// number of accounts (an invoice run lists every account).
 async fn complete(
     db: &Database,
-    spec: AccountSpec,
-    created_at: DateTime<Utc>,
-) -> Result<Account, BillingError> {
-    let owned: Vec<(String, String)> = sqlx::query_as(
-        "SELECT kind, keystone_id FROM account_ownership WHERE account_id = $1 ORDER BY kind, keystone_id",
-    )
-    .bind(&spec.account_id)
-    .fetch_all(&db.pool)
-    .await?;
-    let plans: Vec<(String, i64)> = sqlx::query_as(
-        "SELECT plan_id, from_us FROM plan_assignments WHERE account_id = $1 ORDER BY from_us",
-    )
-    .bind(&spec.account_id)
-    .fetch_all(&db.pool)
-    .await?;
-    let coupons = coupons(db, &spec.account_id).await?;
-    let pick = |kind: &str| {
-        owned
-            .iter()
-            .filter(|(k, _)| k == kind)
-            .map(|(_, id)| id.clone())
-            .collect()
+    specs: Vec<(AccountSpec, DateTime<Utc>)>,
+) -> Result<Vec<Account>, BillingError> {
+    // One account: filter in SQL; many: read the tables whole.
+    let (all, one) = match specs.as_slice() {
+        [(only, _)] => (false, Some(only.account_id.clone())),
+        _ => (true, None),
     };
-    Ok(Account {
-        projects: pick("project"),
-        domains: pick("domain"),
-        plans: plans
-            .into_iter()
-            .map(|(plan_id, from)| PlanAssignment {
+    let owned: Vec<(String, String, String)> = sqlx::query_as(
+        "SELECT account_id, kind, keystone_id FROM account_ownership \
+         WHERE ($1 OR account_id = $2) ORDER BY kind, keystone_id",
+    )
+    .bind(all)
+    .bind(&one)
+    .fetch_all(&db.pool)
+    .await?;
+    let plans: Vec<(String, String, i64)> = sqlx::query_as(
+        "SELECT account_id, plan_id, from_us FROM plan_assignments \
+         WHERE ($1 OR account_id = $2) ORDER BY from_us",
+    )
+    .bind(all)
+    .bind(&one)
+    .fetch_all(&db.pool)
+    .await?;
+    let mut coupons = coupons_of(db, all, one.as_deref()).await?;
+    let mut by_id: HashMap<String, Account> = HashMap::with_capacity(specs.len());
+    let mut order = Vec::with_capacity(specs.len());
+    for (spec, created_at) in specs {
+        order.push(spec.account_id.clone());
+        by_id.insert(
+            spec.account_id.clone(),
+            Account {
+                projects: Vec::new(),
+                domains: Vec::new(),
+                plans: Vec::new(),
+                coupons: coupons.remove(&spec.account_id).unwrap_or_default(),
+                created_at,
+                spec,
+            },
+        );
+    }
+    for (account, kind, id) in owned {
+        if let Some(a) = by_id.get_mut(&account) {
+            if kind == "project" {
+                a.projects.push(id);
+            } else {
+                a.domains.push(id);
+            }
+        }
+    }
+    for (account, plan_id, from) in plans {
+        if let Some(a) = by_id.get_mut(&account) {
+            a.plans.push(PlanAssignment {
                 plan_id,
                 from: instant(from),
-            })
-            .collect(),
-        coupons,
-        created_at,
-        spec,
-    })
+            });
+        }
+    }
+    Ok(order
+        .into_iter()
+        .filter_map(|id| by_id.remove(&id))
+        .collect())
 }
 
 /// Every account the caller may see, by id.
@@ -307,12 +338,14 @@ pub async fn list_accounts(
     .bind(all)
     .bind(one);
     let rows = q.fetch_all(&db.pool).await?;
-    let mut out = Vec::with_capacity(rows.len());
-    for row in &rows {
-        let (spec, created_at) = spec_from_row(row)?;
-        out.push(complete(db, spec, created_at).await?);
+    let specs = rows
+        .iter()
+        .map(spec_from_row)
+        .collect::<Result<Vec<_>, _>>()?;
+    if specs.is_empty() {
+        return Ok(Vec::new());
     }
-    Ok(out)
+    complete(db, specs).await
 }
 
 /// What an account can own.
@@ -510,25 +543,39 @@ pub async fn grant_coupon(
 
 /// The coupons of an account, by code.
 pub async fn coupons(db: &Database, account_id: &str) -> Result<Vec<Coupon>, BillingError> {
-    let rows: Vec<(String, String, String, String, i64)> = sqlx::query_as(
-        "SELECT code, kind, value, first_period, periods FROM coupons WHERE account_id = $1 ORDER BY code",
+    Ok(coupons_of(db, false, Some(account_id))
+        .await?
+        .remove(account_id)
+        .unwrap_or_default())
+}
+
+/// Coupons per account (every account, or one), by code.
+async fn coupons_of(
+    db: &Database,
+    all: bool,
+    one: Option<&str>,
+) -> Result<HashMap<String, Vec<Coupon>>, BillingError> {
+    let rows: Vec<(String, String, String, String, String, i64)> = sqlx::query_as(
+        "SELECT account_id, code, kind, value, first_period, periods FROM coupons \
+         WHERE ($1 OR account_id = $2) ORDER BY code",
     )
-    .bind(account_id)
+    .bind(all)
+    .bind(one)
     .fetch_all(&db.pool)
     .await?;
-    rows.into_iter()
-        .map(|(code, kind, value, first, periods)| {
-            let value = decimal("coupon value", &value)?;
-            Ok(Coupon {
-                discount: if kind == "percent" {
-                    Discount::Percent(value)
-                } else {
-                    Discount::Fixed(value)
-                },
-                first_period: first.parse()?,
-                periods: periods as u32,
-                code,
-            })
-        })
-        .collect()
+    let mut out: HashMap<String, Vec<Coupon>> = HashMap::new();
+    for (account, code, kind, value, first, periods) in rows {
+        let value = decimal("coupon value", &value)?;
+        out.entry(account).or_default().push(Coupon {
+            discount: if kind == "percent" {
+                Discount::Percent(value)
+            } else {
+                Discount::Fixed(value)
+            },
+            first_period: first.parse()?,
+            periods: periods as u32,
+            code,
+        });
+    }
+    Ok(out)
 }

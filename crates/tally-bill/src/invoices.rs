@@ -16,7 +16,7 @@ use serde::Serialize;
 use sqlx::Row;
 use tally_core::Money;
 use tally_core::billing::{
-    BillingPeriod, InvoiceDocument, Party, PaymentMode, PeriodLabel, split_credit,
+    BillingPeriod, DocumentLine, InvoiceDocument, Party, PaymentMode, PeriodLabel, split_credit,
 };
 use tally_core::invoice::{Charge, ChargeGrouper, InvoiceInput, check_credit, compute_invoice};
 use tally_core::ledger::{LedgerTransaction, TransactionKind};
@@ -249,10 +249,16 @@ pub async fn run_invoices(
     // Accounts in id order and in batches: two runs at once lock rows in
     // the same order (no deadlock), and a month of many accounts does not
     // pay one commit per invoice.
-    for batch in drafts.chunks(200) {
+    // SQLite compiles very long statements slowly; PostgreSQL pays per
+    // round trip. Measured with the invoice benchmark (docs/benchmarks.md).
+    let rows_per_statement = match db.backend {
+        tally_db::Backend::Sqlite => 20,
+        tally_db::Backend::Postgres => 1000,
+    };
+    for batch in drafts.chunks(1000) {
         let mut tx = db.begin_write().await?;
-        for doc in batch {
-            let outcome = write_draft(&mut tx, doc, now).await?;
+        let outcomes = write_drafts(&mut tx, batch, now, rows_per_statement).await?;
+        for (doc, outcome) in batch.iter().zip(outcomes) {
             summary.accounts.push(RunOutcome {
                 account_id: doc.account_id.clone(),
                 invoice_id: Some(doc.invoice_id.clone()),
@@ -437,108 +443,114 @@ fn draft(
     Ok(doc)
 }
 
-/// Writes a draft unless the invoice is finalized; returns what happened.
-async fn write_draft(
+const INVOICE_COLUMNS: usize = 15;
+const LINE_COLUMNS: usize = 13;
+
+/// Writes a batch of drafts, each unless its invoice is finalized; returns
+/// what happened to each (`created`, `regenerated`, `finalized`). New
+/// invoices and all lines go in multi-row statements: a fresh run of many
+/// accounts costs a few statements per batch, not a few per invoice.
+async fn write_drafts(
     conn: &mut sqlx::AnyConnection,
-    doc: &InvoiceDocument,
+    docs: &[InvoiceDocument],
     now: DateTime<Utc>,
-) -> Result<&'static str, BillingError> {
-    let document = serde_json::to_string(doc).expect("documents serialize");
-    let figures = [
-        doc.subtotal.to_string(),
-        doc.discount_total().to_string(),
-        doc.commitment_top_up.to_string(),
-        doc.taxable.to_string(),
-        doc.tax_total().to_string(),
-        doc.total.to_string(),
-    ];
-    let inserted = sqlx::query(
-        "INSERT INTO invoices (invoice_id, account_id, period, period_start_us, period_end_us, status, \
-         currency, subtotal, discount_total, commitment_top_up, taxable, tax_total, total, document, \
-         revision, generated_at_us) \
-         VALUES ($1, $2, $3, $4, $5, 'draft', $6, $7, $8, $9, $10, $11, $12, $13, 1, $14) \
-         ON CONFLICT (account_id, period) DO NOTHING",
-    )
-    .bind(&doc.invoice_id)
-    .bind(&doc.account_id)
-    .bind(&doc.period)
-    .bind(doc.period_start.timestamp_micros())
-    .bind(doc.period_end.timestamp_micros())
-    .bind(doc.currency.code())
-    .bind(&figures[0])
-    .bind(&figures[1])
-    .bind(&figures[2])
-    .bind(&figures[3])
-    .bind(&figures[4])
-    .bind(&figures[5])
-    .bind(&document)
-    .bind(now.timestamp_micros())
-    .execute(&mut *conn)
-    .await?
-    .rows_affected();
-    let outcome = if inserted == 1 {
-        "created"
-    } else {
+    rows_per_statement: usize,
+) -> Result<Vec<&'static str>, BillingError> {
+    let documents: Vec<String> = docs
+        .iter()
+        .map(|d| serde_json::to_string(d).expect("documents serialize"))
+        .collect();
+    let figures = |d: &InvoiceDocument| {
+        [
+            d.subtotal.to_string(),
+            d.discount_total().to_string(),
+            d.commitment_top_up.to_string(),
+            d.taxable.to_string(),
+            d.tax_total().to_string(),
+            d.total.to_string(),
+        ]
+    };
+    let mut created = std::collections::HashSet::new();
+    for (docs, documents) in docs
+        .chunks(rows_per_statement)
+        .zip(documents.chunks(rows_per_statement))
+    {
+        let sql = format!(
+            "INSERT INTO invoices (invoice_id, account_id, period, period_start_us, period_end_us, status, \
+             currency, subtotal, discount_total, commitment_top_up, taxable, tax_total, total, document, \
+             generated_at_us) VALUES {} ON CONFLICT (account_id, period) DO NOTHING RETURNING invoice_id",
+            tally_db::values_placeholders(docs.len(), INVOICE_COLUMNS)
+        );
+        // Only numbered placeholders are generated into this text.
+        let mut q = sqlx::query_scalar::<_, String>(sqlx::AssertSqlSafe(sql));
+        for (d, document) in docs.iter().zip(documents) {
+            q = q
+                .bind(&d.invoice_id)
+                .bind(&d.account_id)
+                .bind(&d.period)
+                .bind(d.period_start.timestamp_micros())
+                .bind(d.period_end.timestamp_micros())
+                .bind("draft")
+                .bind(d.currency.code());
+            for f in figures(d) {
+                q = q.bind(f);
+            }
+            q = q.bind(document).bind(now.timestamp_micros());
+        }
+        created.extend(q.fetch_all(&mut *conn).await?);
+    }
+    let mut outcomes = Vec::with_capacity(docs.len());
+    let mut with_lines = Vec::with_capacity(docs.len());
+    for (d, document) in docs.iter().zip(&documents) {
+        if created.contains(&d.invoice_id) {
+            outcomes.push("created");
+            with_lines.push(d);
+            continue;
+        }
+        let [subtotal, discounts, top_up, taxable, tax, total] = figures(d);
         let updated = sqlx::query(
             "UPDATE invoices SET subtotal = $1, discount_total = $2, commitment_top_up = $3, taxable = $4, \
              tax_total = $5, total = $6, document = $7, revision = revision + 1, generated_at_us = $8 \
              WHERE invoice_id = $9 AND status = 'draft'",
         )
-        .bind(&figures[0])
-        .bind(&figures[1])
-        .bind(&figures[2])
-        .bind(&figures[3])
-        .bind(&figures[4])
-        .bind(&figures[5])
-        .bind(&document)
+        .bind(subtotal)
+        .bind(discounts)
+        .bind(top_up)
+        .bind(taxable)
+        .bind(tax)
+        .bind(total)
+        .bind(document)
         .bind(now.timestamp_micros())
-        .bind(&doc.invoice_id)
+        .bind(&d.invoice_id)
         .execute(&mut *conn)
         .await?
         .rows_affected();
         if updated == 0 {
-            return Ok("finalized");
+            outcomes.push("finalized");
+            continue;
         }
         sqlx::query("DELETE FROM invoice_lines WHERE invoice_id = $1")
-            .bind(&doc.invoice_id)
+            .bind(&d.invoice_id)
             .execute(&mut *conn)
             .await?;
-        "regenerated"
-    };
-    insert_lines(conn, doc).await?;
-    Ok(outcome)
-}
-
-const LINE_COLUMNS: usize = 13;
-
-async fn insert_lines(
-    conn: &mut sqlx::AnyConnection,
-    doc: &InvoiceDocument,
-) -> Result<(), BillingError> {
-    // Both engines take at least 32,766 parameters per statement.
-    for chunk in doc.lines.chunks(1000) {
-        let mut sql = String::from(
+        outcomes.push("regenerated");
+        with_lines.push(d);
+    }
+    let lines: Vec<(&InvoiceDocument, &DocumentLine)> = with_lines
+        .iter()
+        .flat_map(|d| d.lines.iter().map(move |l| (*d, l)))
+        .collect();
+    for chunk in lines.chunks(rows_per_statement) {
+        let sql = format!(
             "INSERT INTO invoice_lines (invoice_id, line_no, project_id, meter, unit, plan_id, \
-             service_start_us, service_end_us, quantity, unit_price, amount, rounded_amount, correction) VALUES ",
+             service_start_us, service_end_us, quantity, unit_price, amount, rounded_amount, correction) VALUES {}",
+            tally_db::values_placeholders(chunk.len(), LINE_COLUMNS)
         );
-        for i in 0..chunk.len() {
-            if i > 0 {
-                sql.push_str(", ");
-            }
-            sql.push('(');
-            for c in 0..LINE_COLUMNS {
-                if c > 0 {
-                    sql.push_str(", ");
-                }
-                sql.push_str(&format!("${}", i * LINE_COLUMNS + c + 1));
-            }
-            sql.push(')');
-        }
         // Only numbered placeholders are generated into this text.
         let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
-        for l in chunk {
+        for (d, l) in chunk {
             q = q
-                .bind(&doc.invoice_id)
+                .bind(&d.invoice_id)
                 .bind(l.line_no as i64)
                 .bind(&l.project_id)
                 .bind(&l.meter)
@@ -554,7 +566,7 @@ async fn insert_lines(
         }
         q.execute(&mut *conn).await?;
     }
-    Ok(())
+    Ok(outcomes)
 }
 
 /// An invoice as stored, with its settlement and credit notes.

@@ -322,7 +322,8 @@ pub fn split_credit(
 /// A party on an invoice: the operator (seller) or the account (buyer).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Party {
-    /// Legal name.
+    /// Legal name (an account's contact may leave it to the account name).
+    #[serde(default)]
     pub name: String,
     /// Postal address, one line per element.
     #[serde(default)]

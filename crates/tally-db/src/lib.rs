@@ -199,6 +199,25 @@ impl Database {
     }
 }
 
+/// The `VALUES` list of a multi-row INSERT: `rows` groups of `columns`
+/// numbered parameters, `($1, $2), ($3, $4)`. Both engines accept at least
+/// 32,766 parameters per statement; callers chunk below that.
+pub fn values_placeholders(rows: usize, columns: usize) -> String {
+    let mut sql = String::with_capacity(rows * columns * 6);
+    for r in 0..rows {
+        sql.push_str(if r == 0 { "(" } else { ", (" });
+        for c in 0..columns {
+            if c > 0 {
+                sql.push_str(", ");
+            }
+            sql.push('$');
+            sql.push_str(&(r * columns + c + 1).to_string());
+        }
+        sql.push(')');
+    }
+    sql
+}
+
 /// Helpers for tests that need a real PostgreSQL.
 pub mod testing {
     /// The server tests use: `TALLY_TEST_POSTGRES` (a URL without a
@@ -261,6 +280,13 @@ mod tests {
         let err = Database::open("mysql://x").await.unwrap_err();
         assert!(err.to_string().contains("sqlite://"));
         assert!(err.to_string().contains("postgres://"));
+    }
+
+    #[test]
+    fn multi_row_placeholders_are_numbered_row_by_row() {
+        assert_eq!(values_placeholders(2, 3), "($1, $2, $3), ($4, $5, $6)");
+        assert_eq!(values_placeholders(1, 1), "($1)");
+        assert_eq!(values_placeholders(0, 4), "");
     }
 
     #[test]
