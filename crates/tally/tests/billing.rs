@@ -345,6 +345,36 @@ async fn a_month_for_three_accounts(env: Env) {
         env.json(&["invoice", "show", "dom-2026-10"])["status"],
         "paid"
     );
+    // A line's credit is its share of the total: d-3's 14.88 of a 29.76
+    // subtotal on a 50.00 invoice is 25.00; paid money goes back to the
+    // prepaid balance; the line cannot be credited twice.
+    let line = env.json(&[
+        "invoice",
+        "credit",
+        "dom-2026-10",
+        "--line",
+        "3",
+        "--reason",
+        "d-3 was a test project",
+    ]);
+    assert_eq!(d(&line["total"]), dec("25.00"));
+    assert_eq!(line["line_no"], 3);
+    assert_eq!(
+        d(&env.json(&["account", "balance", "dom"])["prepaid"]),
+        dec("25.00")
+    );
+    let twice = env.fails(&[
+        "invoice",
+        "credit",
+        "dom-2026-10",
+        "--line",
+        "3",
+        "--amount",
+        "0.01",
+        "--reason",
+        "again",
+    ]);
+    assert!(twice.contains("line 3 can take 0"), "{twice}");
     let db = env.connect().await;
     let amounts: Vec<(String, String)> =
         sqlx::query_as("SELECT currency, amount FROM ledger_entries")
@@ -362,8 +392,9 @@ async fn a_month_for_three_accounts(env: Env) {
     .iter()
     .map(|(a,)| dec(a))
     .sum();
-    // Credited: 50.00 + 14.88 + 26.78; debited back by the two notes: 26.78.
-    assert_eq!(revenue, dec("-64.88"));
+    // Credited: 50.00 + 14.88 + 26.78; debited back by the two notes on
+    // post (26.78) and the line note on dom (25.00, no tax).
+    assert_eq!(revenue, dec("-39.88"));
 
     // Runs after finalization leave issued invoices alone.
     let after = env.json(&["invoice", "run", "--period", "2026-10"]);
