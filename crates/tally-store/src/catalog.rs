@@ -45,13 +45,17 @@ pub enum FlushOrigin {
 }
 
 /// Commits a flush and its segments in one transaction; with `retire`, the
-/// listed segments are marked compacted in the same transaction.
+/// listed segments are marked compacted in the same transaction. The
+/// (project, domain) pairs its records named are recorded with it
+/// (`keystone_projects`), so billing accounts that own a domain find new
+/// projects as soon as their usage is stored.
 pub async fn commit_flush(
     pool: &Pool,
     flush_id: &str,
     origin: FlushOrigin,
     segments: &[SegmentEntry],
     retire: &[String],
+    projects: &std::collections::BTreeSet<(String, String)>,
     now_us: i64,
 ) -> Result<(), CatalogError> {
     let mut tx = pool.begin().await?;
@@ -84,6 +88,17 @@ pub async fn commit_flush(
         .bind(s.max_received_us)
         .bind(s.row_count)
         .bind(s.byte_size)
+        .bind(now_us)
+        .execute(&mut *tx)
+        .await?;
+    }
+    for (project, domain) in projects {
+        sqlx::query(
+            "INSERT INTO keystone_projects (project_id, domain_id, updated_at_us) VALUES ($1, $2, $3) \
+             ON CONFLICT (project_id) DO UPDATE SET domain_id = excluded.domain_id, updated_at_us = excluded.updated_at_us",
+        )
+        .bind(project)
+        .bind(domain)
         .bind(now_us)
         .execute(&mut *tx)
         .await?;

@@ -1,7 +1,7 @@
 //! The raw store: group-committed appends, imports, flushes, compaction and
 //! the read path, over the pieces in the sibling modules.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, RecvTimeoutError};
@@ -896,13 +896,27 @@ impl Shared {
         let id = flush_id.to_string();
         let key_path = self.keys_dir.join(format!("{flush_id}.keys"));
         let write_keys = origin != FlushOrigin::Compaction;
-        type Encoded = (Vec<(SegmentEntry, Vec<u8>)>, dedupe::Day);
+        type Encoded = (
+            Vec<(SegmentEntry, Vec<u8>)>,
+            dedupe::Day,
+            BTreeSet<(String, String)>,
+        );
         let encoded: Encoded =
             tokio::task::spawn_blocking(move || -> Result<Encoded, StoreError> {
                 let mut by_date: BTreeMap<NaiveDate, Vec<&UsageRecord>> = BTreeMap::new();
+                // (project, domain) pairs the producers named: how accounts
+                // that own a Keystone domain find its projects.
+                let mut named: BTreeSet<(&str, &str)> = BTreeSet::new();
                 for r in chunks.iter().flat_map(|c| c.records.iter()) {
                     by_date.entry(r.time.date_naive()).or_default().push(r);
+                    if let Some(d) = &r.domain_id {
+                        named.insert((&r.project_id, d));
+                    }
                 }
+                let projects: BTreeSet<(String, String)> = named
+                    .into_iter()
+                    .map(|(p, d)| (p.to_string(), d.to_string()))
+                    .collect();
                 let mut max_day = i32::MIN;
                 if write_keys {
                     let keys: Vec<(KeyHash, dedupe::Day)> =
@@ -942,14 +956,14 @@ impl Shared {
                     };
                     files.push((entry, bytes));
                 }
-                Ok((files, max_day))
+                Ok((files, max_day, projects))
             })
             .await
             .map_err(|e| StoreError::Io {
                 context: "segment encoding task failed".into(),
                 source: std::io::Error::other(e.to_string()),
             })??;
-        let (files, max_day) = encoded;
+        let (files, max_day, projects) = encoded;
         let mut entries = Vec::with_capacity(files.len());
         for (entry, bytes) in files {
             self.objects.put(&entry.path, bytes).await?;
@@ -961,6 +975,7 @@ impl Shared {
             origin,
             &entries,
             &retire,
+            &projects,
             to_micros(Utc::now()),
         )
         .await?;

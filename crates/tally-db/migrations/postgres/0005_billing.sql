@@ -28,7 +28,8 @@ CREATE TABLE account_ownership (
     PRIMARY KEY (kind, keystone_id)
 );
 
--- The Keystone domain of each project Tally has heard of.
+-- The Keystone domain of each project Tally has heard of: from usage records
+-- that name one (recorded with each raw-store flush) and from operators.
 CREATE TABLE keystone_projects (
     project_id     TEXT PRIMARY KEY,
     domain_id      TEXT NOT NULL,
