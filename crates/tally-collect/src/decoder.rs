@@ -98,9 +98,10 @@ pub fn decode_elements(
 pub fn decoder_for(format: &str) -> Option<std::sync::Arc<dyn Decoder>> {
     match format {
         "cloudevents" => Some(std::sync::Arc::new(crate::CloudEventsDecoder)),
+        "openstack" => Some(std::sync::Arc::new(crate::OpenStackDecoder)),
         _ => None,
     }
 }
 
 /// Names accepted by [`decoder_for`].
-pub const FORMATS: &[&str] = &["cloudevents"];
+pub const FORMATS: &[&str] = &["cloudevents", "openstack"];

@@ -16,9 +16,11 @@ pub mod cloudevents;
 pub mod decoder;
 pub mod files;
 pub mod framing;
+pub mod openstack;
 
 pub use cloudevents::CloudEventsDecoder;
 pub use decoder::{
     Decoded, Decoder, ElementError, FORMATS, decode_body, decode_elements, decoder_for,
 };
 pub use framing::{BodyError, Framing};
+pub use openstack::OpenStackDecoder;

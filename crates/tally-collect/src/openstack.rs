@@ -1,0 +1,840 @@
+//! OpenStack notifications and Ceilometer samples into usage records.
+//!
+//! One element is one message as a producer sent it, in any of the shapes
+//! met in practice (see `docs/openstack.md`):
+//! - the oslo.messaging v2 envelope `{"oslo.version": "2.0", "oslo.message":
+//!   "<JSON string>"}` (decoded twice), possibly wrapped by an AMQP 1.0
+//!   bridge as `{"request": <envelope>, "context": {}}`;
+//! - the bare message (the v1 driver): `message_id`, `publisher_id`,
+//!   `event_type`, `priority`, `payload`, `timestamp`, `_context_*`;
+//! - what an oslo.messaging listener hands over: `{ctxt, event_type,
+//!   payload, publisher_id, metadata: {message_id, timestamp}}`;
+//! - Nova's documentation samples, which carry no `message_id` nor
+//!   `timestamp`: the id is derived from a hash of the bytes and the time
+//!   from the payload (`terminated_at` for deletes, else `updated_at`, else
+//!   `launched_at`);
+//! - a Ceilometer sample (`counter_name`, `counter_volume`, …) as its HTTP
+//!   publisher POSTs it, or a `metering` notification carrying a list of them.
+//!
+//! The owner billed is the payload's (`tenant_id`, `project_id`, `owner`),
+//! never the `_context_*` actor. Event types Tally does not bill (start
+//! events, errors, flavors, …) decode to no records; [`classify`] says why.
+
+use bytes::Bytes;
+use chrono::{DateTime, NaiveDateTime, SubsecRound, Utc};
+use rust_decimal::Decimal;
+use serde_json::{Map, Value};
+use sha2::{Digest, Sha256};
+use tally_core::{AttributeValue, Attributes, MeterKind, RejectCode, UsageRecord};
+
+use crate::decoder::{Decoder, ElementError};
+
+/// The source every OpenStack record carries: message ids are UUIDs, unique
+/// across services, so one source makes a message redelivered through
+/// another path (bus, HTTP, file) the same record.
+pub const SOURCE: &str = "openstack";
+
+/// The decoder of OpenStack notifications and Ceilometer samples.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct OpenStackDecoder;
+
+fn err(code: RejectCode, message: impl Into<String>) -> ElementError {
+    ElementError::new(code, message)
+}
+
+/// A message after its envelope is removed.
+#[derive(Debug)]
+enum Message {
+    /// A notification.
+    Notification {
+        message_id: Option<String>,
+        event_type: String,
+        timestamp: Option<String>,
+        payload: Value,
+        /// The actor's project (`_context_project_id`, `ctxt.project_id`):
+        /// used only for deletes whose payload names no owner.
+        context_project: Option<String>,
+    },
+    /// One Ceilometer sample (HTTP publisher).
+    Sample(Map<String, Value>),
+}
+
+fn unwrap(mut v: Value) -> Result<Message, ElementError> {
+    // An AMQP 1.0 bridge wraps the envelope once more.
+    if v.get("oslo.message").is_none()
+        && v.get("event_type").is_none()
+        && let Some(inner) = v.get_mut("request")
+    {
+        v = inner.take();
+    }
+    if let Some(inner) = v.get("oslo.message") {
+        let text = inner.as_str().ok_or_else(|| {
+            err(
+                RejectCode::MalformedJson,
+                "'oslo.message' must be a string holding the message as JSON",
+            )
+        })?;
+        v = serde_json::from_str(text).map_err(|e| {
+            err(
+                RejectCode::MalformedJson,
+                format!("'oslo.message' does not hold JSON: {e}"),
+            )
+        })?;
+    }
+    let Value::Object(mut m) = v else {
+        return Err(err(
+            RejectCode::MalformedJson,
+            "a message must be a JSON object (an oslo envelope, a notification or a sample)",
+        ));
+    };
+    if m.contains_key("counter_name") {
+        return Ok(Message::Sample(m));
+    }
+    let event_type = match m.get("event_type") {
+        Some(Value::String(s)) if !s.is_empty() => s.clone(),
+        _ => {
+            return Err(err(
+                RejectCode::MissingField,
+                "the message has no 'event_type' (nor 'counter_name'): it is not a notification or a sample",
+            ));
+        }
+    };
+    let metadata = m.remove("metadata");
+    let pick =
+        |m: &Map<String, Value>, k: &str| m.get(k).and_then(Value::as_str).map(str::to_string);
+    let from_meta = |k: &str| {
+        metadata
+            .as_ref()
+            .and_then(|md| md.get(k))
+            .and_then(Value::as_str)
+            .map(str::to_string)
+    };
+    let context_project = pick(&m, "_context_project_id")
+        .or_else(|| pick(&m, "_context_tenant"))
+        .or_else(|| {
+            m.get("ctxt").and_then(|c| {
+                text(c, "project_id")
+                    .or_else(|| text(c, "tenant_id"))
+                    .or_else(|| text(c, "tenant"))
+                    .map(str::to_string)
+            })
+        });
+    Ok(Message::Notification {
+        context_project,
+        message_id: pick(&m, "message_id").or_else(|| from_meta("message_id")),
+        timestamp: pick(&m, "timestamp").or_else(|| from_meta("timestamp")),
+        payload: m.remove("payload").unwrap_or(Value::Null),
+        event_type,
+    })
+}
+
+/// Parses the timestamps OpenStack writes: RFC 3339, or naive UTC with a
+/// space or a `T` (`2018-05-29 20:12:38.640725`), or with an offset after a
+/// space (`2016-03-07 17:24:49+00:00`).
+pub fn parse_openstack_time(text: &str) -> Option<DateTime<Utc>> {
+    let t = text.trim();
+    if let Ok(t) = DateTime::parse_from_rfc3339(t) {
+        return Some(t.with_timezone(&Utc).trunc_subsecs(6));
+    }
+    if let Ok(t) = DateTime::parse_from_str(t, "%Y-%m-%d %H:%M:%S%.f%:z") {
+        return Some(t.with_timezone(&Utc).trunc_subsecs(6));
+    }
+    for f in ["%Y-%m-%d %H:%M:%S%.f", "%Y-%m-%dT%H:%M:%S%.f"] {
+        if let Ok(t) = NaiveDateTime::parse_from_str(t, f) {
+            return Some(t.and_utc().trunc_subsecs(6));
+        }
+    }
+    None
+}
+
+/// What [`OpenStackDecoder`] does with an event type: bill it (and as
+/// which family), or ignore it with the reason.
+pub fn classify(event_type: &str) -> Result<&'static str, &'static str> {
+    let family = if event_type == "metering" {
+        "ceilometer"
+    } else if event_type.starts_with("compute.instance.") || event_type.starts_with("instance.") {
+        "nova"
+    } else if event_type == "volume.usage" {
+        return Err("Nova's per-instance volume I/O counters are not billed");
+    } else if event_type.starts_with("volume.") {
+        "volume"
+    } else if event_type.starts_with("snapshot.") {
+        "snapshot"
+    } else if event_type.starts_with("backup.") {
+        "backup"
+    } else if event_type.starts_with("floatingip.") {
+        "floatingip"
+    } else if event_type.starts_with("router.") {
+        "router"
+    } else if event_type.starts_with("image.") && !event_type.starts_with("image.member.") {
+        "image"
+    } else if event_type == "objectstore.http.request" {
+        "swift"
+    } else {
+        return Err("not a billable event type");
+    };
+    if event_type.ends_with(".start") {
+        return Err("start events change nothing billable: the matching .end does");
+    }
+    if event_type.ends_with(".error") {
+        return Err("a failed action changes nothing billable");
+    }
+    if family == "router"
+        && (event_type.contains(".interface.") || event_type.contains(".gateway."))
+    {
+        return Err("an interface or gateway change does not change the router's existence");
+    }
+    // Interface and volume attachments, key pairs and the like carry no
+    // usage of their own.
+    for part in [
+        "interface_",
+        "volume_attach",
+        "volume_detach",
+        "volume_swap",
+        "snapshot.",
+    ] {
+        if family == "nova" && event_type.contains(part) {
+            return Err("an attachment or snapshot action bills nothing on the instance");
+        }
+    }
+    Ok(family)
+}
+
+struct Builder<'a> {
+    id: String,
+    time: DateTime<Utc>,
+    received_at: DateTime<Utc>,
+    payload_bytes: &'a Bytes,
+    event_type: &'a str,
+    records: Vec<UsageRecord>,
+}
+
+impl Builder<'_> {
+    #[allow(clippy::too_many_arguments)]
+    fn push(
+        &mut self,
+        project: &str,
+        user: Option<&str>,
+        resource: &str,
+        meter: &str,
+        kind: MeterKind,
+        volume: Decimal,
+        unit: &str,
+        mut attributes: Attributes,
+    ) {
+        attributes.insert(
+            "event_type".into(),
+            AttributeValue::String(self.event_type.to_string()),
+        );
+        // One message can give several records (an instance's state, vCPUs,
+        // RAM, disk): the meter makes each id unique and stable.
+        let id = if self.records.is_empty() && meter_is_primary(meter) {
+            self.id.clone()
+        } else {
+            format!("{}:{meter}", self.id)
+        };
+        self.records.push(UsageRecord {
+            id,
+            source: SOURCE.to_string(),
+            time: self.time,
+            received_at: self.received_at,
+            project_id: project.to_string(),
+            user_id: user.map(str::to_string),
+            domain_id: None,
+            resource_id: resource.to_string(),
+            meter: meter.to_string(),
+            kind,
+            volume,
+            unit: Some(unit.to_string()),
+            attributes,
+            payload: self.payload_bytes.clone(),
+        });
+    }
+}
+
+fn meter_is_primary(meter: &str) -> bool {
+    matches!(
+        meter,
+        "instance"
+            | "volume.size"
+            | "snapshot.size"
+            | "backup.size"
+            | "ip.floating"
+            | "router"
+            | "image.size"
+    )
+}
+
+fn text<'a>(m: &'a Value, key: &str) -> Option<&'a str> {
+    m.get(key).and_then(Value::as_str).filter(|s| !s.is_empty())
+}
+
+fn number(m: &Value, key: &str) -> Option<Decimal> {
+    match m.get(key)? {
+        Value::Number(n) => n.to_string().parse().ok(),
+        Value::String(s) => s.parse().ok(),
+        _ => None,
+    }
+}
+
+fn owner<'a>(payload: &'a Value, what: &str) -> Result<&'a str, ElementError> {
+    text(payload, "tenant_id")
+        .or_else(|| text(payload, "project_id"))
+        .or_else(|| text(payload, "owner"))
+        .ok_or_else(|| {
+            err(
+                RejectCode::MissingField,
+                format!(
+                    "the {what} payload names no owner ('tenant_id', 'project_id' or 'owner'): Tally bills the owner, not the caller in the context"
+                ),
+            )
+        })
+}
+
+fn required<'a>(payload: &'a Value, key: &str, what: &str) -> Result<&'a str, ElementError> {
+    text(payload, key).ok_or_else(|| {
+        err(
+            RejectCode::MissingField,
+            format!("the {what} payload has no '{key}'"),
+        )
+    })
+}
+
+fn attr_str(a: &mut Attributes, name: &str, value: Option<&str>) {
+    if let Some(v) = value {
+        a.insert(name.into(), AttributeValue::String(v.to_string()));
+    }
+}
+
+fn is_delete(event_type: &str) -> bool {
+    event_type.contains(".delete.") || event_type.ends_with(".delete")
+}
+
+/// Nova's versioned payloads are `{nova_object.data, nova_object.version}`;
+/// Tally reads the 1.x versions.
+fn nova_object<'a>(v: &'a Value, what: &str) -> Result<&'a Value, ElementError> {
+    let Some(data) = v.get("nova_object.data") else {
+        return Ok(v);
+    };
+    let version = v
+        .get("nova_object.version")
+        .and_then(Value::as_str)
+        .unwrap_or("");
+    // Nova has shipped payloads at majors 1 (actions, flavors) and 2
+    // (update, exists); a new major may move fields Tally reads.
+    if !(version.starts_with("1.") || version.starts_with("2.")) {
+        return Err(err(
+            RejectCode::InvalidField,
+            format!(
+                "{what} nova_object.version '{version}' is not one Tally knows (1.x, 2.x): upgrade Tally or send unversioned notifications"
+            ),
+        ));
+    }
+    Ok(data)
+}
+
+fn nova(b: &mut Builder<'_>, payload: &Value) -> Result<(), ElementError> {
+    let p = nova_object(payload, "the instance payload's")?;
+    let project = owner(p, "instance")?;
+    let resource = text(p, "uuid")
+        .or_else(|| text(p, "instance_id"))
+        .ok_or_else(|| {
+            err(
+                RejectCode::MissingField,
+                "the instance payload has no 'uuid' (nor 'instance_id')",
+            )
+        })?;
+    let flavor = match p.get("flavor") {
+        Some(f) => Some(nova_object(f, "the flavor's")?),
+        None => None,
+    };
+    let flavor_name = flavor
+        .and_then(|f| text(f, "name"))
+        .or_else(|| text(p, "instance_type"));
+    let flavor_id = flavor
+        .and_then(|f| text(f, "flavorid"))
+        .map(str::to_string)
+        .or_else(|| {
+            p.get("instance_type_id")
+                .map(|v| v.to_string().trim_matches('"').to_string())
+        });
+    let size = |key: &str, legacy: &str| {
+        flavor
+            .and_then(|f| number(f, key))
+            .or_else(|| number(p, legacy))
+    };
+    let status = if is_delete(b.event_type) && b.event_type.ends_with(".end") {
+        "deleted"
+    } else {
+        text(p, "state").unwrap_or("unknown")
+    };
+    let mut a = Attributes::new();
+    attr_str(&mut a, "status", Some(status));
+    attr_str(&mut a, "flavor_name", flavor_name);
+    attr_str(&mut a, "flavor_id", flavor_id.as_deref());
+    attr_str(&mut a, "availability_zone", text(p, "availability_zone"));
+    attr_str(&mut a, "host", text(p, "host"));
+    if b.event_type.ends_with("exists") {
+        attr_str(
+            &mut a,
+            "audit_period_beginning",
+            text(p, "audit_period_beginning"),
+        );
+        attr_str(
+            &mut a,
+            "audit_period_ending",
+            text(p, "audit_period_ending"),
+        );
+        if let Some(ap) = p.get("audit_period") {
+            let ap = nova_object(ap, "the audit period's")?;
+            attr_str(
+                &mut a,
+                "audit_period_beginning",
+                text(ap, "audit_period_beginning"),
+            );
+            attr_str(
+                &mut a,
+                "audit_period_ending",
+                text(ap, "audit_period_ending"),
+            );
+        }
+    }
+    let user = text(p, "user_id");
+    b.push(
+        project,
+        user,
+        resource,
+        "instance",
+        MeterKind::Gauge,
+        Decimal::ONE,
+        "instance",
+        a.clone(),
+    );
+    let mut gauge = Attributes::new();
+    attr_str(&mut gauge, "status", Some(status));
+    attr_str(&mut gauge, "flavor_name", flavor_name);
+    for (meter, key, legacy, unit) in [
+        ("vcpus", "vcpus", "vcpus", "vcpu"),
+        ("memory", "memory_mb", "memory_mb", "MiB"),
+        ("disk.root.size", "root_gb", "root_gb", "GiB"),
+    ] {
+        if let Some(v) = size(key, legacy) {
+            b.push(
+                project,
+                user,
+                resource,
+                meter,
+                MeterKind::Gauge,
+                v,
+                unit,
+                gauge.clone(),
+            );
+        }
+    }
+    Ok(())
+}
+
+fn cinder(b: &mut Builder<'_>, family: &str, p: &Value) -> Result<(), ElementError> {
+    let project = owner(p, family)?;
+    let (id_key, size_key, meter) = match family {
+        "volume" => ("volume_id", "size", "volume.size"),
+        "snapshot" => ("snapshot_id", "volume_size", "snapshot.size"),
+        _ => ("backup_id", "size", "backup.size"),
+    };
+    let resource = required(p, id_key, family)?;
+    let size = number(p, size_key).ok_or_else(|| {
+        err(
+            RejectCode::InvalidVolume,
+            format!("the {family} payload has no numeric '{size_key}'"),
+        )
+    })?;
+    let mut a = Attributes::new();
+    let status = if is_delete(b.event_type) {
+        Some("deleted")
+    } else {
+        text(p, "status")
+    };
+    attr_str(&mut a, "status", status);
+    attr_str(&mut a, "volume_type", text(p, "volume_type"));
+    attr_str(&mut a, "availability_zone", text(p, "availability_zone"));
+    attr_str(
+        &mut a,
+        "volume_id",
+        text(p, "volume_id").filter(|_| family != "volume"),
+    );
+    b.push(
+        project,
+        text(p, "user_id"),
+        resource,
+        meter,
+        MeterKind::Gauge,
+        size,
+        "GiB",
+        a,
+    );
+    Ok(())
+}
+
+fn neutron(
+    b: &mut Builder<'_>,
+    family: &str,
+    payload: &Value,
+    context_project: Option<&str>,
+) -> Result<(), ElementError> {
+    // Deletes carry only the id (`floatingip_id`); the rest carry the object.
+    let object = payload.get(family).unwrap_or(payload);
+    let id_key = format!("{family}_id");
+    let resource = text(object, "id")
+        .or_else(|| text(payload, &id_key))
+        .ok_or_else(|| {
+            err(
+                RejectCode::MissingField,
+                format!("the {family} payload has no 'id' (nor '{id_key}')"),
+            )
+        })?;
+    let project = text(object, "project_id")
+        .or_else(|| text(object, "tenant_id"))
+        .or_else(|| text(payload, "project_id"))
+        .or_else(|| text(payload, "tenant_id"));
+    let mut a = Attributes::new();
+    // Neutron's deletes name only the id. The actor who deleted it is the
+    // owner unless an administrator did it for them: the record says where
+    // the owner came from (docs/openstack.md).
+    let project = match (project, context_project) {
+        (Some(p), _) => p,
+        (None, Some(c)) if is_delete(b.event_type) => {
+            attr_str(&mut a, "owner_from", Some("context"));
+            c
+        }
+        _ => {
+            return Err(err(
+                RejectCode::MissingField,
+                format!("the {family} payload names no owner ('project_id' or 'tenant_id')"),
+            ));
+        }
+    };
+    let status = if is_delete(b.event_type) {
+        Some("deleted")
+    } else {
+        text(object, "status")
+    };
+    attr_str(
+        &mut a,
+        "status",
+        status.map(|s| s.to_ascii_lowercase()).as_deref(),
+    );
+    attr_str(
+        &mut a,
+        "floating_ip_address",
+        text(object, "floating_ip_address"),
+    );
+    attr_str(&mut a, "port_id", text(object, "port_id"));
+    let (meter, unit) = if family == "floatingip" {
+        ("ip.floating", "ip")
+    } else {
+        ("router", "router")
+    };
+    b.push(
+        project,
+        None,
+        resource,
+        meter,
+        MeterKind::Gauge,
+        Decimal::ONE,
+        unit,
+        a,
+    );
+    Ok(())
+}
+
+fn glance(b: &mut Builder<'_>, p: &Value) -> Result<(), ElementError> {
+    let project = owner(p, "image")?;
+    let resource = required(p, "id", "image")?;
+    let size = number(p, "size").unwrap_or(Decimal::ZERO);
+    let mut a = Attributes::new();
+    let status = if is_delete(b.event_type) {
+        Some("deleted")
+    } else {
+        text(p, "status")
+    };
+    attr_str(&mut a, "status", status);
+    attr_str(&mut a, "disk_format", text(p, "disk_format"));
+    attr_str(&mut a, "container_format", text(p, "container_format"));
+    b.push(
+        project,
+        None,
+        resource,
+        "image.size",
+        MeterKind::Gauge,
+        size,
+        "B",
+        a,
+    );
+    Ok(())
+}
+
+fn swift(b: &mut Builder<'_>, p: &Value) -> Result<(), ElementError> {
+    let project = p
+        .get("initiator")
+        .and_then(|i| text(i, "project_id"))
+        .or_else(|| {
+            // The account is the path's second segment, `<reseller
+            // prefix>_<project>` (`AUTH_` by default): what ceilometermiddleware
+            // bills when the initiator names no project.
+            p.get("target")
+                .and_then(|t| t.get("metadata"))
+                .and_then(|m| text(m, "path"))
+                .and_then(|path| path.split('/').filter(|s| !s.is_empty()).nth(1))
+                .and_then(|account| account.split_once('_').map(|(_, project)| project))
+                .filter(|project| !project.is_empty())
+        })
+        .ok_or_else(|| {
+            err(
+                RejectCode::MissingField,
+                "the objectstore.http.request payload names no project (initiator.project_id, or an AUTH_ account in target.metadata.path)",
+            )
+        })?;
+    let resource = p
+        .get("target")
+        .and_then(|t| text(t, "id"))
+        .unwrap_or(project);
+    let measurements = p
+        .get("measurements")
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default();
+    for m in measurements {
+        let Some(name) = m.get("metric").and_then(|x| text(x, "name")) else {
+            continue;
+        };
+        let volume = number(&m, "result").ok_or_else(|| {
+            err(
+                RejectCode::InvalidVolume,
+                format!("measurement '{name}' has no numeric 'result'"),
+            )
+        })?;
+        let unit = m.get("metric").and_then(|x| text(x, "unit")).unwrap_or("B");
+        b.push(
+            project,
+            None,
+            resource,
+            name,
+            MeterKind::Delta,
+            volume,
+            unit,
+            Attributes::new(),
+        );
+    }
+    Ok(())
+}
+
+/// One Ceilometer sample into one record.
+fn sample(
+    s: &Map<String, Value>,
+    id_fallback: &str,
+    payload_bytes: &Bytes,
+    received_at: DateTime<Utc>,
+) -> Result<UsageRecord, ElementError> {
+    let v = Value::Object(s.clone());
+    let meter = required(&v, "counter_name", "sample")?;
+    let id = text(&v, "message_id")
+        .map(str::to_string)
+        .unwrap_or_else(|| format!("{id_fallback}:{meter}"));
+    let with_id = |mut e: ElementError| {
+        e.id = Some(id.clone());
+        e
+    };
+    let project = required(&v, "project_id", "sample").map_err(with_id)?;
+    let resource = required(&v, "resource_id", "sample").map_err(with_id)?;
+    let volume = number(&v, "counter_volume").ok_or_else(|| {
+        with_id(err(
+            RejectCode::InvalidVolume,
+            format!(
+                "sample '{meter}' has counter_volume {}: it must be a number",
+                v.get("counter_volume").unwrap_or(&Value::Null)
+            ),
+        ))
+    })?;
+    let kind = match text(&v, "counter_type").unwrap_or("gauge") {
+        "gauge" => MeterKind::Gauge,
+        "delta" => MeterKind::Delta,
+        "cumulative" => MeterKind::Cumulative,
+        other => {
+            return Err(with_id(err(
+                RejectCode::InvalidKind,
+                format!("sample counter_type '{other}' is not gauge, delta or cumulative"),
+            )));
+        }
+    };
+    let time = text(&v, "timestamp")
+        .and_then(parse_openstack_time)
+        .ok_or_else(|| {
+            with_id(err(
+                RejectCode::InvalidTime,
+                "the sample's 'timestamp' is missing or not a time",
+            ))
+        })?;
+    let mut attributes = Attributes::new();
+    if let Some(Value::Object(md)) = v.get("resource_metadata") {
+        for (k, val) in md {
+            let value = match val {
+                Value::String(s) if s.len() <= crate::cloudevents::MAX_ATTRIBUTE_LEN => {
+                    AttributeValue::String(s.clone())
+                }
+                Value::Number(n) => AttributeValue::Number(n.clone()),
+                Value::Bool(b) => AttributeValue::Bool(*b),
+                _ => continue,
+            };
+            attributes.insert(k.clone(), value);
+        }
+        if let Some(name) = md.get("flavor").and_then(|f| text(f, "name")) {
+            attributes.insert(
+                "flavor_name".into(),
+                AttributeValue::String(name.to_string()),
+            );
+        }
+    }
+    Ok(UsageRecord {
+        id,
+        source: SOURCE.to_string(),
+        time,
+        received_at,
+        project_id: project.to_string(),
+        user_id: text(&v, "user_id").map(str::to_string),
+        domain_id: None,
+        resource_id: resource.to_string(),
+        meter: meter.to_string(),
+        kind,
+        volume,
+        unit: text(&v, "counter_unit").map(str::to_string),
+        attributes,
+        payload: payload_bytes.clone(),
+    })
+}
+
+/// When a message decodes to no records because its event type is not
+/// billed: the event type and why. `None` for samples, billed types and
+/// messages that cannot be read (those are errors of [`Decoder::decode`]).
+pub fn ignored(element: &[u8]) -> Option<(String, &'static str)> {
+    let value: Value = serde_json::from_slice(element).ok()?;
+    match unwrap(value).ok()? {
+        Message::Notification { event_type, .. } => {
+            let reason = classify(&event_type).err()?;
+            Some((event_type, reason))
+        }
+        Message::Sample(_) => None,
+    }
+}
+
+/// A stable id for a message that carries none: a hash of its bytes.
+fn derived_id(element: &Bytes) -> String {
+    let digest = Sha256::digest(element);
+    let hex: String = digest[..16].iter().map(|b| format!("{b:02x}")).collect();
+    format!("sha256:{hex}")
+}
+
+/// The time of a message without a timestamp, from its payload.
+fn payload_time(event_type: &str, payload: &Value) -> Option<DateTime<Utc>> {
+    let p = payload.get("nova_object.data").unwrap_or(payload);
+    let keys: &[&str] = if is_delete(event_type) {
+        &["terminated_at", "deleted_at", "updated_at", "launched_at"]
+    } else {
+        &["updated_at", "launched_at", "created_at"]
+    };
+    keys.iter()
+        .find_map(|k| text(p, k).and_then(parse_openstack_time))
+}
+
+impl Decoder for OpenStackDecoder {
+    fn format(&self) -> &'static str {
+        "openstack"
+    }
+
+    fn decode(
+        &self,
+        element: &Bytes,
+        received_at: DateTime<Utc>,
+    ) -> Result<Vec<UsageRecord>, ElementError> {
+        let value: Value = serde_json::from_slice(element).map_err(|e| {
+            err(
+                RejectCode::MalformedJson,
+                format!("the message is not JSON: {e}"),
+            )
+        })?;
+        let (message_id, event_type, timestamp, payload, context_project) = match unwrap(value)? {
+            Message::Sample(s) => {
+                return Ok(vec![sample(
+                    &s,
+                    &derived_id(element),
+                    element,
+                    received_at,
+                )?]);
+            }
+            Message::Notification {
+                message_id,
+                event_type,
+                timestamp,
+                payload,
+                context_project,
+            } => (message_id, event_type, timestamp, payload, context_project),
+        };
+        let with_id = |mut e: ElementError| {
+            e.id = message_id.clone();
+            e
+        };
+        let family = match classify(&event_type) {
+            Ok(f) => f,
+            Err(_) => return Ok(Vec::new()),
+        };
+        let id = message_id.clone().unwrap_or_else(|| derived_id(element));
+        if family == "ceilometer" {
+            let samples = payload.as_array().cloned().unwrap_or_default();
+            return samples
+                .iter()
+                .enumerate()
+                .map(|(i, s)| match s {
+                    Value::Object(s) => {
+                        sample(s, &format!("{id}:{i}"), element, received_at).map_err(with_id)
+                    }
+                    _ => Err(with_id(err(
+                        RejectCode::InvalidField,
+                        "a metering notification's payload must be a list of sample objects",
+                    ))),
+                })
+                .collect();
+        }
+        let time = match &timestamp {
+            Some(t) => parse_openstack_time(t).ok_or_else(|| {
+                with_id(err(
+                    RejectCode::InvalidTime,
+                    format!("'timestamp' ('{t}') is not a time such as 2018-05-29 20:12:38.640725"),
+                ))
+            })?,
+            None => payload_time(&event_type, &payload).ok_or_else(|| {
+                with_id(err(
+                    RejectCode::InvalidTime,
+                    "the message has no 'timestamp' and its payload no terminated_at, updated_at or launched_at",
+                ))
+            })?,
+        };
+        let mut b = Builder {
+            id,
+            time,
+            received_at,
+            payload_bytes: element,
+            event_type: &event_type,
+            records: Vec::new(),
+        };
+        let result = match family {
+            "nova" => nova(&mut b, &payload),
+            "volume" | "snapshot" | "backup" => cinder(&mut b, family, &payload),
+            "floatingip" | "router" => {
+                neutron(&mut b, family, &payload, context_project.as_deref())
+            }
+            "image" => glance(&mut b, &payload),
+            _ => swift(&mut b, &payload),
+        };
+        result.map_err(with_id)?;
+        Ok(b.records)
+    }
+}
