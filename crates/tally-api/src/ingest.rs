@@ -22,9 +22,34 @@ const INLINE_DECODE_BYTES: usize = 256 * 1024;
 /// and one rejection per bad record, only after accepted records are durable.
 pub async fn post_events(
     State(state): State<Arc<AppState>>,
-    Caller(caller): Caller,
+    caller: Caller,
     Query(params): Query<HashMap<String, String>>,
     headers: HeaderMap,
+    body: Body,
+) -> Result<Json<IngestSummary>, ApiError> {
+    let format = params.get("format").map_or("cloudevents", String::as_str);
+    ingest(&state, caller, format, &headers, body).await
+}
+
+/// `POST /v1/ceilometer/samples`: exactly what Ceilometer's `http://`
+/// publisher sends (a sample or a JSON array of samples, as
+/// `application/json`), authenticated by a Tally key in the URL's userinfo
+/// (`http://tally:<key>@host:8080/v1/ceilometer/samples`), which arrives as
+/// HTTP Basic auth.
+pub async fn post_ceilometer_samples(
+    State(state): State<Arc<AppState>>,
+    caller: Caller,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Json<IngestSummary>, ApiError> {
+    ingest(&state, caller, "openstack", &headers, body).await
+}
+
+async fn ingest(
+    state: &AppState,
+    Caller(caller): Caller,
+    format: &str,
+    headers: &HeaderMap,
     body: Body,
 ) -> Result<Json<IngestSummary>, ApiError> {
     let refuse = |e: ApiError| {
@@ -41,7 +66,6 @@ pub async fn post_events(
             ),
         )));
     }
-    let format = params.get("format").map_or("cloudevents", String::as_str);
     let decoder = decoder_for(format).ok_or_else(|| {
         refuse(ApiError::bad_request(
             "unknown_format",

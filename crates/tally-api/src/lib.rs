@@ -72,6 +72,10 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/metrics", get(metrics_text))
         .route("/v1/events", get(events::list).post(ingest::post_events))
         .route(
+            "/v1/ceilometer/samples",
+            post(ingest::post_ceilometer_samples),
+        )
+        .route(
             "/v1/rating/runs",
             get(rating::list_runs).post(rating::create_run),
         )
@@ -145,11 +149,31 @@ impl FromRequestParts<Arc<AppState>> for Caller {
             })?
             .to_str()
             .map_err(|_| unauthorized("the Authorization header is not valid text"))?;
-        let key = header
-            .strip_prefix("Bearer ")
-            .or_else(|| header.strip_prefix("bearer "))
-            .ok_or_else(|| unauthorized("the Authorization header must be 'Bearer <API key>'"))?
-            .trim();
+        // Ceilometer's http publisher can only send credentials from the
+        // URL's userinfo, as Basic auth: the password is the API key.
+        let basic = header
+            .strip_prefix("Basic ")
+            .or_else(|| header.strip_prefix("basic "))
+            .map(|b64| {
+                base64::Engine::decode(&base64::engine::general_purpose::STANDARD, b64.trim())
+                    .ok()
+                    .and_then(|raw| String::from_utf8(raw).ok())
+                    .and_then(|pair| pair.split_once(':').map(|(_, key)| key.to_string()))
+                    .ok_or_else(|| {
+                        unauthorized("the Basic credentials are not base64 of 'user:<API key>'")
+                    })
+            })
+            .transpose()?;
+        let key = match &basic {
+            Some(k) => k.as_str(),
+            None => header
+                .strip_prefix("Bearer ")
+                .or_else(|| header.strip_prefix("bearer "))
+                .ok_or_else(|| {
+                    unauthorized("the Authorization header must be 'Bearer <API key>' (or Basic with the key as password)")
+                })?
+                .trim(),
+        };
         match state.keys.authenticate(key).await {
             Ok(Some(identity)) => Ok(Caller(identity)),
             Ok(None) => Err(unauthorized("the API key is unknown or revoked")),
