@@ -838,3 +838,176 @@ impl Decoder for OpenStackDecoder {
         Ok(b.records)
     }
 }
+
+/// One server of a saved `os-simple-tenant-usage` response, against Tally's
+/// instance hours for the same window.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct UsageComparison {
+    /// The instance.
+    pub instance_id: String,
+    /// Its name in Nova.
+    pub name: String,
+    /// Nova's hours (the whole window at `nova_flavor`).
+    pub nova_hours: Decimal,
+    /// The flavor Nova prices it at (its current one).
+    pub nova_flavor: String,
+    /// Tally's instance hours in the window, all flavors.
+    pub tally_hours: Decimal,
+    /// Tally's hours per flavor.
+    pub tally_by_flavor: std::collections::BTreeMap<String, Decimal>,
+    /// tally − nova.
+    pub difference: Decimal,
+    /// Why they differ, in words.
+    pub explanation: String,
+}
+
+/// A saved `os-simple-tenant-usage` response: its window and servers.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NovaUsage {
+    /// Window start.
+    pub start: DateTime<Utc>,
+    /// Window end.
+    pub stop: DateTime<Utc>,
+    /// The servers it lists.
+    pub servers: Vec<NovaServer>,
+}
+
+/// One server of an `os-simple-tenant-usage` response.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NovaServer {
+    /// Its id.
+    pub instance_id: String,
+    /// Its name.
+    pub name: String,
+    /// Its current flavor.
+    pub flavor: String,
+    /// Hours Nova counts in the window.
+    pub hours: Decimal,
+    /// Nova's `started_at` (the latest `launched_at`).
+    pub started_at: Option<DateTime<Utc>>,
+}
+
+/// Reads a saved `os-simple-tenant-usage` response (`tenant_usage` for one
+/// project or `tenant_usages` for all, with `server_usages`).
+pub fn parse_nova_usage(bytes: &[u8]) -> Result<NovaUsage, String> {
+    let v: Value = serde_json::from_slice(bytes).map_err(|e| format!("not JSON: {e}"))?;
+    let usages: Vec<&Value> =
+        match (v.get("tenant_usage"), v.get("tenant_usages")) {
+            (Some(u), _) => vec![u],
+            (None, Some(Value::Array(all))) => all.iter().collect(),
+            _ => return Err(
+                "no 'tenant_usage' or 'tenant_usages': is this an os-simple-tenant-usage response?"
+                    .into(),
+            ),
+        };
+    let time = |u: &Value, k: &str| text(u, k).and_then(parse_openstack_time);
+    let first = usages.first().ok_or("the response lists no project")?;
+    let (start, stop) = match (time(first, "start"), time(first, "stop")) {
+        (Some(a), Some(b)) => (a, b),
+        _ => return Err("the response has no readable 'start' and 'stop'".into()),
+    };
+    let mut servers = Vec::new();
+    for u in usages {
+        for s in u
+            .get("server_usages")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+        {
+            let id = text(s, "instance_id").ok_or("a server usage has no instance_id")?;
+            servers.push(NovaServer {
+                instance_id: id.to_string(),
+                name: text(s, "name").unwrap_or("").to_string(),
+                flavor: text(s, "flavor").unwrap_or("").to_string(),
+                hours: number(s, "hours").ok_or("a server usage has no numeric 'hours'")?,
+                started_at: time(s, "started_at"),
+            });
+        }
+    }
+    Ok(NovaUsage {
+        start,
+        stop,
+        servers,
+    })
+}
+
+/// Compares Nova's hours with Tally's per instance and explains each
+/// difference. Differences under 0.01 h (36 s: Nova's clock against the
+/// notification times) count as agreement.
+pub fn compare_usage(
+    nova: &NovaUsage,
+    tally: &std::collections::BTreeMap<String, std::collections::BTreeMap<String, Decimal>>,
+) -> Vec<UsageComparison> {
+    let tolerance = Decimal::new(1, 2);
+    let mut out = Vec::new();
+    for NovaServer {
+        instance_id: id,
+        name,
+        flavor,
+        hours,
+        started_at: started,
+    } in &nova.servers
+    {
+        let by_flavor = tally.get(id).cloned().unwrap_or_default();
+        let total: Decimal = by_flavor.values().copied().sum();
+        let difference = (total - hours).round_dp(6);
+        let mut why = Vec::new();
+        if by_flavor.is_empty() {
+            why.push("Tally has no instance hours for it in this window: its notifications did not reach Tally (check the exchanges and topics)".to_string());
+        } else {
+            if by_flavor.len() > 1 || by_flavor.keys().any(|f| f != flavor) {
+                let parts: Vec<String> = by_flavor
+                    .iter()
+                    .map(|(f, h)| format!("{f} {}", h.normalize()))
+                    .collect();
+                why.push(format!(
+                    "resized: Tally bills each flavor for the hours it ran ({}); Nova prices the whole window at {flavor}",
+                    parts.join(", ")
+                ));
+            }
+            if difference < -tolerance {
+                why.push(format!(
+                    "Tally billed {} h less: hours in states Tally does not bill (stopped, shelved_offloaded, …); Nova ignores power states",
+                    (-difference).normalize()
+                ));
+            } else if difference > tolerance {
+                let since = started.map(|t| t.to_rfc3339()).unwrap_or_default();
+                why.push(format!(
+                    "Tally billed {} h more: Nova counts from the latest launched_at ({since}), which a rebuild, unshelve or evacuation resets; Tally from the creation",
+                    difference.normalize()
+                ));
+            }
+        }
+        let explanation = if why.is_empty() {
+            "agrees".to_string()
+        } else {
+            why.join("; ")
+        };
+        out.push(UsageComparison {
+            instance_id: id.clone(),
+            name: name.clone(),
+            nova_hours: hours.normalize(),
+            nova_flavor: flavor.clone(),
+            tally_hours: total.normalize(),
+            tally_by_flavor: by_flavor,
+            difference: difference.normalize(),
+            explanation,
+        });
+    }
+    for (id, by_flavor) in tally {
+        if !nova.servers.iter().any(|s| &s.instance_id == id) {
+            let total: Decimal = by_flavor.values().copied().sum();
+            out.push(UsageComparison {
+                instance_id: id.clone(),
+                name: String::new(),
+                nova_hours: Decimal::ZERO,
+                nova_flavor: String::new(),
+                tally_hours: total.normalize(),
+                tally_by_flavor: by_flavor.clone(),
+                difference: total.normalize(),
+                explanation: "Nova does not list it: deleted before the window, or in a project the response does not cover".into(),
+            });
+        }
+    }
+    out
+}

@@ -16,6 +16,7 @@ mod ingest;
 mod output;
 mod plan;
 mod rating;
+mod reconcile;
 mod serve;
 
 use std::path::PathBuf;
@@ -94,6 +95,12 @@ enum Command {
     Alert {
         #[command(subcommand)]
         command: billing::AlertCommand,
+    },
+    /// Reconcile Tally's usage with another system's (Nova's
+    /// os-simple-tenant-usage).
+    Reconcile {
+        #[command(subcommand)]
+        command: reconcile::ReconcileCommand,
     },
     /// Reports: usage that no account pays for.
     Report {
@@ -185,6 +192,10 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Alert { command } => {
             config::init_logging_quiet(&cfg);
             billing::alert(cfg, command).await?;
+        }
+        Command::Reconcile { command } => {
+            config::init_logging_quiet(&cfg);
+            reconcile::run(cfg, command).await?;
         }
         Command::Report { command } => {
             config::init_logging_quiet(&cfg);

@@ -153,6 +153,35 @@ fn a_nova_lifecycle_rates_into_instance_hours_by_flavor() {
     assert_eq!(h("instance.hours", "m1.large"), Decimal::from(8));
     // vCPUs are allocated while stopped: 10 × 1 + 10 × 4 = 50.
     assert_eq!(h("vcpu.hours", "-"), Decimal::from(50));
+
+    // Nova's os-simple-tenant-usage for the day says 20 h at m1.large (it
+    // ignores power states and prices the window at the current flavor).
+    let nova = serde_json::json!({"tenant_usage": {
+        "start": "2026-10-01T00:00:00.000000", "stop": "2026-10-02T00:00:00.000000",
+        "tenant_id": "p1", "total_hours": 20.0,
+        "server_usages": [{"instance_id": "vm-1", "name": "web", "flavor": "m1.large",
+            "hours": 20.0, "started_at": "2026-10-01T00:00:00.000000",
+            "ended_at": "2026-10-01T20:00:00.000000", "state": "terminated",
+            "tenant_id": "p1", "vcpus": 4, "memory_mb": 8192, "local_gb": 20, "uptime": 72000}]}});
+    let file = dir.path().join("usage.json");
+    std::fs::write(&file, nova.to_string()).unwrap();
+    let rows = common::run_json(
+        common::tally(&data)
+            .args(["reconcile", "nova-usage", "--output", "json"])
+            .arg(&file),
+    );
+    let row = &rows[0];
+    assert_eq!(row["tally_hours"], "18");
+    assert_eq!(row["difference"], "-2");
+    let why = row["explanation"].as_str().unwrap();
+    assert!(
+        why.contains("resized") && why.contains("m1.small 10"),
+        "{why}"
+    );
+    assert!(
+        why.contains("2 h less") && why.contains("ignores power states"),
+        "{why}"
+    );
 }
 
 #[tokio::test]
