@@ -1011,3 +1011,76 @@ pub fn compare_usage(
     }
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::BTreeMap;
+
+    fn d(s: &str) -> Decimal {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn every_kind_of_usage_difference_is_explained() {
+        let nova = parse_nova_usage(
+            br#"{"tenant_usages": [{"start": "2026-10-01T00:00:00", "stop": "2026-10-02T00:00:00",
+                "server_usages": [
+                  {"instance_id": "same", "name": "a", "flavor": "m1.small", "hours": 24.0},
+                  {"instance_id": "rebuilt", "name": "b", "flavor": "m1.small", "hours": 6.0,
+                   "started_at": "2026-10-01T18:00:00"},
+                  {"instance_id": "unseen", "name": "c", "flavor": "m1.small", "hours": 3.5}]}]}"#,
+        )
+        .unwrap();
+        let tally = BTreeMap::from([
+            (
+                "same".to_string(),
+                BTreeMap::from([("m1.small".to_string(), d("23.995"))]),
+            ),
+            (
+                "rebuilt".to_string(),
+                BTreeMap::from([("m1.small".to_string(), d("24"))]),
+            ),
+            (
+                "extra".to_string(),
+                BTreeMap::from([("m1.tiny".to_string(), d("1"))]),
+            ),
+        ]);
+        let rows = compare_usage(&nova, &tally);
+        let why: BTreeMap<&str, &str> = rows
+            .iter()
+            .map(|r| (r.instance_id.as_str(), r.explanation.as_str()))
+            .collect();
+        assert_eq!(why["same"], "agrees");
+        assert!(
+            why["rebuilt"].contains("18 h more") && why["rebuilt"].contains("2026-10-01T18:00:00")
+        );
+        assert!(why["unseen"].contains("did not reach Tally"));
+        assert!(why["extra"].contains("Nova does not list it"));
+        assert!(
+            parse_nova_usage(b"{}")
+                .unwrap_err()
+                .contains("os-simple-tenant-usage")
+        );
+    }
+
+    #[test]
+    fn openstack_times_are_read_as_utc() {
+        for (text, want) in [
+            (
+                "2018-05-29 20:12:38.640725",
+                "2018-05-29T20:12:38.640725+00:00",
+            ),
+            ("2012-10-29T13:42:11Z", "2012-10-29T13:42:11+00:00"),
+            ("2016-03-07 17:24:49+00:00", "2016-03-07T17:24:49+00:00"),
+            ("2015-08-06T12:48:14.000000", "2015-08-06T12:48:14+00:00"),
+        ] {
+            assert_eq!(
+                parse_openstack_time(text).unwrap().to_rfc3339(),
+                want,
+                "{text}"
+            );
+        }
+        assert!(parse_openstack_time("yesterday").is_none());
+    }
+}
