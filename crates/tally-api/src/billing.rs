@@ -117,7 +117,7 @@ pub async fn create_account(
             .map_err(billing_error)?;
     }
     if let Some(plan) = &new.plan_id {
-        accounts::assign_plan(db, id, plan, DateTime::<Utc>::UNIX_EPOCH)
+        accounts::assign_plan(db, id, plan, DateTime::<Utc>::UNIX_EPOCH, None)
             .await
             .map_err(billing_error)?;
     }
@@ -206,6 +206,8 @@ pub struct PlanAssignmentBody {
     pub plan_id: String,
     /// From when; default always.
     pub from: Option<DateTime<Utc>>,
+    /// Until when (exclusive); default open-ended.
+    pub to: Option<DateTime<Utc>>,
 }
 
 /// `POST /v1/accounts/{id}/plan-assignments`
@@ -218,7 +220,7 @@ pub async fn assign_plan(
     require_admin(&caller)?;
     let db = &service(&state)?.db;
     let from = body.from.unwrap_or(DateTime::<Utc>::UNIX_EPOCH);
-    accounts::assign_plan(db, &id, &body.plan_id, from)
+    accounts::assign_plan(db, &id, &body.plan_id, from, body.to)
         .await
         .map_err(billing_error)?;
     let a = accounts::get_account(db, &AccountScope::All, &id)

@@ -106,13 +106,16 @@ impl Account {
     }
 }
 
-/// A price plan in force for an account from an instant on.
+/// A price plan in force for an account from an instant on, until an
+/// optional end (then the plan assigned before it resumes, or the default).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct PlanAssignment {
     /// The plan.
     pub plan_id: String,
     /// From when.
     pub from: DateTime<Utc>,
+    /// Until when (exclusive); open-ended when absent.
+    pub to: Option<DateTime<Utc>>,
 }
 
 fn check_id(what: &str, id: &str) -> Result<(), BillingError> {
@@ -276,8 +279,8 @@ async fn complete(
     .bind(&one)
     .fetch_all(&db.pool)
     .await?;
-    let plans: Vec<(String, String, i64)> = sqlx::query_as(
-        "SELECT account_id, plan_id, from_us FROM plan_assignments \
+    let plans: Vec<(String, String, i64, Option<i64>)> = sqlx::query_as(
+        "SELECT account_id, plan_id, from_us, to_us FROM plan_assignments \
          WHERE ($1 OR account_id = $2) ORDER BY from_us",
     )
     .bind(all)
@@ -310,11 +313,12 @@ async fn complete(
             }
         }
     }
-    for (account, plan_id, from) in plans {
+    for (account, plan_id, from, to) in plans {
         if let Some(a) = by_id.get_mut(&account) {
             a.plans.push(PlanAssignment {
                 plan_id,
                 from: instant(from),
+                to: to.map(instant),
             });
         }
     }
@@ -454,14 +458,25 @@ pub async fn record_project_domains(
     Ok(())
 }
 
-/// Puts `plan_id` in force for an account from `from` on. Refuses a plan
-/// in another currency than the account's.
+/// Puts `plan_id` in force for an account from `from` on, until `to` if
+/// given. Refuses a plan in another currency than the account's, and an
+/// end that is not after the start.
 pub async fn assign_plan(
     db: &Database,
     account_id: &str,
     plan_id: &str,
     from: DateTime<Utc>,
+    to: Option<DateTime<Utc>>,
 ) -> Result<(), BillingError> {
+    if let Some(to) = to
+        && to <= from
+    {
+        return Err(BillingError::Invalid(format!(
+            "the assignment ends at {} but starts at {}: the end must be later",
+            to.to_rfc3339(),
+            from.to_rfc3339()
+        )));
+    }
     let account = get_account(db, &AccountScope::All, account_id).await?;
     let plan = tally_rate::plans::plan(db, plan_id).await?;
     if plan.currency != account.spec.currency {
@@ -473,11 +488,12 @@ pub async fn assign_plan(
         });
     }
     sqlx::query(
-        "INSERT INTO plan_assignments (account_id, from_us, plan_id) VALUES ($1, $2, $3) \
-         ON CONFLICT (account_id, from_us) DO UPDATE SET plan_id = excluded.plan_id",
+        "INSERT INTO plan_assignments (account_id, from_us, to_us, plan_id) VALUES ($1, $2, $3, $4) \
+         ON CONFLICT (account_id, from_us) DO UPDATE SET plan_id = excluded.plan_id, to_us = excluded.to_us",
     )
     .bind(account_id)
     .bind(from.timestamp_micros())
+    .bind(to.map(|t| t.timestamp_micros()))
     .bind(plan_id)
     .execute(&db.pool)
     .await?;

@@ -12,8 +12,10 @@ use crate::PricePlan;
 ///
 /// A project owned by a billing account with plan assignments is priced by
 /// the assignment in force at the rating period's start (so a plan change
-/// in the middle of a month splits the month); every other project by the
-/// default plan.
+/// in the middle of a month splits the month): of those that started at or
+/// before it and have not ended, the one that started last (so a bounded
+/// promotion overlays a base plan). Every other project, and an account
+/// with no assignment in force, is priced by the default plan.
 #[derive(Debug, Clone, Default)]
 pub struct PlanBook {
     default: Option<Arc<PricePlan>>,
@@ -22,10 +24,13 @@ pub struct PlanBook {
 
 /// A project's plans by start instant, earliest first (shared by every
 /// project of one account).
-type Assignments = Arc<[(DateTime<Utc>, Arc<PricePlan>)]>;
+type Assignments = Arc<[PlanSpan]>;
 
-/// An account's plan assignments: (from, plan), in any order.
-pub type PlanStarts = Vec<(DateTime<Utc>, Arc<PricePlan>)>;
+/// One plan assignment: from an instant, until an optional end, the plan.
+pub type PlanSpan = (DateTime<Utc>, Option<DateTime<Utc>>, Arc<PricePlan>);
+
+/// An account's plan assignments, in any order.
+pub type PlanStarts = Vec<PlanSpan>;
 
 impl PlanBook {
     /// One plan for every project (or none: every line unpriced).
@@ -47,7 +52,7 @@ impl PlanBook {
             by_project: assignments
                 .into_iter()
                 .map(|(project, mut a)| {
-                    a.sort_by_key(|(from, _)| *from);
+                    a.sort_by_key(|(from, _, _)| *from);
                     (project, a.into())
                 })
                 .collect(),
@@ -59,14 +64,17 @@ impl PlanBook {
         self.default.as_deref()
     }
 
-    /// The plan pricing `project`'s usage of the period starting at `at`:
-    /// its account's latest assignment from at or before `at`, else the
-    /// default plan (also before the account's first assignment).
+    /// The plan pricing `project`'s usage of the period starting at `at`
+    /// (see [`PlanBook`]).
     pub fn plan_for(&self, project: &str, at: DateTime<Utc>) -> Option<&PricePlan> {
         self.by_project
             .get(project)
-            .and_then(|a| a.iter().rev().find(|(from, _)| *from <= at))
-            .map(|(_, p)| p.as_ref())
+            .and_then(|a| {
+                a.iter()
+                    .rev()
+                    .find(|(from, to, _)| *from <= at && to.is_none_or(|t| at < t))
+            })
+            .map(|(_, _, p)| p.as_ref())
             .or(self.default.as_deref())
     }
 }
@@ -95,8 +103,12 @@ mod tests {
             [(
                 "p1".to_string(),
                 vec![
-                    (t("2026-10-15T00:00:00Z"), plan("gold")),
-                    (t("2026-10-01T00:00:00Z"), plan("silver")),
+                    (
+                        t("2026-10-15T00:00:00Z"),
+                        Some(t("2026-10-20T00:00:00Z")),
+                        plan("gold"),
+                    ),
+                    (t("2026-10-01T00:00:00Z"), None, plan("silver")),
                 ],
             )],
         );
@@ -105,6 +117,9 @@ mod tests {
         assert_eq!(id("p1", "2026-10-01T00:00:00Z").as_deref(), Some("silver"));
         assert_eq!(id("p1", "2026-10-14T23:00:00Z").as_deref(), Some("silver"));
         assert_eq!(id("p1", "2026-10-15T00:00:00Z").as_deref(), Some("gold"));
+        // The bounded promotion ends and the base plan resumes.
+        assert_eq!(id("p1", "2026-10-19T23:00:00Z").as_deref(), Some("gold"));
+        assert_eq!(id("p1", "2026-10-20T00:00:00Z").as_deref(), Some("silver"));
         assert_eq!(id("p2", "2026-10-15T00:00:00Z").as_deref(), Some("default"));
         assert!(
             PlanBook::single(None)

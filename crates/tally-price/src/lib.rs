@@ -15,7 +15,7 @@
 pub mod book;
 pub mod cloudkitty_import;
 
-pub use book::{PlanBook, PlanStarts};
+pub use book::{PlanBook, PlanSpan, PlanStarts};
 
 use std::collections::BTreeMap;
 

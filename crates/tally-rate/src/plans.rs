@@ -315,8 +315,8 @@ impl Owners {
 /// project whose billing account has plan assignments, those assignments.
 pub async fn plan_book(db: &Database) -> Result<PlanBook, ConfigError> {
     let default = default_plan(db).await?.map(Arc::new);
-    let rows: Vec<(String, String, i64)> = sqlx::query_as(
-        "SELECT account_id, plan_id, from_us FROM plan_assignments ORDER BY account_id, from_us",
+    let rows: Vec<(String, String, i64, Option<i64>)> = sqlx::query_as(
+        "SELECT account_id, plan_id, from_us, to_us FROM plan_assignments ORDER BY account_id, from_us",
     )
     .fetch_all(&db.pool)
     .await?;
@@ -325,7 +325,7 @@ pub async fn plan_book(db: &Database) -> Result<PlanBook, ConfigError> {
     }
     let mut parsed: HashMap<String, Arc<PricePlan>> = HashMap::new();
     let mut by_account: HashMap<String, PlanStarts> = HashMap::new();
-    for (account, plan_id, from) in rows {
+    for (account, plan_id, from, to) in rows {
         let p = match parsed.get(&plan_id) {
             Some(p) => p.clone(),
             None => {
@@ -334,10 +334,11 @@ pub async fn plan_book(db: &Database) -> Result<PlanBook, ConfigError> {
                 p
             }
         };
+        let instant = |us: i64| DateTime::from_timestamp_micros(us).unwrap_or_default();
         by_account
             .entry(account)
             .or_default()
-            .push((DateTime::from_timestamp_micros(from).unwrap_or_default(), p));
+            .push((instant(from), to.map(instant), p));
     }
     let owners = Owners::load(db).await?;
     let assignments = owners.projects().filter_map(|project| {

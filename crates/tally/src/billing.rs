@@ -83,6 +83,10 @@ pub enum AccountCommand {
         /// From when (RFC 3339); default: always.
         #[arg(long)]
         from: Option<DateTime<Utc>>,
+        /// Until when (RFC 3339, exclusive); then the plan assigned before
+        /// resumes (or the default plan).
+        #[arg(long)]
+        until: Option<DateTime<Utc>>,
     },
     /// Grant a coupon: a percentage or a fixed amount off, for N periods.
     Coupon {
@@ -429,8 +433,14 @@ pub async fn account(cfg: Config, cmd: AccountCommand) -> anyhow::Result<()> {
                 accounts::own(&db, &spec.account_id, Owned::Domain, d).await?;
             }
             if let Some(plan) = &args.plan {
-                accounts::assign_plan(&db, &spec.account_id, plan, DateTime::<Utc>::UNIX_EPOCH)
-                    .await?;
+                accounts::assign_plan(
+                    &db,
+                    &spec.account_id,
+                    plan,
+                    DateTime::<Utc>::UNIX_EPOCH,
+                    None,
+                )
+                .await?;
             }
             let a = accounts::get_account(&db, &all, &spec.account_id).await?;
             match args.output {
@@ -488,7 +498,13 @@ pub async fn account(cfg: Config, cmd: AccountCommand) -> anyhow::Result<()> {
                     println!("projects  {}", a.projects.join(", "));
                     println!("domains   {}", a.domains.join(", "));
                     for p in &a.plans {
-                        println!("plan      {} from {}", p.plan_id, p.from.to_rfc3339());
+                        let until = p.to.map(|t| format!(" until {}", t.to_rfc3339()));
+                        println!(
+                            "plan      {} from {}{}",
+                            p.plan_id,
+                            p.from.to_rfc3339(),
+                            until.unwrap_or_default()
+                        );
                     }
                     for c in &a.coupons {
                         println!(
@@ -519,9 +535,14 @@ pub async fn account(cfg: Config, cmd: AccountCommand) -> anyhow::Result<()> {
             accounts::record_project_domains(&db, &[(project.clone(), domain.clone())]).await?;
             println!("project {project} is in domain {domain}");
         }
-        AccountCommand::AssignPlan { id, plan, from } => {
+        AccountCommand::AssignPlan {
+            id,
+            plan,
+            from,
+            until,
+        } => {
             let from = from.unwrap_or(DateTime::<Utc>::UNIX_EPOCH);
-            accounts::assign_plan(&db, &id, &plan, from).await?;
+            accounts::assign_plan(&db, &id, &plan, from, until).await?;
             println!(
                 "account {id} is priced with plan {plan} from {}; re-rate periods after that to apply it",
                 from.to_rfc3339()

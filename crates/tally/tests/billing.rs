@@ -679,6 +679,8 @@ async fn a_plan_change_in_the_middle_of_a_month(env: Env) {
         "premium",
         "--from",
         "2026-10-16T00:00:00Z",
+        "--until",
+        "2026-10-26T00:00:00Z",
     ]);
     let e = env.fails(&["account", "assign-plan", "acme", "dollars"]);
     assert!(
@@ -688,7 +690,9 @@ async fn a_plan_change_in_the_middle_of_a_month(env: Env) {
     env.ok(&["rate", "--period", "2026-10"]);
     env.json(&["invoice", "run", "--period", "2026-10"]);
     let inv = env.json(&["invoice", "show", "acme-2026-10"]);
-    // 15 days × 24 h at 0.01 = 3.60, then 16 days × 24 h at 0.02 = 7.68.
+    // Standard 1–16 October (360 h) and again from the 26th (144 h) at
+    // 0.01 = 5.04, one line over its whole span; premium 16–26 October
+    // (240 h) at 0.02 = 4.80.
     let lines = inv["lines"].as_array().unwrap();
     let summary: Vec<(&str, &str, &str, Decimal)> = lines
         .iter()
@@ -707,18 +711,29 @@ async fn a_plan_change_in_the_middle_of_a_month(env: Env) {
             (
                 "premium",
                 "2026-10-16T00:00:00Z",
-                "2026-11-01T00:00:00Z",
-                dec("7.68")
+                "2026-10-26T00:00:00Z",
+                dec("4.80")
             ),
             (
                 "standard",
                 "2026-10-01T00:00:00Z",
-                "2026-10-16T00:00:00Z",
-                dec("3.60")
+                "2026-11-01T00:00:00Z",
+                dec("5.04")
             ),
         ]
     );
-    assert_eq!(d(&inv["total"]), dec("11.28"));
+    assert_eq!(d(&inv["total"]), dec("9.84"));
+    let e = env.fails(&[
+        "account",
+        "assign-plan",
+        "acme",
+        "premium",
+        "--from",
+        "2026-10-26T00:00:00Z",
+        "--until",
+        "2026-10-20T00:00:00Z",
+    ]);
+    assert!(e.contains("the end must be later"), "{e}");
 }
 on_both_backends!(a_plan_change_in_the_middle_of_a_month);
 

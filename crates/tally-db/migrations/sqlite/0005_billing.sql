@@ -36,12 +36,15 @@ CREATE TABLE keystone_projects (
     updated_at_us  BIGINT NOT NULL
 );
 
--- Which plan prices an account's usage, from an instant until the next one.
+-- Which plan prices an account's usage from an instant, until an optional
+-- end; where assignments overlap, the one that started last wins.
 CREATE TABLE plan_assignments (
     account_id  TEXT NOT NULL REFERENCES billing_accounts (account_id),
     from_us     BIGINT NOT NULL,
+    to_us       BIGINT,
     plan_id     TEXT NOT NULL REFERENCES price_plans (plan_id),
-    PRIMARY KEY (account_id, from_us)
+    PRIMARY KEY (account_id, from_us),
+    CHECK (to_us IS NULL OR to_us > from_us)
 );
 
 -- Coupons granted to an account, for N billing periods from a first one.
