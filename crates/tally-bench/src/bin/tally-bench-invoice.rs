@@ -23,6 +23,10 @@ use tally_rate::LineSink;
 use tally_rate::runs::FileSink;
 use tally_store::objects::RawObjects;
 
+// The allocator `tally` itself runs with, so the figures are the binary's.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Time an invoice run over many accounts.
 #[derive(Parser, Debug)]
 struct Args {

@@ -89,8 +89,11 @@ CREATE TABLE invoices (
     CHECK ((status = 'draft' AND number IS NULL) OR (status = 'finalized' AND number IS NOT NULL AND issued_at_us IS NOT NULL))
 );
 
+-- (PostgreSQL: no row-by-row foreign key here; the statement trigger below
+-- checks, once per statement, that every line's invoice exists and is a
+-- draft: an invoice run inserts millions of lines.)
 CREATE TABLE invoice_lines (
-    invoice_id        TEXT NOT NULL REFERENCES invoices (invoice_id),
+    invoice_id        TEXT NOT NULL,
     line_no           BIGINT NOT NULL,
     project_id        TEXT NOT NULL,
     meter             TEXT NOT NULL,
@@ -156,17 +159,21 @@ BEGIN
 END
 $$;
 
+-- Lines are checked once per statement against the rows it touched
+-- (transition tables), not once per row: an invoice run inserts millions.
 CREATE FUNCTION tally_invoice_lines_frozen() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
-    IF (TG_OP <> 'INSERT' AND (SELECT status FROM invoices WHERE invoice_id = OLD.invoice_id) = 'finalized')
-       OR (TG_OP <> 'DELETE' AND (SELECT status FROM invoices WHERE invoice_id = NEW.invoice_id) = 'finalized') THEN
+    IF EXISTS (SELECT 1 FROM touched t JOIN invoices i ON i.invoice_id = t.invoice_id
+               WHERE i.status = 'finalized') THEN
         RAISE EXCEPTION 'lines of a finalized invoice cannot be changed: issue a credit note'
             USING ERRCODE = 'integrity_constraint_violation';
     END IF;
-    IF TG_OP = 'DELETE' THEN
-        RETURN OLD;
+    IF TG_OP <> 'DELETE' AND EXISTS (SELECT 1 FROM touched t
+               WHERE NOT EXISTS (SELECT 1 FROM invoices i WHERE i.invoice_id = t.invoice_id)) THEN
+        RAISE EXCEPTION 'an invoice line must belong to an existing invoice'
+            USING ERRCODE = 'foreign_key_violation';
     END IF;
-    RETURN NEW;
+    RETURN NULL;
 END
 $$;
 
@@ -179,8 +186,18 @@ EXECUTE FUNCTION tally_refuse('invoice is finalized and cannot be deleted: issue
 CREATE TRIGGER invoices_no_truncate BEFORE TRUNCATE ON invoices
 FOR EACH STATEMENT EXECUTE FUNCTION tally_refuse('invoices cannot be truncated');
 
-CREATE TRIGGER invoice_lines_frozen BEFORE INSERT OR UPDATE OR DELETE ON invoice_lines
-FOR EACH ROW EXECUTE FUNCTION tally_invoice_lines_frozen();
+CREATE TRIGGER invoice_lines_frozen_insert AFTER INSERT ON invoice_lines
+REFERENCING NEW TABLE AS touched
+FOR EACH STATEMENT EXECUTE FUNCTION tally_invoice_lines_frozen();
+CREATE TRIGGER invoice_lines_frozen_update_old AFTER UPDATE ON invoice_lines
+REFERENCING OLD TABLE AS touched
+FOR EACH STATEMENT EXECUTE FUNCTION tally_invoice_lines_frozen();
+CREATE TRIGGER invoice_lines_frozen_update_new AFTER UPDATE ON invoice_lines
+REFERENCING NEW TABLE AS touched
+FOR EACH STATEMENT EXECUTE FUNCTION tally_invoice_lines_frozen();
+CREATE TRIGGER invoice_lines_frozen_delete AFTER DELETE ON invoice_lines
+REFERENCING OLD TABLE AS touched
+FOR EACH STATEMENT EXECUTE FUNCTION tally_invoice_lines_frozen();
 CREATE TRIGGER invoice_lines_no_truncate BEFORE TRUNCATE ON invoice_lines
 FOR EACH STATEMENT EXECUTE FUNCTION tally_refuse('invoice lines cannot be truncated');
 
