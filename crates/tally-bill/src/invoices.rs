@@ -226,7 +226,11 @@ pub async fn run_invoices(
     })
     .await?;
 
-    let mut drafts = Vec::new();
+    // Accounts in id order and in batches: two runs at once lock rows in
+    // the same order (no deadlock), a month of many accounts does not pay
+    // one commit per invoice, and only one batch of documents is held at a
+    // time.
+    let mut batch = Vec::with_capacity(DRAFT_BATCH);
     for (account_id, p) in pending {
         if let Some(message) = p.blocked {
             summary.accounts.push(RunOutcome {
@@ -244,35 +248,50 @@ pub async fn run_invoices(
             let invoiced = invoiced_for(db, &account_id, &earlier, &this).await?;
             charges.extend(corrections(grouper.finish(), invoiced));
         }
-        drafts.push(draft(settings, &p.account, &p.period, charges)?);
+        batch.push(draft(settings, &p.account, &p.period, charges)?);
+        if batch.len() == DRAFT_BATCH {
+            write_batch(db, &mut batch, now, &mut summary).await?;
+        }
     }
-    // Accounts in id order and in batches: two runs at once lock rows in
-    // the same order (no deadlock), and a month of many accounts does not
-    // pay one commit per invoice.
+    write_batch(db, &mut batch, now, &mut summary).await?;
+    summary
+        .accounts
+        .sort_by(|a, b| a.account_id.cmp(&b.account_id));
+    Ok(summary)
+}
+
+/// Drafts written per transaction.
+const DRAFT_BATCH: usize = 1000;
+
+/// Writes and empties a batch of drafts in one transaction.
+async fn write_batch(
+    db: &Database,
+    batch: &mut Vec<InvoiceDocument>,
+    now: DateTime<Utc>,
+    summary: &mut RunSummary,
+) -> Result<(), BillingError> {
+    if batch.is_empty() {
+        return Ok(());
+    }
     // SQLite compiles very long statements slowly; PostgreSQL pays per
     // round trip. Measured with the invoice benchmark (docs/benchmarks.md).
     let rows_per_statement = match db.backend {
         tally_db::Backend::Sqlite => 20,
         tally_db::Backend::Postgres => 1000,
     };
-    for batch in drafts.chunks(1000) {
-        let mut tx = db.begin_write().await?;
-        let outcomes = write_drafts(&mut tx, batch, now, rows_per_statement).await?;
-        for (doc, outcome) in batch.iter().zip(outcomes) {
-            summary.accounts.push(RunOutcome {
-                account_id: doc.account_id.clone(),
-                invoice_id: Some(doc.invoice_id.clone()),
-                total: (outcome != "finalized").then_some(doc.total),
-                outcome: outcome.into(),
-                message: None,
-            });
-        }
-        tx.commit().await?;
+    let mut tx = db.begin_write().await?;
+    let outcomes = write_drafts(&mut tx, batch, now, rows_per_statement).await?;
+    tx.commit().await?;
+    for (doc, outcome) in batch.drain(..).zip(outcomes) {
+        summary.accounts.push(RunOutcome {
+            total: (outcome != "finalized").then_some(doc.total),
+            account_id: doc.account_id,
+            invoice_id: Some(doc.invoice_id),
+            outcome: outcome.into(),
+            message: None,
+        });
     }
-    summary
-        .accounts
-        .sort_by(|a, b| a.account_id.cmp(&b.account_id));
-    Ok(summary)
+    Ok(())
 }
 
 /// Refuses a range that rating has not covered completely.
