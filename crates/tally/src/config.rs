@@ -32,6 +32,9 @@ pub struct Config {
     pub rating: RatingSection,
     /// Invoicing.
     pub billing: BillingSection,
+    /// The RabbitMQ notification consumer (`tally serve` runs it when
+    /// `amqp.url` is set).
+    pub amqp: tally_amqp::AmqpConfig,
 }
 
 /// `[billing]`: the operator as printed on invoices, and number series.
@@ -149,6 +152,7 @@ impl Default for Config {
             store: StoreSection::default(),
             rating: RatingSection::default(),
             billing: BillingSection::default(),
+            amqp: tally_amqp::AmqpConfig::default(),
         }
     }
 }

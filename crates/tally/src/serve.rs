@@ -150,10 +150,22 @@ pub async fn run(
     if let Some(tx) = ready {
         let _ = tx.send(addr);
     }
+    // Notifications from the bus, when configured. Stopping it mid-batch
+    // is safe: unacknowledged messages are redelivered and deduplicated.
+    let consumer = (!cfg.amqp.url.is_empty()).then(|| {
+        tokio::spawn(tally_amqp::run(
+            store.clone(),
+            cfg.amqp.clone(),
+            std::future::pending(),
+        ))
+    });
     axum::serve(listener, tally_api::router(state))
         .with_graceful_shutdown(shutdown)
         .await
         .context("the HTTP server failed")?;
+    if let Some(c) = consumer {
+        c.abort();
+    }
     tracing::info!("shutting down: flushing the log to Parquet");
     store
         .shutdown()

@@ -7,34 +7,9 @@ mod common;
 
 use std::collections::BTreeMap;
 
-use common::{Server, client};
+use common::{Server, client, nova};
 use rust_decimal::Decimal;
 use serde_json::Value;
-
-/// A legacy `compute.instance.*` notification of vm-1 in p1, as the v2
-/// driver puts it on the bus (the envelope holds the message as a string).
-fn nova(id: &str, event: &str, time: &str, flavor: &str, vcpus: u32, state: &str) -> String {
-    let message = serde_json::json!({
-        "message_id": id,
-        "publisher_id": "compute.host-1",
-        "event_type": event,
-        "priority": "INFO",
-        "timestamp": time,
-        "_context_project_id": "admin-project",
-        "payload": {
-            "tenant_id": "p1",
-            "user_id": "u1",
-            "instance_id": "vm-1",
-            "instance_type": flavor,
-            "instance_type_id": 5,
-            "vcpus": vcpus,
-            "memory_mb": vcpus * 2048,
-            "root_gb": 20,
-            "state": state,
-        }
-    });
-    serde_json::json!({"oslo.version": "2.0", "oslo.message": message.to_string()}).to_string()
-}
 
 #[test]
 fn a_nova_lifecycle_rates_into_instance_hours_by_flavor() {

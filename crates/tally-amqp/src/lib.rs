@@ -1,0 +1,279 @@
+//! The notification consumer: OpenStack notifications from RabbitMQ into
+//! the raw usage store.
+//!
+//! Tally never competes for the services' own queues (`notifications.info`
+//! is Ceilometer's): it declares its own durable queue and binds it to the
+//! services' exchanges with the configured routing keys. Messages are taken
+//! with a bounded prefetch, decoded by the OpenStack decoder, appended to
+//! the store, and acknowledged only once their records are durable, so a
+//! crash means redelivery, which the store's dedupe absorbs. A message Tally
+//! cannot decode goes to a dead-letter queue with the reason in its headers;
+//! event types Tally does not bill are acknowledged and counted by type.
+//! Connection failures are retried with backoff.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use chrono::{SubsecRound, Utc};
+use futures::StreamExt;
+use lapin::options::{
+    BasicAckOptions, BasicConsumeOptions, BasicNackOptions, BasicPublishOptions, BasicQosOptions,
+    ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions,
+};
+use lapin::types::{AMQPValue, FieldTable};
+use lapin::{BasicProperties, Connection, ConnectionProperties, ExchangeKind};
+use serde::{Deserialize, Serialize};
+use tally_collect::Decoder;
+use tally_collect::openstack::{self, OpenStackDecoder};
+use tally_store::RawStore;
+
+/// `[amqp]`: where notifications come from.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct AmqpConfig {
+    /// Broker URL (`amqp://user:password@host:5672/%2f`); empty: no consumer.
+    pub url: String,
+    /// Tally's own durable queue.
+    pub queue: String,
+    /// Where undecodable messages go, with the reason in headers.
+    pub dead_letter_queue: String,
+    /// The services' exchanges to bind to.
+    pub exchanges: Vec<String>,
+    /// Routing keys bound on each exchange.
+    pub routing_keys: Vec<String>,
+    /// Whether the exchanges are durable: must match how the services
+    /// declare them (oslo.messaging's `amqp_durable_queues`, false by
+    /// default).
+    pub exchange_durable: bool,
+    /// Unacknowledged messages the broker may send ahead.
+    pub prefetch: u16,
+    /// Messages appended and acknowledged together.
+    pub batch_max: usize,
+    /// How long a batch waits for more messages, in milliseconds.
+    pub batch_wait_ms: u64,
+}
+
+impl Default for AmqpConfig {
+    fn default() -> Self {
+        AmqpConfig {
+            url: String::new(),
+            queue: "tally.notifications".into(),
+            dead_letter_queue: "tally.notifications.dead".into(),
+            exchanges: [
+                "nova",
+                "cinder",
+                "openstack",
+                "neutron",
+                "glance",
+                "swift",
+                "ceilometer",
+            ]
+            .map(String::from)
+            .to_vec(),
+            routing_keys: [
+                "notifications.info",
+                "versioned_notifications.info",
+                "metering.sample",
+            ]
+            .map(String::from)
+            .to_vec(),
+            exchange_durable: false,
+            prefetch: 1000,
+            batch_max: 500,
+            batch_wait_ms: 50,
+        }
+    }
+}
+
+/// Why one consuming session ended.
+#[derive(Debug, thiserror::Error)]
+pub enum ConsumerError {
+    /// The broker connection or a channel operation failed.
+    #[error("broker: {0}")]
+    Broker(#[from] lapin::Error),
+    /// The store refused the records (they were not acknowledged).
+    #[error("store: {0}")]
+    Store(#[from] tally_store::StoreError),
+    /// The consumer was cancelled by the broker.
+    #[error("the broker cancelled the consumer")]
+    Cancelled,
+}
+
+/// Consumes until `shutdown` resolves, reconnecting with backoff (1 s,
+/// doubling to 30 s) after any failure.
+pub async fn run(store: RawStore, config: AmqpConfig, shutdown: impl Future<Output = ()>) {
+    tokio::pin!(shutdown);
+    let mut backoff = Duration::from_secs(1);
+    loop {
+        tokio::select! {
+            _ = &mut shutdown => return,
+            result = consume(&store, &config) => {
+                match result {
+                    Ok(()) => backoff = Duration::from_secs(1),
+                    Err(e) => {
+                        metrics::counter!("tally_amqp_reconnects_total").increment(1);
+                        tracing::warn!(error = %e, retry_in = ?backoff, "notification consumer stopped; reconnecting");
+                    }
+                }
+            }
+        }
+        tokio::select! {
+            _ = &mut shutdown => return,
+            _ = tokio::time::sleep(backoff) => {}
+        }
+        backoff = (backoff * 2).min(Duration::from_secs(30));
+    }
+}
+
+/// One session: connect, declare, bind, consume until an error.
+async fn consume(store: &RawStore, config: &AmqpConfig) -> Result<(), ConsumerError> {
+    let conn = Connection::connect(&config.url, ConnectionProperties::default()).await?;
+    let channel = conn.create_channel().await?;
+    let durable = QueueDeclareOptions {
+        durable: true,
+        ..QueueDeclareOptions::default()
+    };
+    channel
+        .queue_declare(config.queue.as_str().into(), durable, FieldTable::default())
+        .await?;
+    channel
+        .queue_declare(
+            config.dead_letter_queue.as_str().into(),
+            durable,
+            FieldTable::default(),
+        )
+        .await?;
+    for exchange in &config.exchanges {
+        channel
+            .exchange_declare(
+                exchange.as_str().into(),
+                ExchangeKind::Topic,
+                ExchangeDeclareOptions {
+                    durable: config.exchange_durable,
+                    ..ExchangeDeclareOptions::default()
+                },
+                FieldTable::default(),
+            )
+            .await?;
+        for key in &config.routing_keys {
+            channel
+                .queue_bind(
+                    config.queue.as_str().into(),
+                    exchange.as_str().into(),
+                    key.as_str().into(),
+                    QueueBindOptions::default(),
+                    FieldTable::default(),
+                )
+                .await?;
+        }
+    }
+    channel
+        .basic_qos(config.prefetch, BasicQosOptions::default())
+        .await?;
+    let mut consumer = channel
+        .basic_consume(
+            config.queue.as_str().into(),
+            "tally".into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await?;
+    tracing::info!(queue = %config.queue, exchanges = ?config.exchanges, "consuming notifications");
+    let wait = Duration::from_millis(config.batch_wait_ms.max(1));
+    loop {
+        // A batch: the first message whenever it comes, then whatever
+        // arrives within the wait, up to the batch size.
+        let Some(first) = consumer.next().await else {
+            return Err(ConsumerError::Cancelled);
+        };
+        let mut batch = vec![first?];
+        let deadline = tokio::time::Instant::now() + wait;
+        while batch.len() < config.batch_max {
+            match tokio::time::timeout_at(deadline, consumer.next()).await {
+                Ok(Some(d)) => batch.push(d?),
+                Ok(None) => return Err(ConsumerError::Cancelled),
+                Err(_) => break,
+            }
+        }
+        handle_batch(store, &channel, config, batch).await?;
+    }
+}
+
+async fn handle_batch(
+    store: &RawStore,
+    channel: &lapin::Channel,
+    config: &AmqpConfig,
+    batch: Vec<lapin::message::Delivery>,
+) -> Result<(), ConsumerError> {
+    let received_at = Utc::now().trunc_subsecs(6);
+    let mut records = Vec::new();
+    let mut dead = Vec::new();
+    for d in &batch {
+        let bytes = Bytes::copy_from_slice(&d.data);
+        match OpenStackDecoder.decode(&bytes, received_at) {
+            Ok(r) if r.is_empty() => {
+                let event_type = openstack::ignored(&bytes)
+                    .map(|(t, _)| t)
+                    .unwrap_or_else(|| "unknown".into());
+                metrics::counter!("tally_amqp_messages_total", "outcome" => "ignored").increment(1);
+                metrics::counter!("tally_amqp_ignored_total", "event_type" => event_type)
+                    .increment(1);
+            }
+            Ok(r) => {
+                metrics::counter!("tally_amqp_messages_total", "outcome" => "stored").increment(1);
+                records.extend(r);
+            }
+            Err(e) => {
+                metrics::counter!("tally_amqp_messages_total", "outcome" => "dead_lettered")
+                    .increment(1);
+                dead.push((bytes, e));
+            }
+        }
+    }
+    // Durable first, acknowledged after: a crash in between redelivers the
+    // batch, and the store's dedupe counts it once.
+    if let Err(e) = store.append(records).await {
+        if let Some(last) = batch.last() {
+            channel
+                .basic_nack(
+                    last.delivery_tag,
+                    BasicNackOptions {
+                        multiple: true,
+                        requeue: true,
+                    },
+                )
+                .await?;
+        }
+        return Err(e.into());
+    }
+    for (bytes, e) in dead {
+        let mut headers = FieldTable::default();
+        headers.insert(
+            "x-tally-reason".into(),
+            AMQPValue::LongString(e.message.clone().into()),
+        );
+        headers.insert(
+            "x-tally-code".into(),
+            AMQPValue::LongString(e.code.as_str().to_string().into()),
+        );
+        tracing::warn!(reason = %e.message, "notification dead-lettered");
+        channel
+            .basic_publish(
+                "".into(),
+                config.dead_letter_queue.as_str().into(),
+                BasicPublishOptions::default(),
+                &bytes,
+                BasicProperties::default()
+                    .with_headers(headers)
+                    .with_delivery_mode(2),
+            )
+            .await?
+            .await?;
+    }
+    if let Some(last) = batch.last() {
+        channel
+            .basic_ack(last.delivery_tag, BasicAckOptions { multiple: true })
+            .await?;
+    }
+    Ok(())
+}
