@@ -166,6 +166,10 @@ pub fn classify(event_type: &str) -> Result<&'static str, &'static str> {
         "floatingip"
     } else if event_type.starts_with("router.") {
         "router"
+    } else if event_type.starts_with("port.") {
+        "port"
+    } else if event_type == "l3.meter" {
+        "l3meter"
     } else if event_type.starts_with("image.") && !event_type.starts_with("image.member.") {
         "image"
     } else if event_type == "objectstore.http.request" {
@@ -529,11 +533,13 @@ fn neutron(
         text(object, "floating_ip_address"),
     );
     attr_str(&mut a, "port_id", text(object, "port_id"));
-    let (meter, unit) = if family == "floatingip" {
-        ("ip.floating", "ip")
-    } else {
-        ("router", "router")
+    let (meter, unit) = match family {
+        "floatingip" => ("ip.floating", "ip"),
+        "port" => ("port", "port"),
+        _ => ("router", "router"),
     };
+    attr_str(&mut a, "device_owner", text(object, "device_owner"));
+    attr_str(&mut a, "network_id", text(object, "network_id"));
     b.push(
         project,
         None,
@@ -543,6 +549,37 @@ fn neutron(
         Decimal::ONE,
         unit,
         a,
+    );
+    Ok(())
+}
+
+/// Neutron's metering agent: bytes through a metering label since the
+/// previous report.
+fn l3_meter(b: &mut Builder<'_>, p: &Value) -> Result<(), ElementError> {
+    let project = text(p, "project_id")
+        .or_else(|| text(p, "tenant_id"))
+        .ok_or_else(|| {
+            err(
+                RejectCode::MissingField,
+                "the l3.meter payload names no owner ('project_id' or 'tenant_id')",
+            )
+        })?;
+    let resource = required(p, "label_id", "l3.meter")?;
+    let bytes = number(p, "bytes").ok_or_else(|| {
+        err(
+            RejectCode::InvalidVolume,
+            "the l3.meter payload has no numeric 'bytes'",
+        )
+    })?;
+    b.push(
+        project,
+        None,
+        resource,
+        "bandwidth",
+        MeterKind::Delta,
+        bytes,
+        "B",
+        Attributes::new(),
     );
     Ok(())
 }
@@ -828,9 +865,10 @@ impl Decoder for OpenStackDecoder {
         let result = match family {
             "nova" => nova(&mut b, &payload),
             "volume" | "snapshot" | "backup" => cinder(&mut b, family, &payload),
-            "floatingip" | "router" => {
+            "floatingip" | "router" | "port" => {
                 neutron(&mut b, family, &payload, context_project.as_deref())
             }
+            "l3meter" => l3_meter(&mut b, &payload),
             "image" => glance(&mut b, &payload),
             _ => swift(&mut b, &payload),
         };
@@ -1062,6 +1100,34 @@ mod tests {
                 .unwrap_err()
                 .contains("os-simple-tenant-usage")
         );
+    }
+
+    #[test]
+    fn ports_and_l3_meters_become_records() {
+        let d = OpenStackDecoder;
+        let now = Utc::now();
+        let r = d
+            .decode(&Bytes::from_static(br#"{"message_id":"p1","event_type":"port.create.end","timestamp":"2026-10-01 00:00:00","payload":{"port":{"id":"port-1","project_id":"p","status":"DOWN","device_owner":"compute:nova","network_id":"n"}}}"#), now)
+            .unwrap();
+        assert_eq!(
+            (r[0].meter.as_str(), r[0].resource_id.as_str()),
+            ("port", "port-1")
+        );
+        let r = d
+            .decode(&Bytes::from_static(br#"{"message_id":"l1","event_type":"l3.meter","timestamp":"2026-10-01 00:00:00","payload":{"label_id":"lab","tenant_id":"p","bytes":1024,"pkts":3,"time":30}}"#), now)
+            .unwrap();
+        assert_eq!(
+            (
+                r[0].meter.as_str(),
+                r[0].volume.to_string().as_str(),
+                r[0].kind
+            ),
+            ("bandwidth", "1024", MeterKind::Delta)
+        );
+        let e = d
+            .decode(&Bytes::from_static(br#"{"message_id":"l2","event_type":"l3.meter","timestamp":"2026-10-01 00:00:00","payload":{"label_id":"lab","bytes":1}}"#), now)
+            .unwrap_err();
+        assert!(e.message.contains("names no owner"), "{}", e.message);
     }
 
     #[test]
