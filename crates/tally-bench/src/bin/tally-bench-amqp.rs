@@ -1,0 +1,265 @@
+//! `tally-bench-amqp`: the notification consumption benchmark
+//! (`scripts/bench-amqp`).
+//!
+//! Publishes N legacy Nova notifications (oslo v2 envelopes) twice to the
+//! same broker: once into a queue drained by a bare lapin consume-and-ack
+//! loop (prefetch 1000, one multiple ack per 500 messages, the pattern
+//! Tally's consumer uses), once to an exchange a `tally serve` consumes
+//! into durable records. Times both from the first delivery to the last
+//! acknowledgement (Tally: until `/metrics` counts N stored) and prints
+//! one JSON object with the ratio.
+
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use clap::Parser;
+use futures::StreamExt;
+use lapin::options::{
+    BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions,
+    ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions, QueueDeleteOptions,
+};
+use lapin::types::FieldTable;
+use lapin::{BasicProperties, Connection, ConnectionProperties, ExchangeKind};
+
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+/// Notifications consumed per second: Tally against a bare lapin loop.
+#[derive(Parser, Debug)]
+struct Args {
+    /// Broker.
+    #[arg(long, default_value = "amqp://guest:guest@127.0.0.1:5672/%2f")]
+    amqp: String,
+    /// Notifications per run.
+    #[arg(long, default_value_t = 1_000_000)]
+    messages: u64,
+    /// The `tally` binary (release).
+    #[arg(long)]
+    tally: std::path::PathBuf,
+    /// Scratch directory for Tally's data.
+    #[arg(long)]
+    dir: std::path::PathBuf,
+}
+
+fn notification(i: u64) -> Vec<u8> {
+    let message = serde_json::json!({
+        "message_id": format!("bench-{i}"),
+        "publisher_id": "compute.bench",
+        "event_type": "compute.instance.exists",
+        "priority": "INFO",
+        "timestamp": "2026-10-01 00:00:00.000000",
+        "payload": {
+            "tenant_id": format!("project-{}", i % 1000),
+            "user_id": "u",
+            "instance_id": format!("vm-{}", i % 50_000),
+            "instance_type": "m1.small",
+            "instance_type_id": 2,
+            "vcpus": 1,
+            "memory_mb": 2048,
+            "root_gb": 20,
+            "state": "active",
+        }
+    });
+    serde_json::json!({"oslo.version": "2.0", "oslo.message": message.to_string()})
+        .to_string()
+        .into_bytes()
+}
+
+async fn publish(
+    channel: &lapin::Channel,
+    exchange: &str,
+    key: &str,
+    n: u64,
+) -> anyhow::Result<()> {
+    let mut pending = Vec::with_capacity(10_000);
+    for i in 0..n {
+        pending.push(
+            channel
+                .basic_publish(
+                    exchange.into(),
+                    key.into(),
+                    BasicPublishOptions::default(),
+                    &notification(i),
+                    BasicProperties::default(),
+                )
+                .await?,
+        );
+        if pending.len() == 10_000 {
+            for c in pending.drain(..) {
+                c.await?;
+            }
+        }
+    }
+    for c in pending {
+        c.await?;
+    }
+    Ok(())
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let conn = Connection::connect(&args.amqp, ConnectionProperties::default())
+        .await
+        .context("connect to RabbitMQ")?;
+    let channel = conn.create_channel().await?;
+    channel.confirm_select(Default::default()).await?;
+    let suffix = std::process::id();
+    let (bare_q, tally_q, exchange) = (
+        format!("bench.bare.{suffix}"),
+        format!("bench.tally.{suffix}"),
+        format!("bench-nova-{suffix}"),
+    );
+    let durable = QueueDeclareOptions {
+        durable: true,
+        ..QueueDeclareOptions::default()
+    };
+
+    // The bare loop.
+    channel
+        .queue_declare(bare_q.as_str().into(), durable, FieldTable::default())
+        .await?;
+    eprintln!(
+        "publishing {} notifications for the bare loop",
+        args.messages
+    );
+    publish(&channel, "", &bare_q, args.messages).await?;
+    let consumer_channel = conn.create_channel().await?;
+    consumer_channel
+        .basic_qos(1000, BasicQosOptions::default())
+        .await?;
+    let mut consumer = consumer_channel
+        .basic_consume(
+            bare_q.as_str().into(),
+            "bare".into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await?;
+    let mut got = 0u64;
+    let mut started = None;
+    while let Some(d) = consumer.next().await {
+        let d = d?;
+        started.get_or_insert_with(Instant::now);
+        got += 1;
+        if got % 500 == 0 || got == args.messages {
+            consumer_channel
+                .basic_ack(d.delivery_tag, BasicAckOptions { multiple: true })
+                .await?;
+        }
+        if got == args.messages {
+            break;
+        }
+    }
+    let bare_s = started.map_or(0.0, |s| s.elapsed().as_secs_f64());
+    channel
+        .queue_delete(bare_q.as_str().into(), QueueDeleteOptions::default())
+        .await?;
+
+    // Tally.
+    channel
+        .exchange_declare(
+            exchange.as_str().into(),
+            ExchangeKind::Topic,
+            ExchangeDeclareOptions::default(),
+            FieldTable::default(),
+        )
+        .await?;
+    channel
+        .queue_declare(tally_q.as_str().into(), durable, FieldTable::default())
+        .await?;
+    channel
+        .queue_bind(
+            tally_q.as_str().into(),
+            exchange.as_str().into(),
+            "notifications.info".into(),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await?;
+    eprintln!("publishing {} notifications for tally", args.messages);
+    publish(&channel, &exchange, "notifications.info", args.messages).await?;
+    let _ = std::fs::remove_dir_all(&args.dir);
+    std::fs::create_dir_all(&args.dir)?;
+    let config = args.dir.join("tally.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[amqp]\nurl = \"{}\"\nqueue = \"{tally_q}\"\ndead_letter_queue = \"{tally_q}.dead\"\nexchanges = [\"{exchange}\"]\nrouting_keys = [\"notifications.info\"]\n",
+            args.amqp
+        ),
+    )?;
+    let port = 18_000 + (suffix % 1000) as u16;
+    let mut child = std::process::Command::new(&args.tally)
+        .args(["--config"])
+        .arg(&config)
+        .args(["--data-dir"])
+        .arg(args.dir.join("data"))
+        .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
+        .env("TALLY_LOG", "warn")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .context("start tally serve")?;
+    let http = reqwest::Client::new();
+    let metrics = format!("http://127.0.0.1:{port}/metrics");
+    let stored = |text: &str| -> u64 {
+        text.lines()
+            .find(|l| {
+                l.starts_with("tally_amqp_messages_total") && l.contains("outcome=\"stored\"")
+            })
+            .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .map_or(0, |v| v as u64)
+    };
+    let mut first = None;
+    let mut done = 0;
+    let deadline = Instant::now() + Duration::from_secs(3600);
+    while Instant::now() < deadline {
+        if let Ok(r) = http.get(&metrics).send().await
+            && let Ok(text) = r.text().await
+        {
+            done = stored(&text);
+            if done > 0 {
+                first.get_or_insert_with(Instant::now);
+            }
+            if done >= args.messages {
+                break;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let tally_s = first.map_or(0.0, |s| s.elapsed().as_secs_f64());
+    let _ = std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    let _ = child.wait();
+    channel
+        .queue_delete(tally_q.as_str().into(), QueueDeleteOptions::default())
+        .await?;
+    let _ = channel
+        .queue_delete(
+            format!("{tally_q}.dead").as_str().into(),
+            QueueDeleteOptions::default(),
+        )
+        .await;
+    anyhow::ensure!(
+        done >= args.messages,
+        "tally stored {done} of {} messages",
+        args.messages
+    );
+    let bare_rate = args.messages as f64 / bare_s;
+    let tally_rate = args.messages as f64 / tally_s;
+    println!(
+        "{}",
+        serde_json::json!({
+            "messages": args.messages,
+            "bare_lapin_s": bare_s,
+            "bare_lapin_per_s": bare_rate,
+            "tally_s": tally_s,
+            "tally_per_s": tally_rate,
+            "records": args.messages * 4,
+            "ratio_tally_to_bare": tally_rate / bare_rate,
+        })
+    );
+    Ok(())
+}
