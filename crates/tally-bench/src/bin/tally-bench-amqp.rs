@@ -142,7 +142,7 @@ async fn main() -> anyhow::Result<()> {
         let d = d?;
         started.get_or_insert_with(Instant::now);
         got += 1;
-        if got % 500 == 0 || got == args.messages {
+        if got.is_multiple_of(500) || got == args.messages {
             consumer_channel
                 .basic_ack(d.delivery_tag, BasicAckOptions { multiple: true })
                 .await?;
