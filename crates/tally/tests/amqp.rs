@@ -1,93 +1,29 @@
 //! Notifications from a real RabbitMQ: published as a service publishes them
 //! (oslo v2 envelopes on a topic exchange), consumed by `tally serve` into
-//! durable records; an undecodable one dead-lettered with its reason. The
-//! broker is the one `scripts/test` starts (`TALLY_TEST_AMQP`, default
-//! amqp://guest:guest@127.0.0.1:5672/%2f); the test fails when it is down.
+//! durable records; an undecodable one dead-lettered with its reason; a
+//! `kill -9` in the middle of consumption loses nothing. The broker is the
+//! one `scripts/test` starts; the tests fail when it is down.
 
 mod common;
 
 use std::time::Duration;
 
-use common::{Server, nova};
-use lapin::options::{
-    BasicGetOptions, BasicPublishOptions, ExchangeDeclareOptions, QueueBindOptions,
-    QueueDeclareOptions,
+use common::amqp::{
+    bound_queue, config, connect, delete_queues, publish, ready, stored_records, unique,
 };
-use lapin::types::{AMQPValue, FieldTable};
-use lapin::{BasicProperties, Connection, ConnectionProperties, ExchangeKind};
+use common::{Server, nova};
+use lapin::BasicProperties;
+use lapin::options::BasicGetOptions;
+use lapin::types::AMQPValue;
 
-fn broker() -> String {
-    std::env::var("TALLY_TEST_AMQP")
-        .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".to_string())
-}
-
-/// Names no other test uses.
-fn unique() -> String {
-    format!(
-        "{}-{}",
-        std::process::id(),
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_nanos()
-    )
-}
-
-/// Ready messages in a queue (a passive declare reports them).
-async fn ready(channel: &lapin::Channel, queue: &str) -> u32 {
-    channel
-        .queue_declare(
-            queue.into(),
-            QueueDeclareOptions {
-                passive: true,
-                ..QueueDeclareOptions::default()
-            },
-            FieldTable::default(),
-        )
-        .await
-        .unwrap()
-        .message_count()
-}
+const KEY: &str = "notifications.info";
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_kill_9_in_the_middle_of_consumption_loses_nothing() {
     let u = unique();
-    let (exchange, queue, dead) = (
-        format!("test-nova-{u}"),
-        format!("tally.test.{u}"),
-        format!("tally.test.{u}.dead"),
-    );
-    let conn = Connection::connect(&broker(), ConnectionProperties::default())
-        .await
-        .unwrap_or_else(|e| panic!("RabbitMQ is not reachable at {}: {e}", broker()));
-    let channel = conn.create_channel().await.unwrap();
-    channel
-        .exchange_declare(
-            exchange.as_str().into(),
-            ExchangeKind::Topic,
-            ExchangeDeclareOptions::default(),
-            FieldTable::default(),
-        )
-        .await
-        .unwrap();
-    let durable = QueueDeclareOptions {
-        durable: true,
-        ..QueueDeclareOptions::default()
-    };
-    channel
-        .queue_declare(queue.as_str().into(), durable, FieldTable::default())
-        .await
-        .unwrap();
-    channel
-        .queue_bind(
-            queue.as_str().into(),
-            exchange.as_str().into(),
-            "notifications.info".into(),
-            QueueBindOptions::default(),
-            FieldTable::default(),
-        )
-        .await
-        .unwrap();
+    let (exchange, queue) = (format!("test-nova-{u}"), format!("tally.test.{u}"));
+    let (_conn, channel) = connect().await;
+    bound_queue(&channel, &exchange, &queue, KEY).await;
     const N: u32 = 4000;
     for i in 0..N {
         let m = nova(
@@ -98,30 +34,24 @@ async fn a_kill_9_in_the_middle_of_consumption_loses_nothing() {
             1,
             "active",
         );
-        channel
-            .basic_publish(
-                exchange.as_str().into(),
-                "notifications.info".into(),
-                BasicPublishOptions::default(),
-                m.as_bytes(),
-                BasicProperties::default(),
-            )
-            .await
-            .unwrap()
-            .await
-            .unwrap();
+        publish(
+            &channel,
+            &exchange,
+            KEY,
+            m.as_bytes(),
+            BasicProperties::default(),
+        )
+        .await;
     }
     let dir = tempfile::tempdir().unwrap();
-    let config = dir.path().join("tally.toml");
     // Small batches, so the consumer is still busy when it is killed.
-    std::fs::write(
-        &config,
-        format!(
-            "[amqp]\nurl = \"{}\"\nqueue = \"{queue}\"\ndead_letter_queue = \"{dead}\"\nexchanges = [\"{exchange}\"]\nrouting_keys = [\"notifications.info\"]\nprefetch = 20\nbatch_max = 10\nbatch_wait_ms = 1\n",
-            broker()
-        ),
-    )
-    .unwrap();
+    let config = config(
+        dir.path(),
+        &queue,
+        &exchange,
+        KEY,
+        "prefetch = 20\nbatch_max = 10\nbatch_wait_ms = 1\n",
+    );
     let data = dir.path().join("data");
     let env = [("TALLY_CONFIG", config.to_str().unwrap())];
     let server = Server::start_with(&data, &env);
@@ -147,73 +77,21 @@ async fn a_kill_9_in_the_middle_of_consumption_loses_nothing() {
     // acknowledged; give them time, then flush to Parquet by stopping.
     tokio::time::sleep(Duration::from_secs(2)).await;
     server.stop();
-    let db = tally_db::Database::open(&tally_db::Database::sqlite_url_in(&data))
-        .await
-        .unwrap();
-    let stored: Option<i64> = sqlx::query_scalar(
-        "SELECT CAST(sum(row_count) AS BIGINT) FROM raw_segments WHERE state = 'active'",
-    )
-    .fetch_one(&db.pool)
-    .await
-    .unwrap();
     assert_eq!(
-        stored,
-        Some(i64::from(N) * 4),
+        stored_records(&data).await,
+        i64::from(N) * 4,
         "four records per message, none lost, none twice"
     );
-    for q in [&queue, &dead] {
-        let _ = channel
-            .queue_delete(q.as_str().into(), Default::default())
-            .await;
-    }
+    delete_queues(&channel, &[&queue, &format!("{queue}.dead")]).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn notifications_from_rabbitmq_become_durable_records() {
-    let unique = unique();
-    let (exchange, queue, dead) = (
-        format!("test-nova-{unique}"),
-        format!("tally.test.{unique}"),
-        format!("tally.test.{unique}.dead"),
-    );
-    let conn = Connection::connect(&broker(), ConnectionProperties::default())
-        .await
-        .unwrap_or_else(|e| {
-            panic!(
-                "RabbitMQ is not reachable at {}: {e}; run scripts/test, which starts it",
-                broker()
-            )
-        });
-    let channel = conn.create_channel().await.unwrap();
-    // Declared as the service and Tally declare them, so nothing published
-    // before Tally binds is lost.
-    channel
-        .exchange_declare(
-            exchange.as_str().into(),
-            ExchangeKind::Topic,
-            ExchangeDeclareOptions::default(),
-            FieldTable::default(),
-        )
-        .await
-        .unwrap();
-    let durable = QueueDeclareOptions {
-        durable: true,
-        ..QueueDeclareOptions::default()
-    };
-    channel
-        .queue_declare(queue.as_str().into(), durable, FieldTable::default())
-        .await
-        .unwrap();
-    channel
-        .queue_bind(
-            queue.as_str().into(),
-            exchange.as_str().into(),
-            "notifications.info".into(),
-            QueueBindOptions::default(),
-            FieldTable::default(),
-        )
-        .await
-        .unwrap();
+    let u = unique();
+    let (exchange, queue) = (format!("test-nova-{u}"), format!("tally.test.{u}"));
+    let dead = format!("{queue}.dead");
+    let (_conn, channel) = connect().await;
+    bound_queue(&channel, &exchange, &queue, KEY).await;
     let messages = [
         nova(
             "a1",
@@ -251,32 +129,22 @@ async fn notifications_from_rabbitmq_become_durable_records() {
         r#"{"oslo.version": "2.0", "oslo.message": "{not json"}"#.to_string(),
     ];
     for m in &messages {
-        channel
-            .basic_publish(
-                exchange.as_str().into(),
-                "notifications.info".into(),
-                BasicPublishOptions::default(),
-                m.as_bytes(),
-                BasicProperties::default(),
-            )
-            .await
-            .unwrap()
-            .await
-            .unwrap();
+        publish(
+            &channel,
+            &exchange,
+            KEY,
+            m.as_bytes(),
+            BasicProperties::default(),
+        )
+        .await;
     }
 
     let dir = tempfile::tempdir().unwrap();
-    let config = dir.path().join("tally.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[amqp]\nurl = \"{}\"\nqueue = \"{queue}\"\ndead_letter_queue = \"{dead}\"\nexchanges = [\"{exchange}\"]\nrouting_keys = [\"notifications.info\"]\n",
-            broker()
-        ),
-    )
-    .unwrap();
-    let data = dir.path().join("data");
-    let server = Server::start_with(&data, &[("TALLY_CONFIG", config.to_str().unwrap())]);
+    let config = config(dir.path(), &queue, &exchange, KEY, "");
+    let server = Server::start_with(
+        &dir.path().join("data"),
+        &[("TALLY_CONFIG", config.to_str().unwrap())],
+    );
     // Two billed messages × (instance, vcpus, memory, disk).
     let mut events = Vec::new();
     for _ in 0..100 {
@@ -313,10 +181,5 @@ async fn notifications_from_rabbitmq_become_durable_records() {
     };
     assert!(reason.contains("oslo.message"), "{reason}");
     server.stop();
-    // Tally's own queues are left for the operator; remove the test's.
-    for q in [&queue, &dead] {
-        let _ = channel
-            .queue_delete(q.as_str().into(), Default::default())
-            .await;
-    }
+    delete_queues(&channel, &[&queue, &dead]).await;
 }

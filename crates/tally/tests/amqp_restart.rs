@@ -9,17 +9,13 @@ mod common;
 use std::process::Command;
 use std::time::Duration;
 
-use common::{Server, nova};
-use lapin::options::{
-    BasicPublishOptions, ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions,
+use common::amqp::{
+    bound_queue, broker, config, connect, delete_queues, publish, ready, stored_records, unique,
 };
-use lapin::types::FieldTable;
-use lapin::{BasicProperties, Connection, ConnectionProperties, ExchangeKind};
+use common::{Server, nova};
+use lapin::BasicProperties;
 
-fn broker() -> String {
-    std::env::var("TALLY_TEST_AMQP")
-        .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".to_string())
-}
+const KEY: &str = "notifications.info";
 
 fn rabbitmqctl(args: &[&str]) {
     let out = Command::new("rabbitmqctl")
@@ -33,68 +29,15 @@ fn rabbitmqctl(args: &[&str]) {
     );
 }
 
-async fn connect() -> (Connection, lapin::Channel) {
-    let conn = Connection::connect(&broker(), ConnectionProperties::default())
-        .await
-        .unwrap_or_else(|e| panic!("RabbitMQ is not reachable at {}: {e}", broker()));
-    let channel = conn.create_channel().await.unwrap();
-    (conn, channel)
-}
-
-async fn ready(channel: &lapin::Channel, queue: &str) -> u32 {
-    channel
-        .queue_declare(
-            queue.into(),
-            QueueDeclareOptions {
-                passive: true,
-                ..QueueDeclareOptions::default()
-            },
-            FieldTable::default(),
-        )
-        .await
-        .unwrap()
-        .message_count()
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn a_broker_restart_loses_nothing_and_counts_nothing_twice() {
-    let u = format!(
-        "{}-{}",
-        std::process::id(),
-        chrono::Utc::now().timestamp_micros()
-    );
+    let u = unique();
     let (exchange, queue) = (
         format!("test-restart-{u}"),
         format!("tally.test.restart.{u}"),
     );
     let (_conn, channel) = connect().await;
-    channel
-        .exchange_declare(
-            exchange.as_str().into(),
-            ExchangeKind::Topic,
-            ExchangeDeclareOptions::default(),
-            FieldTable::default(),
-        )
-        .await
-        .unwrap();
-    let durable = QueueDeclareOptions {
-        durable: true,
-        ..QueueDeclareOptions::default()
-    };
-    channel
-        .queue_declare(queue.as_str().into(), durable, FieldTable::default())
-        .await
-        .unwrap();
-    channel
-        .queue_bind(
-            queue.as_str().into(),
-            exchange.as_str().into(),
-            "notifications.info".into(),
-            QueueBindOptions::default(),
-            FieldTable::default(),
-        )
-        .await
-        .unwrap();
+    bound_queue(&channel, &exchange, &queue, KEY).await;
     const N: u32 = 3000;
     for i in 0..N {
         let m = nova(
@@ -105,29 +48,24 @@ async fn a_broker_restart_loses_nothing_and_counts_nothing_twice() {
             1,
             "active",
         );
-        channel
-            .basic_publish(
-                exchange.as_str().into(),
-                "notifications.info".into(),
-                BasicPublishOptions::default(),
-                m.as_bytes(),
-                BasicProperties::default().with_delivery_mode(2),
-            )
-            .await
-            .unwrap()
-            .await
-            .unwrap();
+        // Persistent, so the messages survive the broker's restart.
+        publish(
+            &channel,
+            &exchange,
+            KEY,
+            m.as_bytes(),
+            BasicProperties::default().with_delivery_mode(2),
+        )
+        .await;
     }
     let dir = tempfile::tempdir().unwrap();
-    let config = dir.path().join("tally.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[amqp]\nurl = \"{}\"\nqueue = \"{queue}\"\ndead_letter_queue = \"{queue}.dead\"\nexchanges = [\"{exchange}\"]\nrouting_keys = [\"notifications.info\"]\nprefetch = 20\nbatch_max = 10\nbatch_wait_ms = 1\n",
-            broker()
-        ),
-    )
-    .unwrap();
+    let config = config(
+        dir.path(),
+        &queue,
+        &exchange,
+        KEY,
+        "prefetch = 20\nbatch_max = 10\nbatch_wait_ms = 1\n",
+    );
     let data = dir.path().join("data");
     let server = Server::start_with(&data, &[("TALLY_CONFIG", config.to_str().unwrap())]);
     let mut left = N;
@@ -142,13 +80,14 @@ async fn a_broker_restart_loses_nothing_and_counts_nothing_twice() {
     rabbitmqctl(&["start_app"]);
     assert!(left > 0, "the stream ended before the broker restarted");
     // The consumer reconnects by itself and finishes the stream.
-    let (_conn, channel) = loop {
-        if let Ok(conn) = Connection::connect(&broker(), ConnectionProperties::default()).await {
-            let channel = conn.create_channel().await.unwrap();
-            break (conn, channel);
+    for _ in 0..50 {
+        let up = lapin::Connection::connect(&broker(), Default::default()).await;
+        if up.is_ok() {
+            break;
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
-    };
+    }
+    let (_conn, channel) = connect().await;
     for _ in 0..600 {
         if ready(&channel, &queue).await == 0 {
             break;
@@ -157,23 +96,10 @@ async fn a_broker_restart_loses_nothing_and_counts_nothing_twice() {
     }
     tokio::time::sleep(Duration::from_secs(2)).await;
     server.stop();
-    let db = tally_db::Database::open(&tally_db::Database::sqlite_url_in(&data))
-        .await
-        .unwrap();
-    let stored: Option<i64> = sqlx::query_scalar(
-        "SELECT CAST(sum(row_count) AS BIGINT) FROM raw_segments WHERE state = 'active'",
-    )
-    .fetch_one(&db.pool)
-    .await
-    .unwrap();
     assert_eq!(
-        stored,
-        Some(i64::from(N) * 4),
+        stored_records(&data).await,
+        i64::from(N) * 4,
         "nothing lost, nothing twice"
     );
-    for q in [queue.clone(), format!("{queue}.dead")] {
-        let _ = channel
-            .queue_delete(q.as_str().into(), Default::default())
-            .await;
-    }
+    delete_queues(&channel, &[&queue, &format!("{queue}.dead")]).await;
 }

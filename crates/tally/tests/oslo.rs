@@ -10,19 +10,10 @@ use std::io::Write;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
+use common::amqp::{bound_queue, broker, config, connect, delete_queues, unique};
 use common::{Server, client};
-use lapin::options::{
-    ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions, QueueDeleteOptions,
-};
-use lapin::types::FieldTable;
-use lapin::{Connection, ConnectionProperties, ExchangeKind};
 use rust_decimal::Decimal;
 use serde_json::{Value, json};
-
-fn broker() -> String {
-    std::env::var("TALLY_TEST_AMQP")
-        .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".to_string())
-}
 
 /// A legacy Nova payload of vm-9 in p9.
 fn payload(flavor: &str, vcpus: u32, state: &str) -> Value {
@@ -36,50 +27,14 @@ async fn the_oslo_notifier_feeds_a_lifecycle_billed_by_flavor() {
     let python = std::env::var("TALLY_TEST_OSLO_PYTHON").unwrap_or_else(|_| {
         panic!("TALLY_TEST_OSLO_PYTHON is not set: run scripts/test, which installs oslo.messaging in a virtualenv")
     });
-    let u = format!(
-        "{}{}",
-        std::process::id(),
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_nanos()
-    );
+    let u = unique();
     let topic = format!("tallytest{u}");
     let key = format!("{topic}.info");
     let queue = format!("tally.test.oslo.{u}");
-    let conn = Connection::connect(&broker(), ConnectionProperties::default())
-        .await
-        .unwrap_or_else(|e| panic!("RabbitMQ is not reachable at {}: {e}", broker()));
-    let channel = conn.create_channel().await.unwrap();
+    let (_conn, channel) = connect().await;
     // oslo.messaging's notifier publishes to the control exchange
     // `openstack` (topic, not durable by default).
-    channel
-        .exchange_declare(
-            "openstack".into(),
-            ExchangeKind::Topic,
-            ExchangeDeclareOptions::default(),
-            FieldTable::default(),
-        )
-        .await
-        .unwrap();
-    let durable = QueueDeclareOptions {
-        durable: true,
-        ..QueueDeclareOptions::default()
-    };
-    channel
-        .queue_declare(queue.as_str().into(), durable, FieldTable::default())
-        .await
-        .unwrap();
-    channel
-        .queue_bind(
-            queue.as_str().into(),
-            "openstack".into(),
-            key.as_str().into(),
-            QueueBindOptions::default(),
-            FieldTable::default(),
-        )
-        .await
-        .unwrap();
+    bound_queue(&channel, "openstack", &queue, &key).await;
 
     // Small from 00:00, large from 06:00, off 08:00–09:00, shelved and
     // offloaded 12:00–15:00, deleted at 18:00.
@@ -145,15 +100,7 @@ async fn the_oslo_notifier_feeds_a_lifecycle_billed_by_flavor() {
     );
 
     let dir = tempfile::tempdir().unwrap();
-    let config = dir.path().join("tally.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[amqp]\nurl = \"{}\"\nqueue = \"{queue}\"\ndead_letter_queue = \"{queue}.dead\"\nexchanges = [\"openstack\"]\nrouting_keys = [\"{key}\"]\n",
-            broker()
-        ),
-    )
-    .unwrap();
+    let config = config(dir.path(), &queue, "openstack", &key, "");
     let server = Server::start_with(
         &dir.path().join("data"),
         &[("TALLY_CONFIG", config.to_str().unwrap())],
@@ -204,9 +151,6 @@ async fn the_oslo_notifier_feeds_a_lifecycle_billed_by_flavor() {
     assert_eq!(hours.get("m1.small"), Some(&Decimal::from(6)), "{hours:?}");
     assert_eq!(hours.get("m1.large"), Some(&Decimal::from(8)), "{hours:?}");
     server.stop();
-    for q in [queue.clone(), format!("{queue}.dead"), key.clone()] {
-        let _ = channel
-            .queue_delete(q.as_str().into(), QueueDeleteOptions::default())
-            .await;
-    }
+    // The notifier declares a queue named after its topic too.
+    delete_queues(&channel, &[&queue, &format!("{queue}.dead"), &key]).await;
 }

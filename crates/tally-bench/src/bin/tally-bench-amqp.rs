@@ -247,18 +247,18 @@ async fn main() -> anyhow::Result<()> {
         "tally stored {done} of {} messages",
         args.messages
     );
-    let bare_rate = args.messages as f64 / bare_s;
-    let tally_rate = args.messages as f64 / tally_s;
+    let bare_per_s = args.messages as f64 / bare_s;
+    let tally_per_s = args.messages as f64 / tally_s;
     println!(
         "{}",
         serde_json::json!({
             "messages": args.messages,
             "bare_lapin_s": bare_s,
-            "bare_lapin_per_s": bare_rate,
+            "bare_lapin_per_s": bare_per_s,
             "tally_s": tally_s,
-            "tally_per_s": tally_rate,
+            "tally_per_s": tally_per_s,
             "records": args.messages * 4,
-            "ratio_tally_to_bare": tally_rate / bare_rate,
+            "ratio_tally_to_bare": tally_per_s / bare_per_s,
         })
     );
     Ok(())

@@ -1,6 +1,8 @@
 //! Starting `tally` as a user would, for end-to-end tests.
 #![allow(dead_code)]
 
+pub mod amqp;
+
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
