@@ -24,6 +24,11 @@ use tally_rate::RatingService;
 use crate::rating::require_admin;
 use crate::{ApiError, AppState, Caller};
 
+/// The billing database and rated lines, or 503 in a process without them.
+pub fn billing_service(state: &AppState) -> Result<&RatingService, ApiError> {
+    service(state)
+}
+
 fn service(state: &AppState) -> Result<&RatingService, ApiError> {
     state.rating.as_ref().ok_or_else(|| {
         ApiError::new(

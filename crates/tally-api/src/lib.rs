@@ -11,6 +11,7 @@ pub mod error;
 pub mod events;
 pub mod ingest;
 pub mod rating;
+pub mod show;
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -120,6 +121,9 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/alerts", get(billing::list_alerts))
         .route("/v1/webhooks", post(billing::create_webhook))
         .route("/v1/webhooks/deliveries", get(billing::list_deliveries))
+        .route("/v1/costs", get(show::costs))
+        .route("/v1/usage", get(show::usage))
+        .route("/v1/exports/focus", get(show::focus_export))
         .fallback(|| async {
             ApiError::new(
                 StatusCode::NOT_FOUND,

@@ -10,6 +10,7 @@
 pub mod billing;
 pub mod cloudkitty;
 pub mod document;
+pub mod focus;
 pub mod identity;
 pub mod ingest;
 pub mod invoice;
@@ -19,6 +20,8 @@ pub mod money;
 pub mod pricing;
 pub mod rated;
 pub mod record;
+pub mod rollup;
+pub mod service;
 pub mod volume;
 
 pub use document::DocumentError;

@@ -10,6 +10,7 @@
 //! CLI and API call).
 
 pub mod aggregate;
+pub mod cells;
 pub mod job;
 pub mod lines;
 pub mod meters;

@@ -21,6 +21,7 @@ use tally_core::RatedLine;
 use tally_db::Database;
 use tally_store::objects::RawObjects;
 
+use crate::cells::{self, CellWriter};
 use crate::job::{self, LineSink, RatingConfig, RatingError, RatingRequest, RunTotals};
 
 /// A run as the catalog records it.
@@ -195,6 +196,7 @@ pub struct FileSink {
     writer: Option<AsyncArrowWriter<BufWriter>>,
     buffer: Vec<RatedLine>,
     written: u64,
+    cells: Option<CellWriter>,
 }
 
 const ROW_GROUP: usize = 65_536;
@@ -209,7 +211,14 @@ impl FileSink {
             writer: None,
             buffer: Vec::new(),
             written: 0,
+            cells: None,
         }
+    }
+
+    /// Also adds the lines into daily cells (what summaries read).
+    pub fn with_cells(mut self, cells: CellWriter) -> FileSink {
+        self.cells = Some(cells);
+        self
     }
 
     async fn write_buffer(&mut self) -> Result<(), RatingError> {
@@ -244,6 +253,9 @@ impl FileSink {
     /// Finishes the file; returns its path if any line was written.
     pub async fn close(mut self) -> Result<Option<String>, RatingError> {
         self.write_buffer().await?;
+        if let Some(cells) = &mut self.cells {
+            cells.flush().await?;
+        }
         match self.writer.take() {
             None => Ok(None),
             Some(w) => {
@@ -261,6 +273,9 @@ impl FileSink {
 
 impl LineSink for FileSink {
     async fn accept(&mut self, lines: Vec<RatedLine>) -> Result<(), RatingError> {
+        if let Some(cells) = &mut self.cells {
+            cells.add(&lines).await?;
+        }
         self.buffer.extend(lines);
         if self.buffer.len() >= WRITE_BATCH {
             self.write_buffer().await?;
@@ -306,7 +321,9 @@ pub async fn run_and_commit(
 
     let outcome = async {
         let (totals, segments, sinks) = job::rate(db, raw, config, request, |p| {
-            FileSink::new(rated.clone(), format!("{run_id}/lines-{p:03}.parquet"))
+            FileSink::new(rated.clone(), format!("{run_id}/lines-{p:03}.parquet")).with_cells(
+                CellWriter::new(db.clone(), run_id.clone(), window.from, window.to),
+            )
         })
         .await?;
         let mut files = Vec::new();
@@ -320,6 +337,9 @@ pub async fn run_and_commit(
     let (mut totals, segments, files) = match outcome {
         Ok(o) => o,
         Err(e) => {
+            if let Err(cleanup) = cells::delete(db, &run_id).await {
+                tracing::warn!(error = %cleanup, run_id, "could not delete a failed run's cells");
+            }
             sqlx::query(
                 "UPDATE rating_runs SET status = 'failed', finished_at_us = $1, message = $2 WHERE run_id = $3",
             )
@@ -348,7 +368,13 @@ pub async fn run_and_commit(
         .execute(&mut *tx)
         .await?;
     let insert = "INSERT INTO rated_coverage (run_id, from_us, to_us) VALUES ($1, $2, $3)";
+    let mut cut_mid_day = Vec::new();
     for (old, f, t) in overlapping {
+        // An older run keeping part of a day loses the cell of that day;
+        // marking its cells incomplete has them rebuilt from its files.
+        if (f < from_us && !at_midnight(from_us)) || (t > to_us && !at_midnight(to_us)) {
+            cut_mid_day.push(old.clone());
+        }
         if f < from_us {
             sqlx::query(insert)
                 .bind(&old)
@@ -372,6 +398,16 @@ pub async fn run_and_commit(
         .bind(to_us)
         .execute(&mut *tx)
         .await?;
+    for old in &cut_mid_day {
+        sqlx::query("DELETE FROM usage_rollup_runs WHERE run_id = $1")
+            .bind(old)
+            .execute(&mut *tx)
+            .await?;
+    }
+    sqlx::query("INSERT INTO usage_rollup_runs (run_id) VALUES ($1)")
+        .bind(&run_id)
+        .execute(&mut *tx)
+        .await?;
     let json = |v: &Vec<String>| serde_json::to_string(v).expect("strings serialize");
     sqlx::query(
         "UPDATE rating_runs SET status = 'complete', finished_at_us = $1, records_read = $2, duplicates = $3, \
@@ -390,6 +426,13 @@ pub async fn run_and_commit(
     .execute(&mut *tx)
     .await?;
     tx.commit().await?;
+    if !cut_mid_day.is_empty() {
+        // Also done by every summary before it answers; doing it now keeps
+        // that first summary fast.
+        if let Err(e) = cells::ensure_current(db, rated).await {
+            tracing::warn!(error = %e, "could not rebuild the cells of runs cut mid-day");
+        }
+    }
     if let Err(e) = delete_superseded(db, rated, finished - config.superseded_grace).await {
         // The run is committed; leftover files only cost disk and are
         // retried after the next run.
@@ -412,6 +455,10 @@ pub async fn run_and_commit(
         message: None,
         seconds: started.elapsed().as_secs_f64(),
     })
+}
+
+fn at_midnight(us: i64) -> bool {
+    us.rem_euclid(86_400_000_000) == 0
 }
 
 /// Deletes the line files of complete runs that no longer hold any
@@ -440,6 +487,7 @@ pub async fn delete_superseded(
         if let Some(root) = rated.local_root() {
             let _ = std::fs::remove_dir(root.join(run_id));
         }
+        cells::delete(db, run_id).await?;
         sqlx::query(
             "UPDATE rating_runs SET files = '[]', message = 'superseded: line files deleted' WHERE run_id = $1",
         )
@@ -466,24 +514,36 @@ pub async fn read_current_lines(
     for cov in coverage(db, from, to).await? {
         let (lo, hi) = (cov.from.max(from), cov.to.min(to));
         for file in &cov.files {
-            let bytes = rated
-                .get(file)
-                .await
-                .map_err(|e| RatingError::Files(e.to_string()))?;
-            let reader =
-                parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(bytes)
-                    .and_then(|b| b.build())
-                    .map_err(|e| RatingError::Files(format!("{file}: {e}")))?;
-            for batch in reader {
-                let batch = batch.map_err(|e| RatingError::Files(e.to_string()))?;
-                for line in crate::lines::from_batch(&batch)
-                    .map_err(|e| RatingError::Files(format!("{file}: {e}")))?
-                {
-                    if line.period_start >= lo && line.period_start < hi {
-                        each(line);
-                    }
+            read_line_file(rated, file, |line| {
+                if line.period_start >= lo && line.period_start < hi {
+                    each(line);
                 }
-            }
+            })
+            .await?;
+        }
+    }
+    Ok(())
+}
+
+/// Reads every line of one line file, in file order.
+pub async fn read_line_file(
+    rated: &RawObjects,
+    file: &str,
+    mut each: impl FnMut(RatedLine),
+) -> Result<(), RatingError> {
+    let bytes = rated
+        .get(file)
+        .await
+        .map_err(|e| RatingError::Files(e.to_string()))?;
+    let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(bytes)
+        .and_then(|b| b.build())
+        .map_err(|e| RatingError::Files(format!("{file}: {e}")))?;
+    for batch in reader {
+        let batch = batch.map_err(|e| RatingError::Files(e.to_string()))?;
+        for line in crate::lines::from_batch(&batch)
+            .map_err(|e| RatingError::Files(format!("{file}: {e}")))?
+        {
+            each(line);
         }
     }
     Ok(())

@@ -18,6 +18,7 @@ mod plan;
 mod rating;
 mod reconcile;
 mod serve;
+mod show;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -106,6 +107,16 @@ enum Command {
     Report {
         #[command(subcommand)]
         command: billing::ReportCommand,
+    },
+    /// Cost, grouped and bucketed (account, project, service, meter,
+    /// resource, attributes; hour, day, month).
+    Costs(show::SummaryArgs),
+    /// Usage per meter, grouped and bucketed like `costs`.
+    Usage(show::SummaryArgs),
+    /// Exports: FOCUS 1.2 (CSV or Parquet) of a billing period.
+    Export {
+        #[command(subcommand)]
+        command: show::ExportCommand,
     },
     /// Administration: API keys.
     Admin {
@@ -200,6 +211,18 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Report { command } => {
             config::init_logging_quiet(&cfg);
             billing::report(cfg, command).await?;
+        }
+        Command::Costs(args) => {
+            config::init_logging_quiet(&cfg);
+            show::run_summary(cfg, args, false).await?;
+        }
+        Command::Usage(args) => {
+            config::init_logging_quiet(&cfg);
+            show::run_summary(cfg, args, true).await?;
+        }
+        Command::Export { command } => {
+            config::init_logging_quiet(&cfg);
+            show::run_export(cfg, command).await?;
         }
         Command::Admin { command } => {
             config::init_logging_quiet(&cfg);

@@ -13,6 +13,18 @@ pub enum OutputFormat {
     Json,
 }
 
+/// `--output` of reports (usage, costs, invoices, explain).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Default)]
+pub enum ReportFormat {
+    /// Aligned text for a terminal.
+    #[default]
+    Table,
+    /// One JSON document.
+    Json,
+    /// Comma-separated values with a header row.
+    Csv,
+}
+
 /// Prints an ingest summary.
 pub fn print_summary(summary: &IngestSummary, format: OutputFormat) {
     match format {

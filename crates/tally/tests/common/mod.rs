@@ -247,3 +247,44 @@ pub fn nova(id: &str, event: &str, time: &str, flavor: &str, vcpus: u32, state: 
     });
     serde_json::json!({"oslo.version": "2.0", "oslo.message": message.to_string()}).to_string()
 }
+
+/// Reads a FOCUS Parquet file with pyarrow (the Python that `scripts/test`
+/// provides in `TALLY_TEST_PYTHON`), checks the FOCUS column types there,
+/// and returns `{"rows": N, "totals": {InvoiceId: Σ BilledCost}}`. Fails
+/// when no such Python is configured: the check never skips.
+pub fn pyarrow_check_focus(path: &Path) -> serde_json::Value {
+    let python = std::env::var("TALLY_TEST_PYTHON").expect(
+        "TALLY_TEST_PYTHON is not set: run scripts/test, which provides a Python with pyarrow",
+    );
+    let script = r#"
+import json, sys, decimal
+import pyarrow as pa, pyarrow.parquet as pq
+t = pq.read_table(sys.argv[1])
+types = {f.name: f.type for f in t.schema}
+dec = pa.decimal128(38, 18)
+ts = pa.timestamp("us", tz="UTC")
+for c in ["BilledCost", "EffectiveCost", "ListCost", "ContractedCost", "ConsumedQuantity", "PricingQuantity", "ListUnitPrice", "ContractedUnitPrice"]:
+    assert types[c] == dec, (c, types[c])
+for c in ["BillingPeriodStart", "BillingPeriodEnd", "ChargePeriodStart", "ChargePeriodEnd"]:
+    assert types[c] == ts, (c, types[c])
+for c in ["BillingAccountId", "BillingCurrency", "ChargeCategory", "ChargeClass", "InvoiceId", "ResourceId", "ServiceCategory", "ServiceName", "SkuId", "SubAccountId"]:
+    assert types[c] == pa.string(), (c, types[c])
+assert set(t.column("ChargeCategory").to_pylist()) <= {"Usage", "Tax", "Credit", "Adjustment", "Purchase"}
+totals = {}
+for inv, cost in zip(t.column("InvoiceId").to_pylist(), t.column("BilledCost").to_pylist()):
+    totals[inv] = totals.get(inv, decimal.Decimal(0)) + cost
+print(json.dumps({"rows": t.num_rows, "totals": {k: format(v.normalize(), "f") for k, v in totals.items()}}))
+"#;
+    let out = Command::new(&python)
+        .arg("-c")
+        .arg(script)
+        .arg(path)
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {python}: {e}"));
+    assert!(
+        out.status.success(),
+        "pyarrow check failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("the check prints JSON")
+}

@@ -1,0 +1,205 @@
+//! Summary and export endpoints: `GET /v1/costs`, `GET /v1/usage` and
+//! `GET /v1/exports/focus`. The caller's scope is applied by
+//! `tally-show` inside its queries.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+use axum::Json;
+use axum::extract::{Query, State};
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use chrono::{DateTime, Utc};
+use tally_core::billing::PeriodLabel;
+use tally_show::ShowError;
+use tally_show::focus::{self, ExportOptions};
+use tally_show::summary::{self, Dimension, SummaryQuery};
+
+use crate::billing::billing_service;
+use crate::{ApiError, AppState, Caller};
+
+/// Maps show errors to answers: bad requests are 400, the rest logged.
+pub fn show_error(e: ShowError) -> ApiError {
+    match e {
+        ShowError::Invalid(m) => ApiError::bad_request("invalid_request", m),
+        other => ApiError::internal(other),
+    }
+}
+
+fn bad(field: &str, e: impl std::fmt::Display) -> ApiError {
+    ApiError::bad_request("invalid_request", format!("{field}: {e}"))
+}
+
+/// Reads a summary query from the query string. Attribute filters are
+/// `attr.NAME=VALUE`.
+pub fn summary_query(
+    params: &HashMap<String, String>,
+    usage: bool,
+) -> Result<SummaryQuery, ApiError> {
+    let time = |k: &str| -> Result<Option<DateTime<Utc>>, ApiError> {
+        params
+            .get(k)
+            .map(|v| {
+                DateTime::parse_from_rfc3339(v)
+                    .map(|t| t.to_utc())
+                    .map_err(|e| bad(k, format!("'{v}' is not an RFC 3339 instant ({e})")))
+            })
+            .transpose()
+    };
+    let number = |k: &str| -> Result<Option<usize>, ApiError> {
+        params
+            .get(k)
+            .map(|v| {
+                v.parse()
+                    .map_err(|_| bad(k, format!("'{v}' is not a whole number")))
+            })
+            .transpose()
+    };
+    let (mut from, mut to) = (time("from")?, time("to")?);
+    if let Some(p) = params.get("period") {
+        let label: PeriodLabel = p.parse().map_err(|e| bad("period", e))?;
+        let month = tally_core::billing::BillingPeriod::new(label, 1, chrono_tz::Tz::UTC)
+            .map_err(|e| bad("period", e))?;
+        from = Some(month.start);
+        to = Some(month.end);
+    }
+    let mut group_by = summary::parse_group_by(params.get("group_by").map_or("", String::as_str))
+        .map_err(show_error)?;
+    if usage && !group_by.contains(&Dimension::Meter) {
+        group_by.push(Dimension::Meter);
+    }
+    let known = [
+        "from",
+        "to",
+        "period",
+        "group_by",
+        "bucket",
+        "project_id",
+        "account_id",
+        "service",
+        "meter",
+        "resource_id",
+        "offset",
+        "limit",
+    ];
+    let mut attributes = BTreeMap::new();
+    for (k, v) in params {
+        if let Some(name) = k.strip_prefix("attr.") {
+            attributes.insert(name.to_string(), v.clone());
+        } else if !known.contains(&k.as_str()) {
+            return Err(bad(
+                k,
+                format!("unknown parameter; use {} or attr.NAME", known.join(", ")),
+            ));
+        }
+    }
+    Ok(SummaryQuery {
+        from,
+        to,
+        group_by,
+        bucket: params
+            .get("bucket")
+            .map(|b| b.parse())
+            .transpose()
+            .map_err(show_error)?
+            .unwrap_or_default(),
+        project_id: params.get("project_id").cloned(),
+        account_id: params.get("account_id").cloned(),
+        service: params.get("service").cloned(),
+        meter: params.get("meter").cloned(),
+        resource_id: params.get("resource_id").cloned(),
+        attributes,
+        offset: number("offset")?.unwrap_or(0),
+        limit: number("limit")?,
+    })
+}
+
+async fn summarize(
+    state: &AppState,
+    caller: &Caller,
+    params: &HashMap<String, String>,
+    usage: bool,
+) -> Result<Response, ApiError> {
+    let svc = billing_service(state)?;
+    let query = summary_query(params, usage)?;
+    let s = summary::summarize(&svc.db, &svc.rated, &caller.0, &query, Utc::now())
+        .await
+        .map_err(show_error)?;
+    Ok(Json(s).into_response())
+}
+
+/// `GET /v1/costs`: cost grouped by `group_by` and `bucket`.
+pub async fn costs(
+    State(state): State<Arc<AppState>>,
+    caller: Caller,
+    Query(params): Query<HashMap<String, String>>,
+) -> Result<Response, ApiError> {
+    summarize(&state, &caller, &params, false).await
+}
+
+/// `GET /v1/usage`: like costs, always per meter (quantities add up).
+pub async fn usage(
+    State(state): State<Arc<AppState>>,
+    caller: Caller,
+    Query(params): Query<HashMap<String, String>>,
+) -> Result<Response, ApiError> {
+    summarize(&state, &caller, &params, true).await
+}
+
+/// `GET /v1/exports/focus?period=YYYY-MM&format=csv|parquet`.
+pub async fn focus_export(
+    State(state): State<Arc<AppState>>,
+    caller: Caller,
+    Query(params): Query<HashMap<String, String>>,
+) -> Result<Response, ApiError> {
+    let svc = billing_service(&state)?;
+    let period: PeriodLabel = params
+        .get("period")
+        .ok_or_else(|| bad("period", "required (YYYY-MM)"))?
+        .parse()
+        .map_err(|e| bad("period", e))?;
+    let format = params.get("format").map_or("csv", String::as_str);
+    let include_drafts = match params.get("include_drafts").map(String::as_str) {
+        None | Some("false") => false,
+        Some("true") => true,
+        Some(other) => {
+            return Err(bad(
+                "include_drafts",
+                format!("'{other}' is not true or false"),
+            ));
+        }
+    };
+    let rows = focus::period_rows(
+        &svc.db,
+        &svc.rated,
+        &caller.0,
+        period,
+        ExportOptions { include_drafts },
+    )
+    .await
+    .map_err(show_error)?;
+    let mut body = Vec::new();
+    let (content_type, ext) = match format {
+        "csv" => {
+            focus::write_csv(&rows, &mut body).map_err(show_error)?;
+            ("text/csv; charset=utf-8", "csv")
+        }
+        "parquet" => {
+            focus::write_parquet(&rows, &mut body).map_err(show_error)?;
+            ("application/vnd.apache.parquet", "parquet")
+        }
+        other => return Err(bad("format", format!("'{other}' is not csv or parquet"))),
+    };
+    Ok((
+        StatusCode::OK,
+        [
+            (header::CONTENT_TYPE, content_type.to_string()),
+            (
+                header::CONTENT_DISPOSITION,
+                format!("attachment; filename=\"focus-{period}.{ext}\""),
+            ),
+        ],
+        body,
+    )
+        .into_response())
+}

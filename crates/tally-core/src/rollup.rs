@@ -1,0 +1,327 @@
+//! Daily cost cells: what summaries, dashboards and cost-over-time charts
+//! add up instead of re-reading every hourly rated line.
+//!
+//! A cell is one (UTC day, project, resource, meter, group values) of a
+//! rating run. Its quantity and amount are kept as integers of a fixed
+//! fraction of a unit ([`QUANTITY_SCALE`], [`AMOUNT_SCALE`]), rounded once
+//! per cell with [`ROLLUP_ROUNDING_RULE`], so a database can add any number
+//! of cells exactly. Invoices never use cells: they are summed from the
+//! exact rated lines (docs/rounding.md).
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, Utc};
+use rust_decimal::prelude::ToPrimitive;
+use rust_decimal::{Decimal, RoundingStrategy};
+
+use crate::RatedLine;
+
+/// Decimal places kept of a cell's amount: billionths of a currency unit.
+pub const AMOUNT_SCALE: u32 = 9;
+/// Decimal places kept of a cell's quantity: millionths of a unit.
+pub const QUANTITY_SCALE: u32 = 6;
+/// The one rounding applied to a cell: half to even at its scale.
+pub const ROLLUP_ROUNDING_RULE: &str = "half-even per daily cell (amount 1e-9, quantity 1e-6)";
+
+/// Microseconds in a UTC day.
+const DAY_US: i64 = 86_400_000_000;
+
+/// A cell's value does not fit the database's 64-bit integers.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "the daily {what} of {meter} for resource '{resource_id}' ({value}) does not fit a 64-bit cell at scale {scale}; check the meter's unit conversion (factor)"
+)]
+pub struct CellOverflow {
+    /// `amount` or `quantity`.
+    pub what: &'static str,
+    /// The meter.
+    pub meter: String,
+    /// The resource.
+    pub resource_id: String,
+    /// The exact value that did not fit.
+    pub value: Decimal,
+    /// The scale it was stored at.
+    pub scale: u32,
+}
+
+/// The identity of a cell.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct CellKey {
+    /// Start of the cell: its UTC day's start, or the range's start if later
+    /// (microseconds since the epoch).
+    pub from_us: i64,
+    /// End of the cell: the next day's start, or the range's end if earlier.
+    pub to_us: i64,
+    /// The paying project.
+    pub project_id: String,
+    /// The resource.
+    pub resource_id: String,
+    /// The rated meter.
+    pub meter: String,
+    /// The meter's unit.
+    pub unit: String,
+    /// The currency of the amount (empty when unpriced).
+    pub currency: String,
+    /// The line's group values and location attributes, as a JSON object
+    /// with sorted keys (what summaries group "by any attribute" on).
+    pub attributes: String,
+}
+
+/// A finished cell, ready to store.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DailyCell {
+    /// Which cell.
+    pub key: CellKey,
+    /// Quantity in millionths of the unit.
+    pub quantity_micro: i64,
+    /// Amount in billionths of the currency unit.
+    pub amount_nano: i64,
+    /// Rated lines in the cell.
+    pub line_count: i64,
+    /// Lines that could not be priced.
+    pub error_count: i64,
+}
+
+#[derive(Debug, Default, Clone)]
+struct Sums {
+    quantity: Decimal,
+    amount: Decimal,
+    lines: i64,
+    errors: i64,
+}
+
+/// Attributes copied into a cell besides the meter's group values: where
+/// the resource runs, which summaries and FOCUS exports group on.
+pub const LOCATION_ATTRIBUTES: [&str; 2] = ["region", "availability_zone"];
+
+/// The start (µs) of the UTC day holding `t`.
+pub fn day_start_us(t: DateTime<Utc>) -> i64 {
+    t.timestamp_micros().div_euclid(DAY_US) * DAY_US
+}
+
+/// Converts an exact value to an integer of `scale` decimal places.
+pub fn to_scaled(value: Decimal, scale: u32) -> Option<i64> {
+    let rounded = value.round_dp_with_strategy(scale, RoundingStrategy::MidpointNearestEven);
+    let mut m = rounded;
+    m.rescale(scale);
+    if m.scale() != scale {
+        return None;
+    }
+    m.mantissa().to_i64()
+}
+
+/// Back from an integer of `scale` decimal places to a decimal.
+pub fn from_scaled(value: i64, scale: u32) -> Decimal {
+    Decimal::new(value, scale).normalize()
+}
+
+/// Adds rated lines into daily cells; [`DailyCells::drain`] hands them out.
+#[derive(Debug)]
+pub struct DailyCells {
+    from_us: i64,
+    to_us: i64,
+    cells: BTreeMap<CellKey, Sums>,
+}
+
+impl DailyCells {
+    /// An empty aggregation of lines rated over `[from, to)`; cells are cut
+    /// to that range, so a range that starts or ends mid-day has partial
+    /// cells that never overlap another range's.
+    pub fn new(from: DateTime<Utc>, to: DateTime<Utc>) -> DailyCells {
+        DailyCells {
+            from_us: from.timestamp_micros(),
+            to_us: to.timestamp_micros(),
+            cells: BTreeMap::new(),
+        }
+    }
+
+    /// Cells held.
+    pub fn len(&self) -> usize {
+        self.cells.len()
+    }
+
+    /// Whether none is held.
+    pub fn is_empty(&self) -> bool {
+        self.cells.is_empty()
+    }
+
+    /// Adds one line to its day's cell.
+    pub fn add(&mut self, line: &RatedLine) {
+        let mut attrs: BTreeMap<&str, String> = line
+            .group
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.clone()))
+            .collect();
+        for name in LOCATION_ATTRIBUTES {
+            if let Some(v) = line.attributes.get(name) {
+                attrs.entry(name).or_insert_with(|| v.text());
+            }
+        }
+        let day = day_start_us(line.period_start);
+        let key = CellKey {
+            from_us: day.max(self.from_us),
+            to_us: (day + DAY_US).min(self.to_us),
+            project_id: line.project_id.clone(),
+            resource_id: line.resource_id.clone(),
+            meter: line.meter.clone(),
+            unit: line.unit.clone(),
+            currency: line.currency.clone(),
+            attributes: serde_json::to_string(&attrs).expect("strings serialize"),
+        };
+        let s = self.cells.entry(key).or_default();
+        s.quantity += line.quantity;
+        s.amount += line.amount;
+        s.lines += 1;
+        s.errors += i64::from(line.error.is_some());
+    }
+
+    /// Takes every cell out, in key order, converted to integers.
+    pub fn drain(&mut self) -> Result<Vec<DailyCell>, CellOverflow> {
+        std::mem::take(&mut self.cells)
+            .into_iter()
+            .map(|(key, s)| {
+                let overflow = |what, value, scale| CellOverflow {
+                    what,
+                    meter: key.meter.clone(),
+                    resource_id: key.resource_id.clone(),
+                    value,
+                    scale,
+                };
+                let quantity_micro = to_scaled(s.quantity, QUANTITY_SCALE)
+                    .ok_or_else(|| overflow("quantity", s.quantity, QUANTITY_SCALE))?;
+                let amount_nano = to_scaled(s.amount, AMOUNT_SCALE)
+                    .ok_or_else(|| overflow("amount", s.amount, AMOUNT_SCALE))?;
+                Ok(DailyCell {
+                    key,
+                    quantity_micro,
+                    amount_nano,
+                    line_count: s.lines,
+                    error_count: s.errors,
+                })
+            })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::str::FromStr;
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::{AttributeValue, Attributes};
+
+    fn d(s: &str) -> Decimal {
+        Decimal::from_str(s).unwrap()
+    }
+
+    fn t(s: &str) -> DateTime<Utc> {
+        DateTime::parse_from_rfc3339(s).unwrap().to_utc()
+    }
+
+    fn month() -> DailyCells {
+        DailyCells::new(t("2026-10-01T00:00:00Z"), t("2026-11-01T00:00:00Z"))
+    }
+
+    fn line(start: &str, amount: &str) -> RatedLine {
+        let start = DateTime::parse_from_rfc3339(start).unwrap().to_utc();
+        let mut attributes = Attributes::new();
+        attributes.insert(
+            "availability_zone".into(),
+            AttributeValue::String("nova".into()),
+        );
+        attributes.insert("flavor".into(), AttributeValue::String("m1.small".into()));
+        RatedLine {
+            project_id: "p1".into(),
+            resource_id: "vm1".into(),
+            meter: "instance".into(),
+            group: [("flavor".to_string(), "m1.small".to_string())].into(),
+            period_start: start,
+            period_end: start + chrono::Duration::hours(1),
+            quantity: d("1"),
+            unit: "hour".into(),
+            unit_price: Some(d(amount)),
+            amount: d(amount),
+            currency: "EUR".into(),
+            plan_id: "p".into(),
+            plan_version: 1,
+            rule: "rules[0]".into(),
+            raw_count: 1,
+            segments: vec![],
+            attributes: Arc::new(attributes),
+            error: None,
+        }
+    }
+
+    #[test]
+    fn lines_of_one_day_share_a_cell_and_midnight_starts_the_next() {
+        let mut cells = month();
+        cells.add(&line("2026-10-01T00:00:00Z", "0.0125"));
+        cells.add(&line("2026-10-01T23:00:00Z", "0.0125"));
+        cells.add(&line("2026-10-02T00:00:00Z", "0.0125"));
+        let out = cells.drain().unwrap();
+        assert_eq!(out.len(), 2);
+        assert_eq!(out[0].amount_nano, 25_000_000);
+        assert_eq!(out[0].quantity_micro, 2_000_000);
+        assert_eq!(out[0].line_count, 2);
+        assert_eq!(
+            out[0].key.attributes,
+            r#"{"availability_zone":"nova","flavor":"m1.small"}"#
+        );
+        assert_eq!(out[1].key.from_us - out[0].key.from_us, DAY_US);
+        assert_eq!(out[0].key.to_us, out[1].key.from_us);
+        assert!(cells.is_empty());
+    }
+
+    #[test]
+    fn cells_round_half_to_even_once_at_their_scale() {
+        assert_eq!(to_scaled(d("0.0000000005"), AMOUNT_SCALE), Some(0));
+        assert_eq!(to_scaled(d("0.0000000015"), AMOUNT_SCALE), Some(2));
+        assert_eq!(to_scaled(d("-0.0000000015"), AMOUNT_SCALE), Some(-2));
+        assert_eq!(to_scaled(d("1"), QUANTITY_SCALE), Some(1_000_000));
+        assert_eq!(from_scaled(1_500_000, QUANTITY_SCALE), d("1.5"));
+        // One third of an hour per line, three lines: the cell is exact
+        // because the sum is taken before the one rounding.
+        let mut cells = month();
+        for _ in 0..3 {
+            let mut l = line("2026-10-01T05:00:00Z", "1");
+            l.quantity = d("1") / d("3");
+            cells.add(&l);
+        }
+        assert_eq!(cells.drain().unwrap()[0].quantity_micro, 1_000_000);
+    }
+
+    #[test]
+    fn a_value_too_large_for_a_cell_is_an_error_naming_the_meter() {
+        let mut cells = month();
+        let mut l = line("2026-10-01T05:00:00Z", "1");
+        l.quantity = d("1e14");
+        cells.add(&l);
+        let e = cells.drain().unwrap_err();
+        assert_eq!(e.what, "quantity");
+        assert!(e.to_string().contains("instance"), "{e}");
+    }
+
+    #[test]
+    fn a_range_that_starts_mid_day_cuts_its_cells() {
+        let mut cells = DailyCells::new(t("2026-10-01T05:00:00Z"), t("2026-10-01T10:00:00Z"));
+        cells.add(&line("2026-10-01T05:00:00Z", "1"));
+        let out = cells.drain().unwrap();
+        assert_eq!(
+            out[0].key.from_us,
+            t("2026-10-01T05:00:00Z").timestamp_micros()
+        );
+        assert_eq!(
+            out[0].key.to_us,
+            t("2026-10-01T10:00:00Z").timestamp_micros()
+        );
+    }
+
+    #[test]
+    fn days_before_the_epoch_round_down() {
+        let t = DateTime::parse_from_rfc3339("1969-12-31T12:00:00Z")
+            .unwrap()
+            .to_utc();
+        assert_eq!(day_start_us(t), -DAY_US);
+    }
+}

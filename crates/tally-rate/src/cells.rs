@@ -1,0 +1,173 @@
+//! Daily cost cells of a rating run, stored beside its line files.
+//!
+//! A run adds its lines into [`DailyCells`] as it rates and writes them to
+//! `usage_rollups` under its run id; they count in summaries only once the
+//! run's coverage holds them (see `0007_show.sql`). This module writes,
+//! rebuilds and deletes cells; the show module reads them.
+
+use chrono::{DateTime, Utc};
+use tally_core::RatedLine;
+use tally_core::rollup::{DailyCell, DailyCells};
+use tally_db::{Backend, Database};
+use tally_store::objects::RawObjects;
+
+use crate::job::RatingError;
+
+/// Cells held in memory before they are written: bounds a run's memory
+/// whatever the number of resources.
+const FLUSH_CELLS: usize = 20_000;
+const CELL_COLUMNS: usize = 13;
+
+/// Collects a partition's cells and writes them as they accumulate.
+pub struct CellWriter {
+    db: Database,
+    run_id: String,
+    cells: DailyCells,
+}
+
+impl CellWriter {
+    /// A writer for `run_id`'s lines over `[from, to)`.
+    pub fn new(db: Database, run_id: String, from: DateTime<Utc>, to: DateTime<Utc>) -> Self {
+        CellWriter {
+            db,
+            run_id,
+            cells: DailyCells::new(from, to),
+        }
+    }
+
+    /// Adds lines; writes the cells held once there are many.
+    pub async fn add(&mut self, lines: &[RatedLine]) -> Result<(), RatingError> {
+        for l in lines {
+            self.cells.add(l);
+        }
+        if self.cells.len() >= FLUSH_CELLS {
+            self.flush().await?;
+        }
+        Ok(())
+    }
+
+    /// Writes every cell held.
+    pub async fn flush(&mut self) -> Result<(), RatingError> {
+        let cells = self
+            .cells
+            .drain()
+            .map_err(|e| RatingError::Files(e.to_string()))?;
+        insert(&self.db, &self.run_id, &cells).await
+    }
+}
+
+/// Writes cells of `run_id`. Cells of one key may be written twice (two
+/// flushes of a partition); readers add them up.
+pub async fn insert(db: &Database, run_id: &str, cells: &[DailyCell]) -> Result<(), RatingError> {
+    // Same trade-off as invoice lines: SQLite compiles long statements
+    // slowly, PostgreSQL pays per round trip.
+    let rows_per_statement = match db.backend {
+        Backend::Sqlite => 40,
+        Backend::Postgres => 1000,
+    };
+    let mut tx = db.begin_write().await?;
+    for chunk in cells.chunks(rows_per_statement) {
+        let sql = format!(
+            "INSERT INTO usage_rollups (run_id, from_us, to_us, project_id, resource_id, meter, unit, currency, \
+             attributes, quantity_micro, amount_nano, line_count, error_count) VALUES {}",
+            tally_db::values_placeholders(chunk.len(), CELL_COLUMNS)
+        );
+        // Only numbered placeholders are generated into this text.
+        let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
+        for c in chunk {
+            q = q
+                .bind(run_id)
+                .bind(c.key.from_us)
+                .bind(c.key.to_us)
+                .bind(&c.key.project_id)
+                .bind(&c.key.resource_id)
+                .bind(&c.key.meter)
+                .bind(&c.key.unit)
+                .bind(&c.key.currency)
+                .bind(&c.key.attributes)
+                .bind(c.quantity_micro)
+                .bind(c.amount_nano)
+                .bind(c.line_count)
+                .bind(c.error_count);
+        }
+        q.execute(&mut *tx).await?;
+    }
+    tx.commit().await?;
+    Ok(())
+}
+
+/// Forgets every cell of `run_id` (a failed or superseded run).
+pub async fn delete(db: &Database, run_id: &str) -> Result<(), RatingError> {
+    let mut tx = db.begin_write().await?;
+    sqlx::query("DELETE FROM usage_rollups WHERE run_id = $1")
+        .bind(run_id)
+        .execute(&mut *tx)
+        .await?;
+    sqlx::query("DELETE FROM usage_rollup_runs WHERE run_id = $1")
+        .bind(run_id)
+        .execute(&mut *tx)
+        .await?;
+    tx.commit().await?;
+    Ok(())
+}
+
+/// Builds the cells of `run_id` for `[from, to)` from its line files.
+/// Used for the part of a day left to an older run when a newer one cuts
+/// it mid-day, and for runs committed before cells existed.
+pub async fn build_from_files(
+    db: &Database,
+    rated: &RawObjects,
+    run_id: &str,
+    files: &[String],
+    from: DateTime<Utc>,
+    to: DateTime<Utc>,
+) -> Result<(), RatingError> {
+    let mut cells = DailyCells::new(from, to);
+    for file in files {
+        crate::runs::read_line_file(rated, file, |line| {
+            if line.period_start >= from && line.period_start < to {
+                cells.add(&line);
+            }
+        })
+        .await?;
+    }
+    let cells = cells
+        .drain()
+        .map_err(|e| RatingError::Files(e.to_string()))?;
+    insert(db, run_id, &cells).await
+}
+
+/// Makes sure every run that holds coverage has its cells: runs missing
+/// from `usage_rollup_runs` (committed before cells existed, or whose
+/// cells were lost) get theirs built from their line files. Returns how
+/// many runs were built.
+pub async fn ensure_current(db: &Database, rated: &RawObjects) -> Result<usize, RatingError> {
+    let missing: Vec<(String, String)> = sqlx::query_as(
+        "SELECT DISTINCT r.run_id, r.files FROM rated_coverage c JOIN rating_runs r ON r.run_id = c.run_id \
+         WHERE NOT EXISTS (SELECT 1 FROM usage_rollup_runs u WHERE u.run_id = c.run_id)",
+    )
+    .fetch_all(&db.pool)
+    .await?;
+    for (run_id, files) in &missing {
+        let files: Vec<String> = serde_json::from_str(files).unwrap_or_default();
+        // Whatever a crash left behind is replaced, not added to.
+        sqlx::query("DELETE FROM usage_rollups WHERE run_id = $1")
+            .bind(run_id)
+            .execute(&db.pool)
+            .await?;
+        let pieces: Vec<(i64, i64)> =
+            sqlx::query_as("SELECT from_us, to_us FROM rated_coverage WHERE run_id = $1")
+                .bind(run_id)
+                .fetch_all(&db.pool)
+                .await?;
+        for (f, t) in pieces {
+            let instant = |us| DateTime::from_timestamp_micros(us).unwrap_or_default();
+            build_from_files(db, rated, run_id, &files, instant(f), instant(t)).await?;
+        }
+        sqlx::query("INSERT INTO usage_rollup_runs (run_id) VALUES ($1) ON CONFLICT DO NOTHING")
+            .bind(run_id)
+            .execute(&db.pool)
+            .await?;
+    }
+    Ok(missing.len())
+}

@@ -1,0 +1,31 @@
+//! Tally's show module: what operators and tenants read.
+//!
+//! - [`summary`]: cost and usage grouped by account, project, service,
+//!   meter, resource or any attribute, per day or month, from the daily
+//!   cells rating runs write (`usage_rollups`).
+//! - [`focus`]: FOCUS 1.2 rows of a billing period's invoices, as CSV or
+//!   Parquet.
+//!
+//! Every function takes the caller's [`tally_core::Identity`] and applies
+//! its scope inside the query (a project reader's rows never leave the
+//! database for anyone else), never in the handler.
+
+pub mod focus;
+pub mod summary;
+
+/// Errors a caller of the show module can see.
+#[derive(Debug, thiserror::Error)]
+pub enum ShowError {
+    /// The request is not usable; the message says what to change.
+    #[error("{0}")]
+    Invalid(String),
+    /// The database failed.
+    #[error("database: {0}")]
+    Db(#[from] sqlx::Error),
+    /// Reading rated lines failed.
+    #[error(transparent)]
+    Rating(#[from] tally_rate::job::RatingError),
+    /// The stored configuration is not usable.
+    #[error(transparent)]
+    Config(#[from] tally_rate::plans::ConfigError),
+}

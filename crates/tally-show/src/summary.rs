@@ -1,0 +1,611 @@
+//! Cost and usage summaries: rated usage added up by any combination of
+//! account, project, service, meter, resource and attribute, per hour, day
+//! or month, or over the whole range.
+//!
+//! Day and month summaries read the daily cells of the current rating runs
+//! (`usage_rollups`), which the database adds up, so their cost does not
+//! grow with the number of hourly lines. Hour buckets need the lines
+//! themselves and are limited to [`MAX_HOURLY_DAYS`] days.
+//!
+//! The caller's scope is part of the SQL (project readers: their project;
+//! account readers: the projects their account owns, directly or through
+//! its domains), so nothing outside it is read.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+use std::str::FromStr;
+
+use chrono::{DateTime, Datelike, Duration, NaiveDate, TimeZone, Utc};
+use rust_decimal::Decimal;
+use serde::{Deserialize, Serialize};
+use tally_core::rollup::{AMOUNT_SCALE, QUANTITY_SCALE, from_scaled};
+use tally_core::service::service_of;
+use tally_core::{Identity, RatedLine, Role};
+use tally_db::Database;
+use tally_rate::plans::Owners;
+use tally_store::objects::RawObjects;
+
+use crate::ShowError;
+
+/// Longest range an hourly summary reads lines for.
+pub const MAX_HOURLY_DAYS: i64 = 31;
+/// Rows per page when the caller does not say.
+pub const DEFAULT_LIMIT: usize = 1000;
+/// Most rows one page holds.
+pub const MAX_LIMIT: usize = 10_000;
+
+const DAY_US: i64 = 86_400_000_000;
+
+/// A time bucket.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Bucket {
+    /// No time bucket: one row per group over the whole range.
+    #[default]
+    Total,
+    /// UTC hours (reads rated lines; at most [`MAX_HOURLY_DAYS`] days).
+    Hour,
+    /// UTC days.
+    Day,
+    /// Calendar months, UTC.
+    Month,
+}
+
+impl FromStr for Bucket {
+    type Err = ShowError;
+    fn from_str(s: &str) -> Result<Bucket, ShowError> {
+        match s {
+            "" | "total" | "none" => Ok(Bucket::Total),
+            "hour" => Ok(Bucket::Hour),
+            "day" => Ok(Bucket::Day),
+            "month" => Ok(Bucket::Month),
+            other => Err(ShowError::Invalid(format!(
+                "unknown bucket '{other}': use hour, day, month or total"
+            ))),
+        }
+    }
+}
+
+/// What rows are grouped by.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Dimension {
+    /// The billing account that owns the project ('' when none does).
+    Account,
+    /// The Keystone project.
+    Project,
+    /// The cloud service of the meter (Compute, Block Storage, ...).
+    Service,
+    /// The rated meter.
+    Meter,
+    /// The resource.
+    Resource,
+    /// A group-by or location attribute of the lines (`flavor`,
+    /// `volume_type`, `availability_zone`, `region`); '' when a line has
+    /// none.
+    Attribute(String),
+}
+
+impl Dimension {
+    /// The key of this dimension in a row.
+    pub fn key(&self) -> String {
+        match self {
+            Dimension::Account => "account_id".into(),
+            Dimension::Project => "project_id".into(),
+            Dimension::Service => "service".into(),
+            Dimension::Meter => "meter".into(),
+            Dimension::Resource => "resource_id".into(),
+            Dimension::Attribute(a) => a.clone(),
+        }
+    }
+
+    /// The cell column the dimension is computed from.
+    fn column(&self) -> &'static str {
+        match self {
+            Dimension::Account | Dimension::Project => "project_id",
+            Dimension::Service | Dimension::Meter => "meter",
+            Dimension::Resource => "resource_id",
+            Dimension::Attribute(_) => "attributes",
+        }
+    }
+}
+
+impl fmt::Display for Dimension {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.key())
+    }
+}
+
+impl FromStr for Dimension {
+    type Err = ShowError;
+    fn from_str(s: &str) -> Result<Dimension, ShowError> {
+        let s = s.trim();
+        Ok(match s {
+            "account" | "account_id" => Dimension::Account,
+            "project" | "project_id" => Dimension::Project,
+            "service" => Dimension::Service,
+            "meter" => Dimension::Meter,
+            "resource" | "resource_id" => Dimension::Resource,
+            "" => {
+                return Err(ShowError::Invalid(
+                    "an empty group_by entry: name account, project, service, meter, resource or an attribute".into(),
+                ));
+            }
+            other => {
+                let name = other.strip_prefix("attribute:").unwrap_or(other);
+                if !name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '.' || c == '-')
+                {
+                    return Err(ShowError::Invalid(format!(
+                        "group_by '{other}' is not an attribute name (letters, digits, '_', '.', '-')"
+                    )));
+                }
+                Dimension::Attribute(name.to_string())
+            }
+        })
+    }
+}
+
+/// Parses a comma-separated `group_by` list.
+pub fn parse_group_by(text: &str) -> Result<Vec<Dimension>, ShowError> {
+    let mut dims = Vec::new();
+    for part in text.split(',').filter(|p| !p.trim().is_empty()) {
+        let d: Dimension = part.parse()?;
+        if !dims.contains(&d) {
+            dims.push(d);
+        }
+    }
+    Ok(dims)
+}
+
+/// What to add up.
+#[derive(Debug, Clone, Default)]
+pub struct SummaryQuery {
+    /// Start of the range (rounded down to midnight UTC for day and month
+    /// buckets and totals).
+    pub from: Option<DateTime<Utc>>,
+    /// End of the range, exclusive (rounded up to midnight UTC likewise).
+    pub to: Option<DateTime<Utc>>,
+    /// The dimensions of a row, in order.
+    pub group_by: Vec<Dimension>,
+    /// The time bucket.
+    pub bucket: Bucket,
+    /// Only this project.
+    pub project_id: Option<String>,
+    /// Only projects of this account.
+    pub account_id: Option<String>,
+    /// Only this service (its name, as in rows).
+    pub service: Option<String>,
+    /// Only this meter.
+    pub meter: Option<String>,
+    /// Only this resource.
+    pub resource_id: Option<String>,
+    /// Only lines whose attribute has this value.
+    pub attributes: BTreeMap<String, String>,
+    /// Rows to skip.
+    pub offset: usize,
+    /// Most rows returned (default [`DEFAULT_LIMIT`]).
+    pub limit: Option<usize>,
+}
+
+/// One row of a summary.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct SummaryRow {
+    /// The bucket's start, when bucketed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub bucket_start: Option<DateTime<Utc>>,
+    /// The dimensions' values, by key (`project_id`, `service`, `flavor`).
+    #[serde(flatten)]
+    pub dimensions: BTreeMap<String, String>,
+    /// The currency of `amount` ('' for usage no plan priced).
+    pub currency: String,
+    /// The cost.
+    pub amount: Decimal,
+    /// The quantity, when every line of the row has the same unit.
+    pub quantity: Option<Decimal>,
+    /// That unit.
+    pub unit: Option<String>,
+    /// Rated lines behind the row.
+    pub lines: i64,
+    /// Of which could not be priced.
+    pub unpriced_lines: i64,
+}
+
+/// A total per currency.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct CurrencyTotal {
+    /// The currency.
+    pub currency: String,
+    /// The sum of every row (not only the page).
+    pub amount: Decimal,
+}
+
+/// A page of a summary.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Summary {
+    /// The range added up (after rounding to days where it applies).
+    pub from: DateTime<Utc>,
+    /// Its end, exclusive.
+    pub to: DateTime<Utc>,
+    /// The time bucket.
+    pub bucket: Bucket,
+    /// The dimensions, by key.
+    pub group_by: Vec<String>,
+    /// This page's rows: by bucket, then largest amount first.
+    pub rows: Vec<SummaryRow>,
+    /// Rows in all pages.
+    pub total_rows: usize,
+    /// The page's first row.
+    pub offset: usize,
+    /// The page size.
+    pub limit: usize,
+    /// Totals per currency over every row.
+    pub totals: Vec<CurrencyTotal>,
+}
+
+/// The projects an account owns, as SQL with one bind (`{a}`): directly,
+/// and through its domains unless another account owns the project
+/// directly (the order `Owners` resolves in).
+fn account_projects(a: usize) -> String {
+    format!(
+        "SELECT keystone_id FROM account_ownership WHERE kind = 'project' AND account_id = ${a} \
+         UNION SELECT kp.project_id FROM keystone_projects kp JOIN account_ownership ao \
+         ON ao.kind = 'domain' AND ao.keystone_id = kp.domain_id WHERE ao.account_id = ${a} \
+         AND NOT EXISTS (SELECT 1 FROM account_ownership d WHERE d.kind = 'project' AND d.keystone_id = kp.project_id)"
+    )
+}
+
+/// The three binds of the scope condition `($n OR project_id = $n+1 OR
+/// project_id IN (projects of account $n+2))`.
+fn scope_binds(identity: &Identity) -> (bool, Option<String>, Option<String>) {
+    match &identity.role {
+        Role::Admin => (true, None, None),
+        Role::ProjectReader { project_id } => (false, Some(project_id.clone()), None),
+        Role::AccountReader { account_id } => (false, None, Some(account_id.clone())),
+    }
+}
+
+/// Whether the caller may see a project, given the account's projects.
+fn in_scope(identity: &Identity, owners: &Owners, project_id: &str) -> bool {
+    match &identity.role {
+        Role::Admin => true,
+        Role::ProjectReader { project_id: p } => p == project_id,
+        Role::AccountReader { account_id } => owners.owner_of(project_id) == Some(account_id),
+    }
+}
+
+#[derive(Default)]
+struct Acc {
+    amount: Decimal,
+    quantity: Decimal,
+    units: BTreeSet<String>,
+    lines: i64,
+    errors: i64,
+}
+
+type GroupKey = (Option<i64>, Vec<String>, String);
+
+struct Grouper<'a> {
+    query: &'a SummaryQuery,
+    owners: &'a Owners,
+    groups: BTreeMap<GroupKey, Acc>,
+}
+
+/// One cell or line, as the grouper sees it.
+struct Item<'a> {
+    start_us: i64,
+    project_id: &'a str,
+    meter: &'a str,
+    resource_id: &'a str,
+    attributes: &'a BTreeMap<String, String>,
+    unit: &'a str,
+    currency: &'a str,
+    quantity: Decimal,
+    amount: Decimal,
+    lines: i64,
+    errors: i64,
+}
+
+impl Grouper<'_> {
+    fn add(&mut self, item: Item<'_>) {
+        let q = self.query;
+        if q.service
+            .as_deref()
+            .is_some_and(|s| service_of(item.meter).name != s)
+        {
+            return;
+        }
+        if q.attributes
+            .iter()
+            .any(|(k, v)| item.attributes.get(k) != Some(v))
+        {
+            return;
+        }
+        let bucket = match q.bucket {
+            Bucket::Total => None,
+            Bucket::Hour => Some(item.start_us.div_euclid(3_600_000_000) * 3_600_000_000),
+            Bucket::Day => Some(item.start_us.div_euclid(DAY_US) * DAY_US),
+            Bucket::Month => {
+                let t = DateTime::from_timestamp_micros(item.start_us).unwrap_or_default();
+                Some(month_start(t).timestamp_micros())
+            }
+        };
+        let dims = q
+            .group_by
+            .iter()
+            .map(|d| match d {
+                Dimension::Account => self
+                    .owners
+                    .owner_of(item.project_id)
+                    .unwrap_or("")
+                    .to_string(),
+                Dimension::Project => item.project_id.to_string(),
+                Dimension::Service => service_of(item.meter).name.to_string(),
+                Dimension::Meter => item.meter.to_string(),
+                Dimension::Resource => item.resource_id.to_string(),
+                Dimension::Attribute(a) => item.attributes.get(a).cloned().unwrap_or_default(),
+            })
+            .collect();
+        let acc = self
+            .groups
+            .entry((bucket, dims, item.currency.to_string()))
+            .or_default();
+        acc.amount += item.amount;
+        acc.quantity += item.quantity;
+        if !acc.units.contains(item.unit) {
+            acc.units.insert(item.unit.to_string());
+        }
+        acc.lines += item.lines;
+        acc.errors += item.errors;
+    }
+
+    fn finish(self, from: DateTime<Utc>, to: DateTime<Utc>) -> Summary {
+        let q = self.query;
+        let mut totals: BTreeMap<String, Decimal> = BTreeMap::new();
+        let mut rows: Vec<SummaryRow> = self
+            .groups
+            .into_iter()
+            .map(|((bucket, dims, currency), acc)| {
+                *totals.entry(currency.clone()).or_default() += acc.amount;
+                let one_unit = acc.units.len() == 1;
+                SummaryRow {
+                    bucket_start: bucket.and_then(DateTime::from_timestamp_micros),
+                    dimensions: q.group_by.iter().map(Dimension::key).zip(dims).collect(),
+                    currency,
+                    amount: acc.amount.normalize(),
+                    quantity: one_unit.then(|| acc.quantity.normalize()),
+                    unit: if one_unit {
+                        acc.units.into_iter().next()
+                    } else {
+                        None
+                    },
+                    lines: acc.lines,
+                    unpriced_lines: acc.errors,
+                }
+            })
+            .collect();
+        rows.sort_by(|a, b| {
+            a.bucket_start
+                .cmp(&b.bucket_start)
+                .then(b.amount.cmp(&a.amount))
+                .then_with(|| a.dimensions.cmp(&b.dimensions))
+                .then_with(|| a.currency.cmp(&b.currency))
+        });
+        let total_rows = rows.len();
+        let limit = q.limit.unwrap_or(DEFAULT_LIMIT).clamp(1, MAX_LIMIT);
+        let rows = rows.into_iter().skip(q.offset).take(limit).collect();
+        Summary {
+            from,
+            to,
+            bucket: q.bucket,
+            group_by: q.group_by.iter().map(Dimension::key).collect(),
+            rows,
+            total_rows,
+            offset: q.offset,
+            limit,
+            totals: totals
+                .into_iter()
+                .map(|(currency, amount)| CurrencyTotal {
+                    currency,
+                    amount: amount.normalize(),
+                })
+                .collect(),
+        }
+    }
+}
+
+/// The first instant of `t`'s UTC month.
+pub fn month_start(t: DateTime<Utc>) -> DateTime<Utc> {
+    Utc.from_utc_datetime(
+        &NaiveDate::from_ymd_opt(t.year(), t.month(), 1)
+            .expect("day 1 exists")
+            .and_hms_opt(0, 0, 0)
+            .expect("midnight exists"),
+    )
+}
+
+fn floor_day(t: DateTime<Utc>) -> DateTime<Utc> {
+    DateTime::from_timestamp_micros(t.timestamp_micros().div_euclid(DAY_US) * DAY_US).unwrap_or(t)
+}
+
+fn ceil_day(t: DateTime<Utc>) -> DateTime<Utc> {
+    let f = floor_day(t);
+    if f == t { t } else { f + Duration::days(1) }
+}
+
+/// The range of a query: the given one, else the current UTC month.
+fn range(
+    query: &SummaryQuery,
+    now: DateTime<Utc>,
+) -> Result<(DateTime<Utc>, DateTime<Utc>), ShowError> {
+    let from = query.from.unwrap_or_else(|| month_start(now));
+    let to = query.to.unwrap_or_else(|| {
+        let m = month_start(now);
+        month_start(m + Duration::days(32))
+    });
+    if to <= from {
+        return Err(ShowError::Invalid(format!(
+            "the range is empty: 'to' ({to}) must be after 'from' ({from})"
+        )));
+    }
+    Ok((from, to))
+}
+
+/// Adds up the current rated usage the caller may see.
+pub async fn summarize(
+    db: &Database,
+    rated: &RawObjects,
+    identity: &Identity,
+    query: &SummaryQuery,
+    now: DateTime<Utc>,
+) -> Result<Summary, ShowError> {
+    let (from, to) = range(query, now)?;
+    let owners = Owners::load(db).await?;
+    let mut grouper = Grouper {
+        query,
+        owners: &owners,
+        groups: BTreeMap::new(),
+    };
+    if query.bucket == Bucket::Hour {
+        if to - from > Duration::days(MAX_HOURLY_DAYS) {
+            return Err(ShowError::Invalid(format!(
+                "hourly summaries cover at most {MAX_HOURLY_DAYS} days: narrow from/to or use bucket=day"
+            )));
+        }
+        let account_projects = query.account_id.as_ref().map(|a| {
+            owners
+                .projects()
+                .filter(|p| owners.owner_of(p) == Some(a))
+                .map(str::to_string)
+                .collect::<BTreeSet<_>>()
+        });
+        let keep = |l: &RatedLine| {
+            in_scope(identity, &owners, &l.project_id)
+                && query.project_id.as_ref().is_none_or(|p| *p == l.project_id)
+                && query.meter.as_ref().is_none_or(|m| *m == l.meter)
+                && query
+                    .resource_id
+                    .as_ref()
+                    .is_none_or(|r| *r == l.resource_id)
+                && account_projects
+                    .as_ref()
+                    .is_none_or(|s| s.contains(&l.project_id))
+        };
+        let mut lines = Vec::new();
+        tally_rate::runs::read_current_lines(db, rated, from, to, |l| {
+            if keep(&l) {
+                lines.push(l);
+            }
+        })
+        .await?;
+        for l in &lines {
+            let mut attributes: BTreeMap<String, String> = l.group.clone();
+            for name in tally_core::rollup::LOCATION_ATTRIBUTES {
+                if let Some(v) = l.attributes.get(name) {
+                    attributes
+                        .entry(name.to_string())
+                        .or_insert_with(|| v.text());
+                }
+            }
+            grouper.add(Item {
+                start_us: l.period_start.timestamp_micros(),
+                project_id: &l.project_id,
+                meter: &l.meter,
+                resource_id: &l.resource_id,
+                attributes: &attributes,
+                unit: &l.unit,
+                currency: &l.currency,
+                quantity: l.quantity,
+                amount: l.amount,
+                lines: 1,
+                errors: i64::from(l.error.is_some()),
+            });
+        }
+        return Ok(grouper.finish(from, to));
+    }
+
+    let (from, to) = (floor_day(from), ceil_day(to));
+    tally_rate::cells::ensure_current(db, rated).await?;
+    let mut columns: BTreeSet<&str> = query.group_by.iter().map(Dimension::column).collect();
+    if query.service.is_some() {
+        columns.insert("meter");
+    }
+    if !query.attributes.is_empty() {
+        columns.insert("attributes");
+    }
+    let select: String = columns.iter().map(|c| format!(", u.{c}")).collect();
+    let sql = format!(
+        "SELECT (u.from_us / {DAY_US}) * {DAY_US} AS day{select}, u.unit, u.currency, \
+         CAST(SUM(u.quantity_micro) AS BIGINT), CAST(SUM(u.amount_nano) AS BIGINT), \
+         CAST(SUM(u.line_count) AS BIGINT), CAST(SUM(u.error_count) AS BIGINT) \
+         FROM usage_rollups u JOIN rated_coverage c \
+         ON c.run_id = u.run_id AND u.from_us >= c.from_us AND u.to_us <= c.to_us \
+         WHERE u.from_us >= $1 AND u.to_us <= $2 \
+         AND ($3 OR u.project_id = $4 OR u.project_id IN ({scope})) \
+         AND (CAST($6 AS TEXT) IS NULL OR u.project_id = $6) \
+         AND (CAST($7 AS TEXT) IS NULL OR u.meter = $7) \
+         AND (CAST($8 AS TEXT) IS NULL OR u.resource_id = $8) \
+         AND (CAST($9 AS TEXT) IS NULL OR u.project_id IN ({account})) \
+         GROUP BY day{select}, u.unit, u.currency",
+        scope = account_projects(5),
+        account = account_projects(9),
+    );
+    let (all, project, account) = scope_binds(identity);
+    // Only whitelisted column names and numbered placeholders are
+    // formatted into this text.
+    let mut rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+        .bind(from.timestamp_micros())
+        .bind(to.timestamp_micros())
+        .bind(all)
+        .bind(project)
+        .bind(account)
+        .bind(query.project_id.clone())
+        .bind(query.meter.clone())
+        .bind(query.resource_id.clone())
+        .bind(query.account_id.clone())
+        .fetch(&db.pool);
+    use futures::TryStreamExt as _;
+    use sqlx::Row as _;
+    let empty = BTreeMap::new();
+    while let Some(row) = rows.try_next().await? {
+        let mut i = 1;
+        let mut text = |present: bool| -> Result<Option<String>, sqlx::Error> {
+            if !present {
+                return Ok(None);
+            }
+            let v: String = row.try_get(i)?;
+            i += 1;
+            Ok(Some(v))
+        };
+        // Columns come in the BTreeSet's order: attributes, meter,
+        // project_id, resource_id.
+        let attributes = text(columns.contains("attributes"))?;
+        let meter = text(columns.contains("meter"))?;
+        let project_id = text(columns.contains("project_id"))?;
+        let resource_id = text(columns.contains("resource_id"))?;
+        let unit: String = row.try_get(i)?;
+        let currency: String = row.try_get(i + 1)?;
+        let quantity: i64 = row.try_get(i + 2)?;
+        let amount: i64 = row.try_get(i + 3)?;
+        let lines: i64 = row.try_get(i + 4)?;
+        let errors: i64 = row.try_get(i + 5)?;
+        let day: i64 = row.try_get(0)?;
+        let attrs: Option<BTreeMap<String, String>> = attributes
+            .as_deref()
+            .map(|a| serde_json::from_str(a).unwrap_or_default());
+        grouper.add(Item {
+            start_us: day,
+            project_id: project_id.as_deref().unwrap_or(""),
+            meter: meter.as_deref().unwrap_or(""),
+            resource_id: resource_id.as_deref().unwrap_or(""),
+            attributes: attrs.as_ref().unwrap_or(&empty),
+            unit: &unit,
+            currency: &currency,
+            quantity: from_scaled(quantity, QUANTITY_SCALE),
+            amount: from_scaled(amount, AMOUNT_SCALE),
+            lines,
+            errors,
+        });
+    }
+    Ok(grouper.finish(from, to))
+}
