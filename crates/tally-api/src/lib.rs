@@ -124,6 +124,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/costs", get(show::costs))
         .route("/v1/usage", get(show::usage))
         .route("/v1/exports/focus", get(show::focus_export))
+        .route("/v1/invoices/{id}/pdf", get(show::invoice_pdf))
         .fallback(|| async {
             ApiError::new(
                 StatusCode::NOT_FOUND,

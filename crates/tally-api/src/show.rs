@@ -146,6 +146,33 @@ pub async fn usage(
     summarize(&state, &caller, &params, true).await
 }
 
+/// `GET /v1/invoices/{id}/pdf`: the invoice as a PDF document (scoped
+/// like `GET /v1/invoices/{id}`).
+pub async fn invoice_pdf(
+    State(state): State<Arc<AppState>>,
+    caller: Caller,
+    axum::extract::Path(id): axum::extract::Path<String>,
+) -> Result<Response, ApiError> {
+    let svc = billing_service(&state)?;
+    let invoice =
+        tally_bill::invoices::get_invoice(&svc.db, &tally_bill::AccountScope::of(&caller.0), &id)
+            .await
+            .map_err(crate::billing::billing_error)?;
+    let body = tally_show::pdf::invoice_pdf(&invoice.document);
+    Ok((
+        StatusCode::OK,
+        [
+            (header::CONTENT_TYPE, "application/pdf".to_string()),
+            (
+                header::CONTENT_DISPOSITION,
+                format!("inline; filename=\"{id}.pdf\""),
+            ),
+        ],
+        body,
+    )
+        .into_response())
+}
+
 /// `GET /v1/exports/focus?period=YYYY-MM&format=csv|parquet`.
 pub async fn focus_export(
     State(state): State<Arc<AppState>>,

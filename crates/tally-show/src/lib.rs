@@ -5,12 +5,14 @@
 //!   cells rating runs write (`usage_rollups`).
 //! - [`focus`]: FOCUS 1.2 rows of a billing period's invoices, as CSV or
 //!   Parquet.
+//! - [`pdf`]: invoices as PDF documents.
 //!
 //! Every function takes the caller's [`tally_core::Identity`] and applies
 //! its scope inside the query (a project reader's rows never leave the
 //! database for anyone else), never in the handler.
 
 pub mod focus;
+pub mod pdf;
 pub mod summary;
 
 /// Errors a caller of the show module can see.

@@ -302,6 +302,14 @@ pub enum InvoiceCommand {
         output: OutputFormat,
     },
     /// Show an invoice document.
+    /// Write an invoice as a PDF document.
+    Pdf {
+        /// Invoice id (`ACCOUNT-YYYY-MM`).
+        id: String,
+        /// The file to write (default `<ID>.pdf`).
+        #[arg(long)]
+        out: Option<std::path::PathBuf>,
+    },
     Show {
         /// Invoice id (`ACCOUNT-YYYY-MM`).
         id: String,
@@ -716,6 +724,14 @@ pub async fn invoice(cfg: Config, cmd: InvoiceCommand) -> anyhow::Result<()> {
         }
         InvoiceCommand::Show { id, output } => {
             print_invoice(&invoices::get_invoice(&db, &all, &id).await?, output)
+        }
+        InvoiceCommand::Pdf { id, out } => {
+            let invoice = invoices::get_invoice(&db, &all, &id).await?;
+            let bytes = tally_show::pdf::invoice_pdf(&invoice.document);
+            let path = out.unwrap_or_else(|| format!("{id}.pdf").into());
+            std::fs::write(&path, &bytes)
+                .with_context(|| format!("cannot write {}", path.display()))?;
+            println!("wrote {} ({} bytes)", path.display(), bytes.len());
         }
         InvoiceCommand::Finalize { id, period, output } => {
             let done = match (id, period) {

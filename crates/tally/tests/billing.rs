@@ -1295,6 +1295,40 @@ async fn costs_summaries_and_focus_export(env: Env) {
         serde_json::json!({"dom-2026-10": "50", "post-2026-10": "31.87", "pre-2026-10": "14.88"}),
         "{checked}"
     );
+
+    // The PDF of an issued invoice, and not for another account's reader.
+    let pdf = |key: String| {
+        let request = client
+            .get(format!("{}/v1/invoices/post-2026-10/pdf", server.url))
+            .bearer_auth(key);
+        async move { request.send().await.unwrap() }
+    };
+    let resp = pdf(server.key.clone()).await;
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.headers()["content-type"], "application/pdf");
+    let bytes = resp.bytes().await.unwrap();
+    let doc = lopdf::Document::load_mem(&bytes).unwrap();
+    let pages: Vec<u32> = doc.get_pages().keys().copied().collect();
+    // Pieces of a line may extract as separate lines: compare words.
+    let text = doc
+        .extract_text(&pages)
+        .unwrap()
+        .split_whitespace()
+        .collect::<Vec<_>>()
+        .join(" ");
+    let post = env.json(&["invoice", "show", "post-2026-10"]);
+    for needle in [
+        post["number"].as_str().unwrap(),
+        "Post GmbH",
+        "Hauptstraße 1",
+        "29.76 EUR",
+        "-2.98 EUR",
+        "5.09 EUR",
+        "Total due 31.87 EUR",
+    ] {
+        assert!(text.contains(needle), "{needle} missing from {text}");
+    }
+    assert_eq!(pdf(dom_reader.clone()).await.status(), 404);
     server.stop();
 }
 on_both_backends!(costs_summaries_and_focus_export);
