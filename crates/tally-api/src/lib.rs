@@ -125,6 +125,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/usage", get(show::usage))
         .route("/v1/exports/focus", get(show::focus_export))
         .route("/v1/invoices/{id}/pdf", get(show::invoice_pdf))
+        .route("/v1/explain", get(show::explain))
         .fallback(|| async {
             ApiError::new(
                 StatusCode::NOT_FOUND,

@@ -146,6 +146,64 @@ pub async fn usage(
     summarize(&state, &caller, &params, true).await
 }
 
+/// `GET /v1/explain?project_id=&resource_id=&meter=&at=`: the run, meter
+/// definition, plan rule and raw records (with their original payloads)
+/// behind the rated line(s) at those coordinates. 404 when there is none
+/// the caller may see.
+pub async fn explain(
+    State(state): State<Arc<AppState>>,
+    caller: Caller,
+    Query(params): Query<HashMap<String, String>>,
+) -> Result<Response, ApiError> {
+    let svc = billing_service(&state)?;
+    let field = |k: &str| {
+        params
+            .get(k)
+            .cloned()
+            .ok_or_else(|| bad(k, "required: give project_id, resource_id, meter and at"))
+    };
+    let at_text = field("at")?;
+    let line = tally_show::explain::LineRef {
+        project_id: field("project_id")?,
+        resource_id: field("resource_id")?,
+        meter: field("meter")?,
+        at: DateTime::parse_from_rfc3339(&at_text)
+            .map_err(|e| {
+                bad(
+                    "at",
+                    format!("'{at_text}' is not an RFC 3339 instant ({e})"),
+                )
+            })?
+            .to_utc(),
+    };
+    let found = tally_show::explain::explain_line(
+        &svc.db,
+        &svc.rated,
+        &state.store,
+        &caller.0,
+        &line,
+        svc.config.carry_lookback,
+    )
+    .await
+    .map_err(show_error)?;
+    let Some(e) = found else {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            "no current rated line at those coordinates: list lines with GET /v1/rated-lines",
+        ));
+    };
+    let mut body = serde_json::to_value(&e).map_err(ApiError::internal)?;
+    body["records"] = serde_json::to_value(
+        e.records
+            .into_iter()
+            .map(crate::events::EventView::from)
+            .collect::<Vec<_>>(),
+    )
+    .map_err(ApiError::internal)?;
+    Ok(Json(body).into_response())
+}
+
 /// `GET /v1/invoices/{id}/pdf`: the invoice as a PDF document (scoped
 /// like `GET /v1/invoices/{id}`).
 pub async fn invoice_pdf(

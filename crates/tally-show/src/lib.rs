@@ -3,6 +3,8 @@
 //! - [`summary`]: cost and usage grouped by account, project, service,
 //!   meter, resource or any attribute, per day or month, from the daily
 //!   cells rating runs write (`usage_rollups`).
+//! - [`explain`]: the run, meter, plan rule and raw records behind a
+//!   rated line.
 //! - [`focus`]: FOCUS 1.2 rows of a billing period's invoices, as CSV or
 //!   Parquet.
 //! - [`pdf`]: invoices as PDF documents.
@@ -11,6 +13,7 @@
 //! its scope inside the query (a project reader's rows never leave the
 //! database for anyone else), never in the handler.
 
+pub mod explain;
 pub mod focus;
 pub mod pdf;
 pub mod summary;

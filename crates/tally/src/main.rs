@@ -113,6 +113,9 @@ enum Command {
     Costs(show::SummaryArgs),
     /// Usage per meter, grouped and bucketed like `costs`.
     Usage(show::SummaryArgs),
+    /// Why a rated line costs what it does: run, meter, plan rule, raw
+    /// records with their payloads.
+    Explain(show::ExplainArgs),
     /// Exports: FOCUS 1.2 (CSV or Parquet) of a billing period.
     Export {
         #[command(subcommand)]
@@ -219,6 +222,10 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Usage(args) => {
             config::init_logging_quiet(&cfg);
             show::run_summary(cfg, args, true).await?;
+        }
+        Command::Explain(args) => {
+            config::init_logging_quiet(&cfg);
+            show::run_explain(cfg, args).await?;
         }
         Command::Export { command } => {
             config::init_logging_quiet(&cfg);

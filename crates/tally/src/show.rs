@@ -359,3 +359,152 @@ pub async fn run_export(cfg: Config, command: ExportCommand) -> anyhow::Result<(
     }
     Ok(())
 }
+
+/// Arguments of `tally explain`.
+#[derive(clap::Args, Debug)]
+pub struct ExplainArgs {
+    /// The line's project.
+    #[arg(long)]
+    pub project: String,
+    /// The line's resource.
+    #[arg(long)]
+    pub resource: String,
+    /// The line's rated meter.
+    #[arg(long)]
+    pub meter: String,
+    /// Any instant inside the line's rating period (RFC 3339).
+    #[arg(long)]
+    pub at: DateTime<Utc>,
+    #[command(flatten)]
+    pub remote: client::ServerArgs,
+    /// Output format.
+    #[arg(long, value_enum, default_value_t)]
+    pub output: ReportFormat,
+}
+
+/// Runs `tally explain`: the run, meter, plan rule and raw records behind a
+/// rated line.
+pub async fn run_explain(cfg: Config, args: ExplainArgs) -> anyhow::Result<()> {
+    let at = args.at.to_rfc3339();
+    let body: serde_json::Value = match args.remote.connect(&cfg.data_dir)? {
+        Some(server) => {
+            server
+                .json(server.request(reqwest::Method::GET, "/v1/explain").query(&[
+                    ("project_id", args.project.as_str()),
+                    ("resource_id", args.resource.as_str()),
+                    ("meter", args.meter.as_str()),
+                    ("at", at.as_str()),
+                ]))
+                .await?
+        }
+        None => {
+            let _lock = tally_store::DataDirLock::acquire(
+                &cfg.data_dir,
+                &tally_store::LockHolder {
+                    pid: std::process::id(),
+                    command: "explain".into(),
+                    listen: None,
+                },
+            )
+            .map_err(|e| anyhow::anyhow!("{e}: ask it with --server http://ADDR instead"))?;
+            let db = Database::open(&cfg.database_url()).await?;
+            let rated = cfg.rated_store()?;
+            let lookback = cfg.rating_config()?.carry_lookback;
+            let store = tally_store::RawStore::open(cfg.store_config(), db.clone()).await?;
+            let line = tally_show::explain::LineRef {
+                project_id: args.project.clone(),
+                resource_id: args.resource.clone(),
+                meter: args.meter.clone(),
+                at: args.at,
+            };
+            let found = tally_show::explain::explain_line(
+                &db,
+                &rated,
+                &store,
+                &local_operator(),
+                &line,
+                lookback,
+            )
+            .await;
+            store.shutdown().await?;
+            let e = found?.with_context(|| {
+                format!(
+                    "no current rated line of {} {} {} at {at}: list them with `tally lines`",
+                    args.project, args.resource, args.meter
+                )
+            })?;
+            let mut v = serde_json::to_value(&e)?;
+            v["records"] = serde_json::to_value(
+                e.records
+                    .into_iter()
+                    .map(tally_api::events::EventView::from)
+                    .collect::<Vec<_>>(),
+            )?;
+            v
+        }
+    };
+    if args.output != ReportFormat::Table {
+        println!("{}", serde_json::to_string_pretty(&body)?);
+        return Ok(());
+    }
+    for l in body["lines"].as_array().into_iter().flatten() {
+        println!(
+            "line  {} {} {} {} to {}: {} {} -> {} {} ({} records{})",
+            text(&l["project_id"]),
+            text(&l["resource_id"]),
+            text(&l["meter"]),
+            text(&l["period_start"]),
+            text(&l["period_end"]),
+            text(&l["quantity"]),
+            text(&l["unit"]),
+            text(&l["amount"]),
+            text(&l["currency"]),
+            text(&l["raw_count"]),
+            match l["group"].as_object() {
+                Some(g) if !g.is_empty() =>
+                    format!(", group {}", serde_json::Value::Object(g.clone())),
+                _ => String::new(),
+            }
+        );
+    }
+    let run = &body["run"];
+    println!(
+        "run   {} ({} to {}, finished {})",
+        text(&run["run_id"]),
+        text(&run["from"]),
+        text(&run["to"]),
+        text(&run["finished_at"])
+    );
+    let m = &body["meter"];
+    println!(
+        "meter {}: {} of raw {} in {}",
+        text(&m["name"]),
+        text(&m["aggregation"]),
+        text(&m["records"]),
+        text(&m["unit"])
+    );
+    for p in body["priced_by"].as_array().into_iter().flatten() {
+        println!(
+            "plan  {} version {} (from {}), {}: {}",
+            text(&p["plan_id"]),
+            text(&p["version"]),
+            text(&p["effective_from"]),
+            text(&p["rule"]),
+            p["price"]
+        );
+    }
+    for r in body["records"].as_array().into_iter().flatten() {
+        println!(
+            "raw   {} {} {} = {} {}",
+            text(&r["time"]),
+            text(&r["id"]),
+            text(&r["meter"]),
+            text(&r["volume"]),
+            text(&r["unit"])
+        );
+    }
+    if body["records_truncated"] == serde_json::Value::Bool(true) {
+        println!("(more records: see --output json, or tally events)");
+    }
+    Ok(())
+}

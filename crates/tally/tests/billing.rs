@@ -1329,6 +1329,42 @@ async fn costs_summaries_and_focus_export(env: Env) {
         assert!(text.contains(needle), "{needle} missing from {text}");
     }
     assert_eq!(pdf(dom_reader.clone()).await.status(), 404);
+
+    // Explain one hour of vm-b: the run, the rule, the raw record and its
+    // payload; another account's reader gets the same 404 as for nothing.
+    let explain = |key: String, project: &'static str| {
+        let request = client
+            .get(format!("{}/v1/explain", server.url))
+            .query(&[
+                ("project_id", project),
+                ("resource_id", "vm-b"),
+                ("meter", "vcpu.hours"),
+                ("at", "2026-10-05T10:30:00Z"),
+            ])
+            .bearer_auth(key);
+        async move { request.send().await.unwrap() }
+    };
+    let resp = explain(server.key.clone(), "p-post").await;
+    assert_eq!(resp.status(), 200);
+    let e: Value = resp.json().await.unwrap();
+    assert_eq!(e["lines"].as_array().unwrap().len(), 1);
+    assert_eq!(e["lines"][0]["period_start"], "2026-10-05T10:00:00Z");
+    assert_eq!(d(&e["lines"][0]["amount"]), dec("0.04"));
+    assert_eq!(e["priced_by"][0]["plan_id"], "standard");
+    assert_eq!(e["priced_by"][0]["rule"], "rules[0]");
+    assert_eq!(e["meter"]["records"], "vcpus");
+    assert!(e["run"]["run_id"].as_str().unwrap().starts_with("run-"));
+    // The gauge's one record, on 1 October, carried into the 5th.
+    let records = e["records"].as_array().unwrap();
+    assert_eq!(records.len(), 1, "{e}");
+    assert_eq!(records[0]["id"], "e2");
+    assert!(
+        records[0]["payload"]
+            .as_str()
+            .unwrap()
+            .contains(r#""volume":4"#)
+    );
+    assert_eq!(explain(dom_reader.clone(), "p-post").await.status(), 404);
     server.stop();
 }
 on_both_backends!(costs_summaries_and_focus_export);

@@ -1,0 +1,217 @@
+//! Why a rated line (or an invoice line) costs what it does: the rating
+//! run that produced it, the meter definition that measured it, the plan
+//! version and rule that priced it, and the raw records behind it down to
+//! the original notification payloads.
+//!
+//! A rated line is named by its coordinates: project, resource, meter and
+//! the start of its rating period (lines of one resource and hour that
+//! differ by group values, such as two flavors around a resize, are all
+//! returned). The caller's scope is checked on the line's project before
+//! anything is read.
+
+use chrono::{DateTime, Duration, Utc};
+use serde::Serialize;
+use tally_core::{Identity, PriceRule, RatedLine, Role, UsageRecord};
+use tally_db::Database;
+use tally_rate::meters::MeterSummary;
+use tally_rate::plans::Owners;
+use tally_rate::runs::RatingRun;
+use tally_store::objects::RawObjects;
+use tally_store::{EventFilter, RawStore};
+
+use crate::ShowError;
+
+/// Most raw records returned with an explanation.
+pub const MAX_RECORDS: usize = 200;
+
+/// Which rated line to explain.
+#[derive(Debug, Clone)]
+pub struct LineRef {
+    /// The project.
+    pub project_id: String,
+    /// The resource.
+    pub resource_id: String,
+    /// The rated meter.
+    pub meter: String,
+    /// Any instant inside the line's rating period.
+    pub at: DateTime<Utc>,
+}
+
+/// The plan rule that priced a line.
+#[derive(Debug, Clone, Serialize)]
+pub struct PricedBy {
+    /// The plan.
+    pub plan_id: String,
+    /// Its version in force at the period's start.
+    pub version: u32,
+    /// When that version took effect.
+    pub effective_from: Option<DateTime<Utc>>,
+    /// The rule's label as on the line (`rules[2]`, `cloudkitty:instance`).
+    pub rule: String,
+    /// Attribute values the rule matches, for plain rules.
+    pub matches: Option<std::collections::BTreeMap<String, String>>,
+    /// Projects the rule is limited to, for plain rules (empty: all).
+    pub projects: Option<Vec<String>>,
+    /// The rule's charge, allowance and minimum, for plain rules.
+    pub price: Option<PriceRule>,
+}
+
+/// Everything behind one rated line.
+#[derive(Debug, Clone, Serialize)]
+pub struct Explanation {
+    /// The current lines at those coordinates (one per group values).
+    pub lines: Vec<RatedLine>,
+    /// The run whose lines are current there.
+    pub run: Option<RatingRun>,
+    /// The meter definition that measured them.
+    pub meter: Option<MeterSummary>,
+    /// What priced them.
+    pub priced_by: Vec<PricedBy>,
+    /// Raw records of the resource's raw meter that the run read up to the
+    /// line's end (from its range's start, less the carry lookback, since
+    /// gauges and states carry forward): the latest [`MAX_RECORDS`].
+    #[serde(skip)]
+    pub records: Vec<UsageRecord>,
+    /// More records existed than [`MAX_RECORDS`].
+    pub records_truncated: bool,
+}
+
+/// Whether the caller may see `project_id` (account readers: projects
+/// their account owns).
+async fn may_read(db: &Database, identity: &Identity, project_id: &str) -> Result<bool, ShowError> {
+    Ok(match &identity.role {
+        Role::Admin => true,
+        Role::ProjectReader { project_id: p } => p == project_id,
+        Role::AccountReader { account_id } => {
+            Owners::load(db).await?.owner_of(project_id) == Some(account_id.as_str())
+        }
+    })
+}
+
+/// Explains the current line(s) at `line`. `Ok(None)` when there is none
+/// the caller may see (the same answer whether it exists or not).
+pub async fn explain_line(
+    db: &Database,
+    rated: &RawObjects,
+    store: &RawStore,
+    identity: &Identity,
+    line: &LineRef,
+    carry_lookback: Duration,
+) -> Result<Option<Explanation>, ShowError> {
+    if !may_read(db, identity, &line.project_id).await? {
+        return Ok(None);
+    }
+    // The run covering the instant, then its lines at the coordinates.
+    let covering = tally_rate::runs::coverage(db, line.at, line.at + Duration::microseconds(1))
+        .await?
+        .into_iter()
+        .next();
+    let Some(cov) = covering else {
+        return Ok(None);
+    };
+    let mut lines = Vec::new();
+    for file in &cov.files {
+        tally_rate::runs::read_line_file(rated, file, |l| {
+            if l.project_id == line.project_id
+                && l.resource_id == line.resource_id
+                && l.meter == line.meter
+                && l.period_start <= line.at
+                && line.at < l.period_end
+            {
+                lines.push(l);
+            }
+        })
+        .await?;
+    }
+    if lines.is_empty() {
+        return Ok(None);
+    }
+    let run = tally_rate::runs::get_run(db, &cov.run_id).await?;
+    let meters = tally_rate::plans::current_meters(db).await?;
+    let meter = meters
+        .summaries()
+        .into_iter()
+        .find(|m| m.name == line.meter);
+
+    let mut priced_by = Vec::new();
+    for l in &lines {
+        if l.plan_id.is_empty()
+            || priced_by
+                .iter()
+                .any(|p: &PricedBy| p.plan_id == l.plan_id && p.rule == l.rule)
+        {
+            continue;
+        }
+        let plan = tally_rate::plans::plan(db, &l.plan_id).await.ok();
+        let version = plan
+            .as_ref()
+            .and_then(|p| p.versions.iter().find(|v| v.number == l.plan_version));
+        let rule = version.and_then(|v| {
+            l.rule
+                .strip_prefix("rules[")
+                .and_then(|r| r.strip_suffix(']'))
+                .and_then(|i| i.parse::<usize>().ok())
+                .and_then(|i| v.rules.iter().find(|r| r.index == i))
+        });
+        priced_by.push(PricedBy {
+            plan_id: l.plan_id.clone(),
+            version: l.plan_version,
+            effective_from: version.map(|v| v.effective_from),
+            rule: l.rule.clone(),
+            matches: rule.map(|r| r.matches.clone()),
+            projects: rule.map(|r| r.projects.clone()),
+            price: rule.map(|r| r.rule.clone()),
+        });
+    }
+
+    // Raw records: the meter's raw meter for this resource, from where the
+    // run started reading (its range less the carry lookback) to the end
+    // of the line: a gauge's value may come from any of them.
+    let start = run
+        .as_ref()
+        .map_or_else(|| lines[0].period_start, |r| r.from);
+    let end = lines.iter().map(|l| l.period_end).max().unwrap_or(line.at);
+    let raw_meter = meters.get(&line.meter).map(|m| m.records.meter.clone());
+    let filter = EventFilter {
+        project_id: Some(line.project_id.clone()),
+        resource_id: Some(line.resource_id.clone()),
+        meter: raw_meter.or_else(|| Some(line.meter.clone())),
+        from: Some(start - carry_lookback),
+        to: Some(end),
+    };
+    // The scope was checked above on the line's project; the store's own
+    // scoping knows no accounts, so it is asked as the operator.
+    let operator = Identity {
+        principal: identity.principal.clone(),
+        role: Role::Admin,
+    };
+    let mut records: std::collections::VecDeque<UsageRecord> = Default::default();
+    let mut records_truncated = false;
+    let mut cursor = None;
+    loop {
+        let page = store
+            .query(&operator, &filter, cursor.as_ref(), 1000)
+            .await
+            .map_err(|e| ShowError::Invalid(format!("reading raw records: {e}")))?;
+        for r in page.records {
+            if records.len() == MAX_RECORDS {
+                records.pop_front();
+                records_truncated = true;
+            }
+            records.push_back(r);
+        }
+        match page.next {
+            Some(next) => cursor = Some(next),
+            None => break,
+        }
+    }
+    let records: Vec<UsageRecord> = records.into();
+    Ok(Some(Explanation {
+        lines,
+        run,
+        meter,
+        priced_by,
+        records,
+        records_truncated,
+    }))
+}
