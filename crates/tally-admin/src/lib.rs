@@ -6,6 +6,8 @@
 //! low-entropy secrets, which these are not). The plain key is returned
 //! once, at creation.
 
+pub mod audit;
+
 use chrono::Utc;
 use rand::RngCore;
 use sha2::{Digest, Sha256};
@@ -98,6 +100,11 @@ impl ApiKeys {
     /// The registry of a database.
     pub fn new(pool: Pool) -> ApiKeys {
         ApiKeys { pool }
+    }
+
+    /// The database the registry (and the audit log) lives in.
+    pub fn pool(&self) -> &Pool {
+        &self.pool
     }
 
     /// Creates a key with `role`. Returns the only copy of its secret.

@@ -6,6 +6,7 @@
 //! layer, which applies the caller's scope itself. Every error is JSON
 //! `{"code": ..., "message": ...}` with a stable code.
 
+pub mod audit;
 pub mod billing;
 pub mod error;
 pub mod events;
@@ -126,6 +127,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/exports/focus", get(show::focus_export))
         .route("/v1/invoices/{id}/pdf", get(show::invoice_pdf))
         .route("/v1/explain", get(show::explain))
+        .route("/v1/audit", get(audit::list))
         .fallback(|| async {
             ApiError::new(
                 StatusCode::NOT_FOUND,
@@ -133,6 +135,10 @@ pub fn router(state: Arc<AppState>) -> Router {
                 "no such endpoint: see the README for the API",
             )
         })
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            audit::record_writes,
+        ))
         .with_state(state)
 }
 

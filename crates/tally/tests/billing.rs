@@ -1092,7 +1092,7 @@ fn amounts_by(summary: &Value, key: &str) -> Vec<(String, Decimal)> {
         .collect()
 }
 
-async fn costs_summaries_and_focus_export(env: Env) {
+async fn summaries_exports_explanations_and_audit(env: Env) {
     three_accounts(&env);
     // Per account: the unowned project's usage has no account ('').
     let by_account = env.json(&["costs", "--period", "2026-10", "--group-by", "account"]);
@@ -1365,9 +1365,47 @@ async fn costs_summaries_and_focus_export(env: Env) {
             .contains(r#""volume":4"#)
     );
     assert_eq!(explain(dom_reader.clone(), "p-post").await.status(), 404);
+
+    // An operator's write is in the audit log with the invoice before and
+    // after; a reader's refused write and reads are not; readers cannot
+    // read the log.
+    let pay = |key: String| {
+        let request = client
+            .post(format!("{}/v1/invoices/post-2026-10/pay", server.url))
+            .json(&serde_json::json!({ "reference": "wire-77" }))
+            .bearer_auth(key);
+        async move { request.send().await.unwrap().status().as_u16() }
+    };
+    assert_eq!(pay(dom_reader.clone()).await, 403);
+    assert_eq!(pay(server.key.clone()).await, 200);
+    let audit = |key: String| {
+        let request = client
+            .get(format!("{}/v1/audit", server.url))
+            .bearer_auth(key);
+        async move { request.send().await.unwrap() }
+    };
+    assert_eq!(audit(dom_reader.clone()).await.status(), 403);
+    let log: Value = audit(server.key.clone()).await.json().await.unwrap();
+    let entries = log["entries"].as_array().unwrap();
+    assert_eq!(entries.len(), 1, "{log}");
+    let e = &entries[0];
+    assert_eq!(e["action"], "POST /v1/invoices/post-2026-10/pay -> 200");
+    assert_eq!(e["subject"], "invoice:post-2026-10");
+    assert_eq!(e["before"]["status"], "finalized");
+    assert_eq!(e["after"]["status"], "paid");
+    let admin_key_id = server.key.split('_').nth(1).unwrap();
+    assert_eq!(e["principal"], format!("key:{admin_key_id}"));
+    // The database keeps it as written.
+    let db = env.connect().await;
+    assert!(
+        sqlx::query("DELETE FROM audit_log")
+            .execute(&db.pool)
+            .await
+            .is_err()
+    );
     server.stop();
 }
-on_both_backends!(costs_summaries_and_focus_export);
+on_both_backends!(summaries_exports_explanations_and_audit);
 
 fn amounts_by_bucket(summary: &Value) -> Vec<Decimal> {
     summary["rows"]
