@@ -1,16 +1,19 @@
 //! `tally demo`: Tally's main job on the embedded default, in one command.
 //!
 //! Starts a server on a data directory (SQLite + local Parquet, nothing to
-//! install), generates a week of usage for a small cloud, sends it over HTTP
-//! exactly as a producer would, applies a sample price plan if none is
-//! stored, rates the week, and shows what it costs. Run it twice and the
-//! second run reports every record as a duplicate (ids are idempotency keys)
-//! and rates to the same amount.
+//! install), generates last month's usage for a small cloud, sends it over
+//! HTTP exactly as a producer would, applies a sample price plan if none is
+//! stored, rates the month, puts the cloud's projects under three billing
+//! accounts, invoices and issues the month, and prints what it costs. Run it
+//! twice and the second run reports every record as a duplicate (ids are
+//! idempotency keys), rates to the same amount and finds the invoices
+//! already issued.
 
 use std::time::Instant;
 
 use anyhow::Context;
 use tally_core::IngestSummary;
+use tally_core::billing::{BillingPeriod, PeriodLabel};
 use tally_gen::Generator;
 use tokio::sync::oneshot;
 
@@ -29,12 +32,16 @@ pub struct DemoArgs {
     /// Instances in the generated cloud.
     #[arg(long, default_value_t = 50)]
     pub instances: u32,
-    /// Days of generated usage.
-    #[arg(long, default_value_t = 7)]
-    pub days: u32,
-    /// Stop after sending the sample instead of serving until Ctrl-C.
+    /// The month to generate, rate and invoice (YYYY-MM); default the last
+    /// full month.
     #[arg(long)]
-    pub exit_after_ingest: bool,
+    pub month: Option<String>,
+    /// Days of generated usage from the month's start (default: all of it).
+    #[arg(long)]
+    pub days: Option<u32>,
+    /// Stop after printing the summary instead of serving until Ctrl-C.
+    #[arg(long, alias = "exit-after-ingest")]
+    pub no_serve: bool,
 }
 
 /// The plan the demo applies when none is stored.
@@ -47,7 +54,7 @@ async fn rate(
     addr: &str,
     key: &str,
     from: chrono::DateTime<chrono::Utc>,
-    days: u32,
+    to: chrono::DateTime<chrono::Utc>,
 ) -> anyhow::Result<()> {
     let plans: serde_json::Value = client::check(
         http.get(format!("http://{addr}/v1/plans"))
@@ -69,7 +76,6 @@ async fn rate(
         .await?;
         eprintln!("applied the demo price plan (crates/tally/demo/plan.toml)");
     }
-    let to = from + chrono::Duration::days(i64::from(days));
     let run: serde_json::Value = client::check(
         http.post(format!("http://{addr}/v1/rating/runs"))
             .bearer_auth(key)
@@ -108,13 +114,146 @@ async fn rate(
     Ok(())
 }
 
+/// The demo's billing accounts: the cloud's projects dealt out in turn.
+const DEMO_ACCOUNTS: [(&str, &str, Option<&str>); 3] = [
+    ("demo-a", "Aurora Analytics GmbH", Some("0.19")),
+    ("demo-b", "Borealis Research", None),
+    ("demo-c", "Cirrus Games Ltd", Some("0.20")),
+];
+
+/// Creates the demo accounts (once), invoices `month` and issues the
+/// invoices, then prints cost per service and the invoices.
+async fn bill(
+    http: &reqwest::Client,
+    addr: &str,
+    key: &str,
+    month: PeriodLabel,
+) -> anyhow::Result<()> {
+    let get = |path: String| {
+        let request = http.get(format!("http://{addr}{path}")).bearer_auth(key);
+        async move {
+            anyhow::Ok(
+                client::check(request.send().await?)
+                    .await?
+                    .json::<serde_json::Value>()
+                    .await?,
+            )
+        }
+    };
+    let post = |path: String, body: serde_json::Value| {
+        let request = http
+            .post(format!("http://{addr}{path}"))
+            .bearer_auth(key)
+            .json(&body);
+        async move {
+            anyhow::Ok(
+                client::check(request.send().await?)
+                    .await?
+                    .json::<serde_json::Value>()
+                    .await?,
+            )
+        }
+    };
+    let accounts = get("/v1/accounts".into()).await?;
+    if accounts["accounts"].as_array().is_none_or(|a| a.is_empty()) {
+        let by_project = get(format!(
+            "/v1/costs?period={month}&group_by=project&limit=10000"
+        ))
+        .await?;
+        let mut projects: Vec<String> = by_project["rows"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|r| r["project_id"].as_str().map(str::to_string))
+            .collect();
+        projects.sort();
+        projects.dedup();
+        for (i, (id, name, vat)) in DEMO_ACCOUNTS.iter().enumerate() {
+            let owned: Vec<&String> = projects
+                .iter()
+                .skip(i)
+                .step_by(DEMO_ACCOUNTS.len())
+                .collect();
+            let taxes = match vat {
+                Some(rate) => serde_json::json!([{ "name": "VAT", "rate": rate }]),
+                None => serde_json::json!([]),
+            };
+            post(
+                "/v1/accounts".into(),
+                serde_json::json!({
+                    "account_id": id, "name": name, "currency": "EUR", "taxes": taxes,
+                    "contact": { "name": name, "address": ["1 Demo Street", "Demo City"] },
+                    "projects": owned,
+                }),
+            )
+            .await?;
+        }
+        eprintln!(
+            "created {} billing accounts over {} projects",
+            DEMO_ACCOUNTS.len(),
+            projects.len()
+        );
+    }
+    post(
+        "/v1/invoices/runs".into(),
+        serde_json::json!({ "period": month.to_string() }),
+    )
+    .await?;
+    let invoices = get(format!("/v1/invoices?period={month}")).await?;
+    for i in invoices["invoices"].as_array().into_iter().flatten() {
+        if i["status"] == "draft"
+            && let Some(id) = i["invoice_id"].as_str()
+        {
+            post(format!("/v1/invoices/{id}/finalize"), serde_json::json!({})).await?;
+        }
+    }
+    let by_service = get(format!("/v1/costs?period={month}&group_by=service")).await?;
+    println!("\ncost of {month} by service:");
+    for r in by_service["rows"].as_array().into_iter().flatten() {
+        let currency = r["currency"].as_str().unwrap_or("");
+        let amount: rust_decimal::Decimal = r["amount"]
+            .as_str()
+            .unwrap_or("0")
+            .parse()
+            .unwrap_or_default();
+        // Summaries keep the exact sum; shown here rounded by the money
+        // rule, as an invoice would.
+        let shown = match currency.parse::<tally_core::Currency>() {
+            Ok(c) => {
+                tally_core::Money::new(amount, c)
+                    .round_to_minor_unit()
+                    .amount
+            }
+            Err(_) => amount,
+        };
+        println!(
+            "  {:<16} {:>12} {currency}",
+            r["service"].as_str().unwrap_or("-"),
+            shown.to_string(),
+        );
+    }
+    let invoices = get(format!("/v1/invoices?period={month}")).await?;
+    println!("invoices of {month}:");
+    for i in invoices["invoices"].as_array().into_iter().flatten() {
+        println!(
+            "  {:<16} {:<11} {:<10} total {} {}",
+            i["invoice_id"].as_str().unwrap_or("-"),
+            i["number"].as_str().unwrap_or("-"),
+            i["status"].as_str().unwrap_or("-"),
+            i["total"].as_str().unwrap_or("-"),
+            i["currency"].as_str().unwrap_or("")
+        );
+    }
+    Ok(())
+}
+
 /// Runs `tally demo`.
 pub async fn run(mut cfg: Config, args: DemoArgs) -> anyhow::Result<()> {
     cfg.listen = args.listen.clone();
     let data_dir = cfg.data_dir.clone();
     let (ready_tx, ready_rx) = oneshot::channel();
     let (stop_tx, stop_rx) = oneshot::channel::<()>();
-    let exit_early = args.exit_after_ingest;
+    let exit_early = args.no_serve;
     let server = tokio::spawn(serve::run(cfg, Some(ready_tx), async move {
         if exit_early {
             let _ = stop_rx.await;
@@ -135,22 +274,29 @@ pub async fn run(mut cfg: Config, args: DemoArgs) -> anyhow::Result<()> {
         }
     };
     let key = client::api_key(None, &data_dir)?;
+    let month = match &args.month {
+        Some(m) => m
+            .parse::<PeriodLabel>()
+            .with_context(|| format!("--month '{m}'"))?,
+        None => PeriodLabel::containing(chrono::Utc::now(), 1, chrono_tz::Tz::UTC).plus(-1),
+    };
+    let bounds = BillingPeriod::new(month, 1, chrono_tz::Tz::UTC)?;
+    let month_days = (bounds.end - bounds.start).num_days() as u32;
     let gen_args = GenArgs {
         instances: args.instances,
-        days: args.days,
+        days: args.days.unwrap_or(month_days).min(month_days),
         seed: 1,
-        start: None,
+        start: Some(bounds.start.date_naive()),
         interval_minutes: 60,
         out: None,
     };
     let gen_config = gen_args.config();
-    let rate_from = gen_config.start;
     let events: Vec<String> = Generator::new(gen_config).collect();
     eprintln!(
-        "sending {} generated events ({} instances, {} days) to http://{addr}/v1/events ...",
+        "sending {} generated events ({} instances, {} days of {month}) to http://{addr}/v1/events ...",
         events.len(),
         args.instances,
-        args.days
+        gen_args.days
     );
     let http = client::http();
     let started = Instant::now();
@@ -172,7 +318,11 @@ pub async fn run(mut cfg: Config, args: DemoArgs) -> anyhow::Result<()> {
         "ingested in {:.2} s; every accepted record was fsynced before its batch was answered",
         started.elapsed().as_secs_f64()
     );
-    rate(&http, &addr.to_string(), &key, rate_from, args.days).await?;
+    let addr_text = addr.to_string();
+    rate(&http, &addr_text, &key, bounds.start, bounds.end).await?;
+    bill(&http, &addr_text, &key, month).await?;
+    println!("\nserver: http://{addr}");
+    println!("admin API key: {key}");
     eprintln!("\nTry:");
     eprintln!(
         "  curl -s -H \"Authorization: Bearer $(cat {}/admin-key)\" 'http://{addr}/v1/events?meter=volume.size&limit=2'",
@@ -184,10 +334,18 @@ pub async fn run(mut cfg: Config, args: DemoArgs) -> anyhow::Result<()> {
         data_dir.display()
     );
     eprintln!(
+        "  tally costs --server http://{addr} --data-dir {} --period {month} --group-by account,service",
+        data_dir.display()
+    );
+    eprintln!(
+        "  curl -s -H \"Authorization: Bearer $(cat {}/admin-key)\" http://{addr}/v1/invoices/demo-a-{month}/pdf -o invoice.pdf",
+        data_dir.display()
+    );
+    eprintln!(
         "  tally events --server http://{addr} --data-dir {} --meter instance --limit 5",
         data_dir.display()
     );
-    if args.exit_after_ingest {
+    if args.no_serve {
         let _ = stop_tx.send(());
     } else {
         eprintln!("\nserving on http://{addr}; Ctrl-C to stop");

@@ -42,6 +42,18 @@ fn demo_ingests_a_sample_and_a_second_run_counts_duplicates() {
         .expect("rating line");
     assert!(rated.contains(&format!("{accepted} records")), "{rated}");
     assert!(rated.ends_with(" EUR"), "{rated}");
+    // The month is invoiced and issued: three accounts, gapless numbers.
+    let invoices: Vec<&str> = out
+        .lines()
+        .filter(|l| l.trim_start().starts_with("demo-"))
+        .collect();
+    assert_eq!(invoices.len(), 3, "{out}");
+    assert!(
+        invoices[0].contains("INV-000001") && invoices[0].contains("finalized"),
+        "{out}"
+    );
+    assert!(out.contains("admin API key: tly_"), "{out}");
+    assert!(out.contains("cost of ") && out.contains("Compute"), "{out}");
 
     let second = run();
     assert!(second.status.success());
@@ -54,4 +66,8 @@ fn demo_ingests_a_sample_and_a_second_run_counts_duplicates() {
         out.contains(rated),
         "the same data rates to the same amount: {out}"
     );
+    // The issued invoices are found again, not issued twice.
+    for line in invoices {
+        assert!(out.contains(line), "{line} again in {out}");
+    }
 }
