@@ -382,8 +382,10 @@ pub async fn list_invoices(
     State(state): State<Arc<AppState>>,
     caller: Caller,
     Query(q): Query<InvoiceQuery>,
+    Query(format): Query<crate::show::FormatParam>,
 ) -> Result<Response, ApiError> {
     let db = &service(&state)?.db;
+    let csv = format.csv()?;
     let filter = InvoiceFilter {
         account_id: q.account_id,
         period: q.period.as_deref().map(period).transpose()?,
@@ -392,6 +394,11 @@ pub async fn list_invoices(
     let list = invoices::list_invoices(db, &AccountScope::of(&caller.0), &filter)
         .await
         .map_err(billing_error)?;
+    if csv {
+        let mut body = Vec::new();
+        tally_show::csv_export::invoices(&list, &mut body).map_err(crate::show::show_error)?;
+        return Ok(crate::show::csv_response(body, "invoices.csv"));
+    }
     Ok(Json(serde_json::json!({ "invoices": list })).into_response())
 }
 

@@ -130,10 +130,18 @@ pub async fn list_lines(
     State(state): State<Arc<AppState>>,
     Caller(identity): Caller,
     Query(mut filter): Query<LineFilter>,
+    Query(format): Query<crate::show::FormatParam>,
 ) -> Result<Response, ApiError> {
     let svc = rating(&state)?;
     filter.limit = Some(filter.limit.unwrap_or(1000).min(100_000));
+    let csv = format.csv()?;
     let page = svc.lines(&identity, &filter).await.map_err(service_error)?;
+    if csv {
+        let mut body = Vec::new();
+        tally_show::csv_export::rated_lines(&page.lines, &mut body)
+            .map_err(crate::show::show_error)?;
+        return Ok(crate::show::csv_response(body, "rated-lines.csv"));
+    }
     Ok(Json(page).into_response())
 }
 

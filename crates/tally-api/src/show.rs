@@ -288,3 +288,37 @@ pub async fn focus_export(
     )
         .into_response())
 }
+
+/// `?format=json|csv` of list endpoints.
+#[derive(Debug, Default, serde::Deserialize)]
+pub struct FormatParam {
+    /// `json` (default) or `csv`.
+    pub format: Option<String>,
+}
+
+impl FormatParam {
+    /// Whether CSV was asked for; an unknown format is a 400.
+    pub fn csv(&self) -> Result<bool, ApiError> {
+        match self.format.as_deref() {
+            None | Some("json") => Ok(false),
+            Some("csv") => Ok(true),
+            Some(other) => Err(bad("format", format!("'{other}' is not json or csv"))),
+        }
+    }
+}
+
+/// A CSV answer.
+pub fn csv_response(body: Vec<u8>, filename: &str) -> Response {
+    (
+        StatusCode::OK,
+        [
+            (header::CONTENT_TYPE, "text/csv; charset=utf-8".to_string()),
+            (
+                header::CONTENT_DISPOSITION,
+                format!("attachment; filename=\"{filename}\""),
+            ),
+        ],
+        body,
+    )
+        .into_response()
+}

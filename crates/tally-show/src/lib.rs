@@ -3,6 +3,7 @@
 //! - [`summary`]: cost and usage grouped by account, project, service,
 //!   meter, resource or any attribute, per day or month, from the daily
 //!   cells rating runs write (`usage_rollups`).
+//! - [`csv_export`]: rated lines and invoices as CSV.
 //! - [`explain`]: the run, meter, plan rule and raw records behind a
 //!   rated line.
 //! - [`focus`]: FOCUS 1.2 rows of a billing period's invoices, as CSV or
@@ -13,6 +14,7 @@
 //! its scope inside the query (a project reader's rows never leave the
 //! database for anyone else), never in the handler.
 
+pub mod csv_export;
 pub mod explain;
 pub mod focus;
 pub mod pdf;

@@ -297,9 +297,9 @@ pub enum InvoiceCommand {
         /// Only this status: draft, finalized, paid, void.
         #[arg(long)]
         status: Option<String>,
-        /// Output format.
+        /// Output format (CSV: one row per invoice line).
         #[arg(long, value_enum, default_value_t)]
-        output: OutputFormat,
+        output: crate::output::ReportFormat,
     },
     /// Show an invoice document.
     /// Write an invoice as a PDF document.
@@ -700,8 +700,11 @@ pub async fn invoice(cfg: Config, cmd: InvoiceCommand) -> anyhow::Result<()> {
             };
             let list = invoices::list_invoices(&db, &all, &filter).await?;
             match output {
-                OutputFormat::Json => print_json(&list),
-                OutputFormat::Table => {
+                crate::output::ReportFormat::Json => print_json(&list),
+                crate::output::ReportFormat::Csv => {
+                    tally_show::csv_export::invoices(&list, std::io::stdout().lock())?;
+                }
+                crate::output::ReportFormat::Table => {
                     println!(
                         "{:<28} {:<14} {:<20} {:<8} {:<10} {:>14}",
                         "invoice", "number", "account", "period", "status", "total"

@@ -95,7 +95,7 @@ pub struct LinesArgs {
     pub remote: client::ServerArgs,
     /// Output format.
     #[arg(long, value_enum, default_value_t)]
-    pub output: OutputFormat,
+    pub output: crate::output::ReportFormat,
 }
 
 /// The rating service over the configured stores, without taking the data
@@ -255,8 +255,12 @@ pub async fn lines(cfg: Config, args: LinesArgs) -> anyhow::Result<()> {
         }
     };
     match args.output {
-        OutputFormat::Json => println!("{page}"),
-        OutputFormat::Table => {
+        crate::output::ReportFormat::Json => println!("{page}"),
+        crate::output::ReportFormat::Csv => {
+            let lines: Vec<tally_core::RatedLine> = serde_json::from_value(page["lines"].clone())?;
+            tally_show::csv_export::rated_lines(&lines, std::io::stdout().lock())?;
+        }
+        crate::output::ReportFormat::Table => {
             let s = |v: &serde_json::Value, k: &str| match &v[k] {
                 serde_json::Value::String(s) => s.clone(),
                 serde_json::Value::Null => "-".into(),
