@@ -1281,7 +1281,15 @@ async fn summaries_exports_explanations_and_audit(env: Env) {
     let rows: Vec<&str> = csv_out.lines().collect();
     assert_eq!(rows.len(), 1 + 5, "{csv_out}");
     assert!(rows[0].starts_with("invoice_id,number,status"), "{csv_out}");
-    let lines_csv = env.ok(&["lines", "--project", "p-pre", "--limit", "3", "--output", "csv"]);
+    let lines_csv = env.ok(&[
+        "lines",
+        "--project",
+        "p-pre",
+        "--limit",
+        "3",
+        "--output",
+        "csv",
+    ]);
     assert_eq!(lines_csv.lines().count(), 1 + 3, "{lines_csv}");
     assert!(lines_csv.contains("p-pre,vm-a,vcpu.hours"), "{lines_csv}");
     let dom_csv = client
@@ -1293,7 +1301,13 @@ async fn summaries_exports_explanations_and_audit(env: Env) {
     assert_eq!(dom_csv.headers()["content-type"], "text/csv; charset=utf-8");
     let dom_csv = dom_csv.text().await.unwrap();
     assert_eq!(dom_csv.lines().count(), 1 + 3, "{dom_csv}");
-    assert!(dom_csv.lines().skip(1).all(|l| l.starts_with("dom-2026-10,")), "{dom_csv}");
+    assert!(
+        dom_csv
+            .lines()
+            .skip(1)
+            .all(|l| l.starts_with("dom-2026-10,")),
+        "{dom_csv}"
+    );
 
     // The Parquet file through the API, read back by pyarrow.
     let resp = client
