@@ -216,6 +216,7 @@ async fn handle_batch(
                     .map(|(t, _)| t)
                     .unwrap_or_else(|| "unknown".into());
                 metrics::counter!("tally_amqp_messages_total", "outcome" => "ignored").increment(1);
+                store.counters().ignored(1);
                 metrics::counter!("tally_amqp_ignored_total", "event_type" => event_type)
                     .increment(1);
             }
@@ -226,6 +227,7 @@ async fn handle_batch(
             Err(e) => {
                 metrics::counter!("tally_amqp_messages_total", "outcome" => "dead_lettered")
                     .increment(1);
+                store.counters().dead_lettered(1);
                 dead.push((bytes, e));
             }
         }

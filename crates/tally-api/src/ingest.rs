@@ -139,6 +139,10 @@ async fn ingest(
         metrics::counter!("tally_ingest_records_rejected_total", "code" => r.code.as_str())
             .increment(1);
     }
+    state
+        .store
+        .counters()
+        .rejected(decoded.rejected.len() as u64);
     let records: Vec<_> = decoded.records.into_iter().map(|(_, r)| r).collect();
     let outcome = state.store.append(records).await.map_err(|e| match e {
         StoreError::Closed => ApiError::new(

@@ -128,6 +128,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/invoices/{id}/pdf", get(show::invoice_pdf))
         .route("/v1/explain", get(show::explain))
         .route("/v1/audit", get(audit::list))
+        .route("/v1/ingest/status", get(ingest_status))
         .fallback(|| async {
             ApiError::new(
                 StatusCode::NOT_FOUND,
@@ -212,6 +213,30 @@ async fn healthz(State(state): State<Arc<AppState>>) -> Response {
         )
             .into_response(),
     }
+}
+
+/// `GET /v1/ingest/status` (admins): records accepted, duplicate,
+/// rejected, ignored and dead-lettered since the process started, when a
+/// record was last accepted, and the store's flush backlog and lag.
+async fn ingest_status(
+    State(state): State<Arc<AppState>>,
+    caller: Caller,
+) -> Result<Response, ApiError> {
+    rating::require_admin(&caller)?;
+    let counts = state.store.counters().snapshot();
+    let stats = state.store.stats().await.map_err(ApiError::internal)?;
+    let idle = counts
+        .last_accepted_at
+        .map(|t| (chrono::Utc::now() - t).num_milliseconds() as f64 / 1000.0);
+    Ok(axum::Json(serde_json::json!({
+        "counts": counts,
+        "seconds_since_last_accepted": idle,
+        "unflushed_records": stats.unflushed_records,
+        "flush_lag_seconds": stats.flush_lag_seconds,
+        "segments": stats.catalog.segments,
+        "stored_records": stats.catalog.records,
+    }))
+    .into_response())
 }
 
 async fn metrics_text(State(state): State<Arc<AppState>>) -> Response {

@@ -211,6 +211,7 @@ struct Chunk {
 type Memtable = BTreeMap<u64, Vec<Arc<Chunk>>>;
 
 struct Shared {
+    counters: crate::counters::IngestCounters,
     config: StoreConfig,
     db: Database,
     objects: RawObjects,
@@ -286,6 +287,7 @@ impl RawStore {
             .unwrap_or_else(|| format!("file://{}", config.data_dir.join("raw").display()));
         let objects = RawObjects::open(&raw_url)?;
         let shared = Arc::new(Shared {
+            counters: crate::counters::IngestCounters::default(),
             dedupe: Mutex::new(DedupeIndex::new(
                 config.dedupe_window_days,
                 config.dedupe_max_keys,
@@ -377,7 +379,16 @@ impl RawStore {
         self.commands
             .send(Command::Append { records, reply })
             .map_err(|_| StoreError::Closed)?;
-        rx.await.map_err(|_| StoreError::Closed)?
+        let outcome = rx.await.map_err(|_| StoreError::Closed)??;
+        self.shared
+            .counters
+            .stored(outcome.accepted, outcome.duplicates);
+        Ok(outcome)
+    }
+
+    /// What every ingest path into this store has counted.
+    pub fn counters(&self) -> &crate::counters::IngestCounters {
+        &self.shared.counters
     }
 
     /// Writes records straight into Parquet segments, bypassing the log:
@@ -402,6 +413,7 @@ impl RawStore {
             duplicates: total - accepted.len() as u64,
         };
         if accepted.is_empty() {
+            self.shared.counters.stored(0, outcome.duplicates);
             return Ok(outcome);
         }
         let flush_id = format!("import-{}", uuid::Uuid::new_v4().simple());
@@ -422,6 +434,9 @@ impl RawStore {
         match result {
             Ok(()) => {
                 ix.commit(chunk.keys.iter().copied());
+                self.shared
+                    .counters
+                    .stored(outcome.accepted, outcome.duplicates);
                 Ok(outcome)
             }
             Err(e) => {

@@ -19,6 +19,7 @@
 
 pub mod catalog;
 pub mod codec;
+pub mod counters;
 pub mod dedupe;
 pub mod engine;
 pub mod lock;
@@ -26,6 +27,7 @@ pub mod objects;
 pub mod segment;
 pub mod wal;
 
+pub use counters::{IngestCounters, IngestCounts};
 pub use engine::{
     AppendOutcome, EventFilter, EventPage, QueryCursor, RawStore, StoreConfig, StoreError,
     StoreStats,

@@ -180,6 +180,18 @@ async fn notifications_from_rabbitmq_become_durable_records() {
         other => panic!("no reason header: {other:?}"),
     };
     assert!(reason.contains("oslo.message"), "{reason}");
+    // The operator's ingest status counts both outcomes.
+    let status: serde_json::Value = common::client()
+        .get(format!("{}/v1/ingest/status", server.url))
+        .bearer_auth(&server.key)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(status["counts"]["accepted"], 8, "{status}");
+    assert_eq!(status["counts"]["dead_lettered"], 1, "{status}");
     server.stop();
     delete_queues(&channel, &[&queue, &dead]).await;
 }

@@ -66,6 +66,37 @@ async fn single_batch_and_ndjson_bodies_are_accepted_with_per_record_errors() {
         "payload kept byte for byte"
     );
     assert_eq!(a1["attributes"]["volume_type"], "ssd");
+
+    // The operator's ingest status counts every outcome of this process.
+    let status: Value = common::client()
+        .get(format!("{}/v1/ingest/status", server.url))
+        .bearer_auth(&server.key)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let counts = &status["counts"];
+    assert_eq!(
+        (
+            &counts["accepted"],
+            &counts["duplicates"],
+            &counts["rejected"]
+        ),
+        (&Value::from(4), &Value::from(1), &Value::from(3)),
+        "{status}"
+    );
+    assert_eq!(counts["dead_lettered"], 0);
+    assert!(status["seconds_since_last_accepted"].as_f64().unwrap() < 60.0);
+    let reader = common::project_reader_key(dir.path(), "p1");
+    let refused = common::client()
+        .get(format!("{}/v1/ingest/status", server.url))
+        .bearer_auth(reader)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), 403);
     server.stop();
 }
 
