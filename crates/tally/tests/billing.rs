@@ -1399,6 +1399,73 @@ async fn summaries_exports_explanations_and_audit(env: Env) {
     );
     assert_eq!(explain(dom_reader.clone(), "p-post").await.status(), 404);
 
+    // Tenant isolation: every read endpoint, asked by another account's
+    // reader and by another project's reader, with post's ids, answers
+    // 403, 404 or a page without post's data.
+    let key = env.json(&[
+        "admin",
+        "key",
+        "create",
+        "--role",
+        "project-reader",
+        "--project",
+        "p-pre",
+    ]);
+    let pre_reader = key["key"].as_str().unwrap().to_string();
+    let endpoints = [
+        "/v1/accounts",
+        "/v1/accounts/post",
+        "/v1/accounts/post/balance",
+        "/v1/accounts/post/ledger",
+        "/v1/invoices",
+        "/v1/invoices?format=csv",
+        "/v1/invoices/post-2026-10",
+        "/v1/invoices/post-2026-10/pdf",
+        "/v1/costs?period=2026-10&group_by=account,project,resource",
+        "/v1/costs?period=2026-10&project_id=p-post&bucket=hour&from=2026-10-05T00:00:00Z&to=2026-10-06T00:00:00Z",
+        "/v1/usage?period=2026-10&account_id=post&group_by=resource",
+        "/v1/rated-lines",
+        "/v1/rated-lines?project_id=p-post",
+        "/v1/rated-lines?project_id=p-post&format=csv",
+        "/v1/events",
+        "/v1/events?project_id=p-post",
+        "/v1/explain?project_id=p-post&resource_id=vm-b&meter=vcpu.hours&at=2026-10-05T10:30:00Z",
+        "/v1/exports/focus?period=2026-10",
+        "/v1/exports/focus?period=2026-10&format=parquet",
+        "/v1/budgets",
+        "/v1/alerts",
+        "/v1/webhooks/deliveries",
+        "/v1/reports/unbilled?from=2026-10-01T00:00:00Z&to=2026-11-01T00:00:00Z",
+        "/v1/rating/runs",
+        "/v1/audit",
+        "/v1/ingest/status",
+    ];
+    let secrets = ["p-post", "vm-b", "Post GmbH", "post-2026-10", "81.84"];
+    for key in [&dom_reader, &pre_reader] {
+        for path in endpoints {
+            let resp = client
+                .get(format!("{}{path}", server.url))
+                .bearer_auth(key)
+                .send()
+                .await
+                .unwrap();
+            let status = resp.status().as_u16();
+            assert!([200, 403, 404].contains(&status), "{path}: {status}");
+            let body = String::from_utf8_lossy(&resp.bytes().await.unwrap()).to_string();
+            if status != 200 {
+                // A refusal may repeat the id the caller sent, nothing more.
+                assert!(body.contains("\"code\""), "{path}: {body}");
+                continue;
+            }
+            for s in secrets {
+                assert!(
+                    !body.contains(s),
+                    "{path} answered a reader {status} with another tenant's '{s}': {body}"
+                );
+            }
+        }
+    }
+
     // An operator's write is in the audit log with the invoice before and
     // after; a reader's refused write and reads are not; readers cannot
     // read the log.
