@@ -1216,6 +1216,16 @@ async fn summaries_exports_explanations_and_audit(env: Env) {
     let (status, bad) = get(server.key.clone(), "period=2026-10&colour=red").await;
     assert_eq!(status, 400);
     assert!(bad["message"].as_str().unwrap().contains("colour"), "{bad}");
+    // A query axum itself cannot parse is refused in the same JSON form.
+    let resp = client
+        .get(format!("{}/v1/reports/unbilled?from=yesterday", server.url))
+        .bearer_auth(&server.key)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 400);
+    let bad: Value = resp.json().await.unwrap();
+    assert_eq!(bad["code"], "invalid_request", "{bad}");
 
     // FOCUS: one row per resource, discount, top-up and tax; BilledCost
     // adds up to each invoice's total.
