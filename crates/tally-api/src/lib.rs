@@ -13,6 +13,7 @@ pub mod events;
 pub mod ingest;
 pub mod rating;
 pub mod show;
+pub mod ui;
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -65,11 +66,17 @@ pub struct AppState {
     pub rating: Option<tally_rate::RatingService>,
     /// The seller and number series printed on invoices.
     pub invoice_settings: tally_bill::invoices::InvoiceSettings,
+    /// Signed-in dashboard sessions.
+    pub sessions: ui::Sessions,
 }
 
 /// Builds the router with every route.
 pub fn router(state: Arc<AppState>) -> Router {
     Router::new()
+        .route("/", get(ui::root))
+        .route("/ui", get(ui::overview))
+        .route("/ui/login", get(ui::login_form).post(ui::login))
+        .route("/ui/logout", post(ui::logout))
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics_text))
         .route("/v1/events", get(events::list).post(ingest::post_events))

@@ -3,6 +3,7 @@
 //! - [`summary`]: cost and usage grouped by account, project, service,
 //!   meter, resource or any attribute, per day or month, from the daily
 //!   cells rating runs write (`usage_rollups`).
+//! - [`charts`]: SVG bar charts for the dashboard.
 //! - [`csv_export`]: rated lines and invoices as CSV.
 //! - [`explain`]: the run, meter, plan rule and raw records behind a
 //!   rated line.
@@ -14,6 +15,7 @@
 //! its scope inside the query (a project reader's rows never leave the
 //! database for anyone else), never in the handler.
 
+pub mod charts;
 pub mod csv_export;
 pub mod explain;
 pub mod focus;

@@ -321,7 +321,7 @@ pub async fn run(mut cfg: Config, args: DemoArgs) -> anyhow::Result<()> {
     let addr_text = addr.to_string();
     rate(&http, &addr_text, &key, bounds.start, bounds.end).await?;
     bill(&http, &addr_text, &key, month).await?;
-    println!("\nserver: http://{addr}");
+    println!("\ndashboard: http://{addr}/ui (sign in with the admin API key)");
     println!("admin API key: {key}");
     eprintln!("\nTry:");
     eprintln!(

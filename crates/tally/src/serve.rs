@@ -140,6 +140,7 @@ pub async fn run(
             config: cfg.rating_config()?,
         }),
         invoice_settings: cfg.invoice_settings(),
+        sessions: tally_api::ui::Sessions::default(),
     });
     spawn_webhook_deliveries(store.database().clone());
     tracing::info!(%addr, data_dir = %cfg.data_dir.display(), "tally listening");

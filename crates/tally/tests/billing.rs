@@ -1476,6 +1476,114 @@ async fn summaries_exports_explanations_and_audit(env: Env) {
         }
     }
 
+    // The dashboard: sign-in with CSRF, a session cookie, the overview's
+    // figures equal the API's, scoped to whoever signed in.
+    let browser = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let page = |path: &str, session: Option<&str>| {
+        let mut r = browser.get(format!("{}{path}", server.url));
+        if let Some(s) = session {
+            r = r.header("cookie", format!("tally_session={s}"));
+        }
+        async move { r.send().await.unwrap() }
+    };
+    let resp = page("/ui", None).await;
+    assert_eq!(resp.status(), 303);
+    assert_eq!(resp.headers()["location"], "/ui/login");
+    let cookie_value = |resp: &reqwest::Response, name: &str| -> Option<String> {
+        resp.headers()
+            .get_all("set-cookie")
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .find(|v| v.starts_with(&format!("{name}=")))
+            .map(|v| {
+                assert!(
+                    v.contains("HttpOnly") && v.contains("SameSite=Strict"),
+                    "{v}"
+                );
+                v[name.len() + 1..].split(';').next().unwrap().to_string()
+            })
+    };
+    let sign_in = |key: String| {
+        let browser = browser.clone();
+        let url = server.url.clone();
+        async move {
+            let form = browser.get(format!("{url}/ui/login")).send().await.unwrap();
+            let csrf_cookie = cookie_value(&form, "tally_csrf").expect("a CSRF cookie");
+            let html = form.text().await.unwrap();
+            assert!(
+                html.contains(&format!("name=\"csrf\" value=\"{csrf_cookie}\"")),
+                "{html}"
+            );
+            let post = |csrf: &str| {
+                browser
+                    .post(format!("{url}/ui/login"))
+                    .header("cookie", format!("tally_csrf={csrf_cookie}"))
+                    .header("content-type", "application/x-www-form-urlencoded")
+                    .body(format!("key={key}&csrf={csrf}"))
+                    .send()
+            };
+            // A form posted from elsewhere (no matching token) is refused.
+            assert_eq!(post("forged").await.unwrap().status(), 403);
+            let ok = post(&csrf_cookie).await.unwrap();
+            assert_eq!(ok.status(), 303);
+            cookie_value(&ok, "tally_session").expect("a session cookie")
+        }
+    };
+    let admin_session = sign_in(server.key.clone()).await;
+    let resp = page("/ui?period=2026-10", Some(&admin_session)).await;
+    assert_eq!(resp.status(), 200);
+    let html = resp.text().await.unwrap();
+    // by_account (the API's answer above) totals 81.84 for the month.
+    let api_total = d(&by_account["totals"][0]["amount"]);
+    assert!(
+        html.contains(&format!("id=\"revenue\">{api_total} EUR<")),
+        "{html}"
+    );
+    assert!(
+        html.contains("<svg") && html.contains("Cost per day, 2026-10"),
+        "{html}"
+    );
+    assert!(html.contains("Top accounts"), "{html}");
+    assert!(html.contains("<td>post</td>"), "{html}");
+    for external in ["<script", "<link", "src=", "https://"] {
+        assert!(!html.contains(external), "the page requests {external}");
+    }
+    let dom_session = sign_in(dom_reader.clone()).await;
+    let html = page("/ui?period=2026-10", Some(&dom_session))
+        .await
+        .text()
+        .await
+        .unwrap();
+    assert!(html.contains("id=\"revenue\">29.76 EUR<"), "{html}");
+    assert!(
+        html.contains("<td>d-3</td>") && !html.contains("p-post"),
+        "{html}"
+    );
+    assert!(!html.contains("Top accounts"), "{html}");
+    // Signing out needs the session's token, then the session is gone.
+    let token = html
+        .split("name=\"csrf\" value=\"")
+        .nth(1)
+        .unwrap()
+        .split('"')
+        .next()
+        .unwrap()
+        .to_string();
+    let logout = |csrf: String| {
+        browser
+            .post(format!("{}/ui/logout", server.url))
+            .header("cookie", format!("tally_session={dom_session}"))
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(format!("csrf={csrf}"))
+            .send()
+    };
+    assert_eq!(logout("forged".into()).await.unwrap().status(), 403);
+    assert_eq!(logout(token).await.unwrap().status(), 303);
+    assert_eq!(page("/ui", Some(&dom_session)).await.status(), 303);
+
     // An operator's write is in the audit log with the invoice before and
     // after; a reader's refused write and reads are not; readers cannot
     // read the log.
