@@ -589,7 +589,7 @@ async fn write_drafts(
 }
 
 /// An invoice as stored, with its settlement and credit notes.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize)]
 pub struct StoredInvoice {
     /// The document (status includes settlement: `paid`, `void`).
     #[serde(flatten)]
@@ -603,7 +603,7 @@ pub struct StoredInvoice {
 }
 
 /// A credit note as issued.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
 pub struct CreditNote {
     /// Its id.
     pub credit_note_id: String,

@@ -300,8 +300,9 @@ pub enum InvoiceCommand {
         /// Output format (CSV: one row per invoice line).
         #[arg(long, value_enum, default_value_t)]
         output: crate::output::ReportFormat,
+        #[command(flatten)]
+        remote: crate::client::ServerArgs,
     },
-    /// Show an invoice document.
     /// Write an invoice as a PDF document.
     Pdf {
         /// Invoice id (`ACCOUNT-YYYY-MM`).
@@ -309,13 +310,18 @@ pub enum InvoiceCommand {
         /// The file to write (default `<ID>.pdf`).
         #[arg(long)]
         out: Option<std::path::PathBuf>,
+        #[command(flatten)]
+        remote: crate::client::ServerArgs,
     },
+    /// Show an invoice document.
     Show {
         /// Invoice id (`ACCOUNT-YYYY-MM`).
         id: String,
         /// Output format.
         #[arg(long, value_enum, default_value_t)]
         output: OutputFormat,
+        #[command(flatten)]
+        remote: crate::client::ServerArgs,
     },
     /// Number, freeze and post a draft (or every draft of a period).
     Finalize {
@@ -692,13 +698,36 @@ pub async fn invoice(cfg: Config, cmd: InvoiceCommand) -> anyhow::Result<()> {
             account,
             status,
             output,
+            remote,
         } => {
-            let filter = InvoiceFilter {
-                account_id: account,
-                period: period.as_deref().map(label).transpose()?,
-                status,
+            let list: Vec<StoredInvoice> = match remote.connect(&cfg.data_dir)? {
+                Some(server) => {
+                    let query: Vec<(&str, String)> = [
+                        ("period", period),
+                        ("account_id", account),
+                        ("status", status),
+                    ]
+                    .into_iter()
+                    .filter_map(|(k, v)| v.map(|v| (k, v)))
+                    .collect();
+                    let page = server
+                        .json(
+                            server
+                                .request(reqwest::Method::GET, "/v1/invoices")
+                                .query(&query),
+                        )
+                        .await?;
+                    serde_json::from_value(page["invoices"].clone())?
+                }
+                None => {
+                    let filter = InvoiceFilter {
+                        account_id: account,
+                        period: period.as_deref().map(label).transpose()?,
+                        status,
+                    };
+                    invoices::list_invoices(&db, &all, &filter).await?
+                }
             };
-            let list = invoices::list_invoices(&db, &all, &filter).await?;
             match output {
                 crate::output::ReportFormat::Json => print_json(&list),
                 crate::output::ReportFormat::Csv => {
@@ -725,11 +754,11 @@ pub async fn invoice(cfg: Config, cmd: InvoiceCommand) -> anyhow::Result<()> {
                 }
             }
         }
-        InvoiceCommand::Show { id, output } => {
-            print_invoice(&invoices::get_invoice(&db, &all, &id).await?, output)
+        InvoiceCommand::Show { id, output, remote } => {
+            print_invoice(&fetch_invoice(&cfg, &db, &remote, &id).await?, output)
         }
-        InvoiceCommand::Pdf { id, out } => {
-            let invoice = invoices::get_invoice(&db, &all, &id).await?;
+        InvoiceCommand::Pdf { id, out, remote } => {
+            let invoice = fetch_invoice(&cfg, &db, &remote, &id).await?;
             let bytes = tally_show::pdf::invoice_pdf(&invoice.document);
             let path = out.unwrap_or_else(|| format!("{id}.pdf").into());
             std::fs::write(&path, &bytes)
@@ -803,6 +832,26 @@ pub async fn invoice(cfg: Config, cmd: InvoiceCommand) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// One invoice, from the server when `--server` is given (scoped by the
+/// key used), else from the database.
+async fn fetch_invoice(
+    cfg: &Config,
+    db: &Database,
+    remote: &crate::client::ServerArgs,
+    id: &str,
+) -> anyhow::Result<StoredInvoice> {
+    match remote.connect(&cfg.data_dir)? {
+        Some(server) => {
+            let path = format!("/v1/invoices/{id}");
+            let v = server
+                .json(server.request(reqwest::Method::GET, &path))
+                .await?;
+            Ok(serde_json::from_value(v)?)
+        }
+        None => Ok(invoices::get_invoice(db, &AccountScope::All, id).await?),
+    }
 }
 
 fn print_invoice(i: &StoredInvoice, output: OutputFormat) {

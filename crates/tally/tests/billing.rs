@@ -1476,6 +1476,37 @@ async fn summaries_exports_explanations_and_audit(env: Env) {
         }
     }
 
+    // The CLI against the server, with the key it is given.
+    let remote = [
+        "--server",
+        server.url.as_str(),
+        "--api-key",
+        dom_reader.as_str(),
+    ];
+    let listed = env.json(&[&["invoice", "list"][..], &remote[..]].concat());
+    let ids: Vec<&str> = listed
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["invoice_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, ["dom-2026-10"]);
+    let refused = env.fails(&[&["invoice", "show", "post-2026-10"][..], &remote[..]].concat());
+    assert!(refused.contains("404"), "{refused}");
+    let pdf_path = env.path().join("dom.pdf");
+    env.ok(&[
+        &[
+            "invoice",
+            "pdf",
+            "dom-2026-10",
+            "--out",
+            pdf_path.to_str().unwrap(),
+        ][..],
+        &remote[..],
+    ]
+    .concat());
+    assert!(std::fs::read(&pdf_path).unwrap().starts_with(b"%PDF-"));
+
     // The dashboard: sign-in with CSRF, a session cookie, the overview's
     // figures equal the API's, scoped to whoever signed in.
     let browser = reqwest::Client::builder()
