@@ -77,6 +77,8 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/ui", get(ui::overview))
         .route("/ui/login", get(ui::login_form).post(ui::login))
         .route("/ui/logout", post(ui::logout))
+        .route("/ui/invoices", get(ui::invoices))
+        .route("/ui/invoices/{id}/pdf", get(ui::invoice_pdf))
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics_text))
         .route("/v1/events", get(events::list).post(ingest::post_events))

@@ -108,6 +108,7 @@ fn templates() -> &'static minijinja::Environment<'static> {
             ("base.html", include_str!("../templates/base.html")),
             ("login.html", include_str!("../templates/login.html")),
             ("overview.html", include_str!("../templates/overview.html")),
+            ("invoices.html", include_str!("../templates/invoices.html")),
         ] {
             env.add_template(name, text).expect("templates parse");
         }
@@ -361,4 +362,70 @@ pub async fn overview(
             }),
         },
     )
+}
+
+/// `GET /ui/invoices`: the invoices the signed-in identity may see, newest
+/// period first, each with a link to its PDF.
+pub async fn invoices(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let Some((identity, csrf)) = signed_in(&state, &headers) else {
+        return Ok(Redirect::to("/ui/login").into_response());
+    };
+    let svc = crate::billing::billing_service(&state)?;
+    let list = tally_bill::invoices::list_invoices(
+        &svc.db,
+        &tally_bill::AccountScope::of(&identity),
+        &tally_bill::invoices::InvoiceFilter::default(),
+    )
+    .await
+    .map_err(crate::billing::billing_error)?;
+    let rows: Vec<minijinja::Value> = list
+        .iter()
+        .map(|i| {
+            let d = &i.document;
+            minijinja::context! {
+                id => d.invoice_id.clone(),
+                number => d.number.clone().unwrap_or_else(|| "-".into()),
+                account => d.account_id.clone(),
+                period => d.period.clone(),
+                status => d.status.clone(),
+                total => format!("{} {}", d.total, d.currency.code()),
+            }
+        })
+        .collect();
+    render(
+        "invoices.html",
+        minijinja::context! {
+            title => "Invoices",
+            principal => identity.principal.clone(),
+            role => role_text(&identity),
+            csrf => csrf,
+            invoices => rows,
+        },
+    )
+}
+
+/// `GET /ui/invoices/{id}/pdf`: an invoice's PDF for the signed-in
+/// identity (404 outside its scope, as in the API).
+pub async fn invoice_pdf(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    axum::extract::Path(id): axum::extract::Path<String>,
+) -> Result<Response, ApiError> {
+    let Some((identity, _)) = signed_in(&state, &headers) else {
+        return Ok(Redirect::to("/ui/login").into_response());
+    };
+    let svc = crate::billing::billing_service(&state)?;
+    let invoice =
+        tally_bill::invoices::get_invoice(&svc.db, &tally_bill::AccountScope::of(&identity), &id)
+            .await
+            .map_err(crate::billing::billing_error)?;
+    Ok((
+        StatusCode::OK,
+        [(header::CONTENT_TYPE, "application/pdf")],
+        tally_show::pdf::invoice_pdf(&invoice.document),
+    )
+        .into_response())
 }

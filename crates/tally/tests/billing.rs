@@ -1594,6 +1594,26 @@ async fn summaries_exports_explanations_and_audit(env: Env) {
         "{html}"
     );
     assert!(!html.contains("Top accounts"), "{html}");
+    // The invoices page lists the reader's own invoice with its PDF link;
+    // another account's PDF is a 404 there too.
+    let html = page("/ui/invoices", Some(&dom_session))
+        .await
+        .text()
+        .await
+        .unwrap();
+    assert!(html.contains("<td>dom-2026-10</td>"), "{html}");
+    assert!(
+        html.contains("href=\"/ui/invoices/dom-2026-10/pdf\"") && !html.contains("post-2026-10"),
+        "{html}"
+    );
+    let pdf = page("/ui/invoices/dom-2026-10/pdf", Some(&dom_session)).await;
+    assert_eq!(pdf.headers()["content-type"], "application/pdf");
+    assert_eq!(
+        page("/ui/invoices/post-2026-10/pdf", Some(&dom_session))
+            .await
+            .status(),
+        404
+    );
     // Signing out needs the session's token, then the session is gone.
     let token = html
         .split("name=\"csrf\" value=\"")
