@@ -91,9 +91,17 @@ pub async fn record_writes(
     }
     let (mut parts, body) = request.into_parts();
     let principal = match Caller::from_request_parts(&mut parts, &state).await {
-        Ok(Caller(identity)) if identity.role == Role::Admin => identity.principal,
-        // Refused or not an operator: the handler answers, nothing changes.
-        _ => return next.run(Request::from_parts(parts, body)).await,
+        Ok(Caller(identity)) => {
+            let admin = (identity.role == Role::Admin).then(|| identity.principal.clone());
+            // The handler's own `Caller` reuses this identity.
+            parts.extensions.insert(identity);
+            match admin {
+                Some(p) => p,
+                None => return next.run(Request::from_parts(parts, body)).await,
+            }
+        }
+        // Refused: the handler answers with the same refusal.
+        Err(_) => return next.run(Request::from_parts(parts, body)).await,
     };
     let subject = subject(&path);
     let before = state_of(&state, &subject).await;

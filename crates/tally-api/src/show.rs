@@ -193,15 +193,21 @@ pub async fn explain(
             "no current rated line at those coordinates: list lines with GET /v1/rated-lines",
         ));
     };
-    let mut body = serde_json::to_value(&e).map_err(ApiError::internal)?;
+    Ok(Json(explanation_json(e)).into_response())
+}
+
+/// An explanation as the API (and `tally explain`) shows it: raw records
+/// in the same form as `GET /v1/events`, payloads included.
+pub fn explanation_json(e: tally_show::explain::Explanation) -> serde_json::Value {
+    let mut body = serde_json::to_value(&e).expect("explanations serialize");
     body["records"] = serde_json::to_value(
         e.records
             .into_iter()
             .map(crate::events::EventView::from)
             .collect::<Vec<_>>(),
     )
-    .map_err(ApiError::internal)?;
-    Ok(Json(body).into_response())
+    .expect("records serialize");
+    body
 }
 
 /// `GET /v1/invoices/{id}/pdf`: the invoice as a PDF document (scoped

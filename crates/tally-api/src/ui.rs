@@ -21,7 +21,7 @@ use chrono::{Datelike, Utc};
 use rand::RngCore;
 use rust_decimal::Decimal;
 use serde::Deserialize;
-use tally_core::{Currency, Identity, Money, Role};
+use tally_core::{Identity, Role};
 use tally_show::charts::{Bar, bar_chart};
 use tally_show::summary::{self, Bucket, Dimension, Summary, SummaryQuery};
 
@@ -239,13 +239,10 @@ pub struct PeriodParam {
 }
 
 fn shown(amount: Decimal, currency: &str) -> String {
-    match currency.parse::<Currency>() {
-        Ok(c) => format!(
-            "{} {currency}",
-            Money::new(amount, c).round_to_minor_unit().amount
-        ),
-        Err(_) => format!("{amount} {currency}"),
-    }
+    format!(
+        "{} {currency}",
+        tally_core::rounded_amount(amount, currency)
+    )
 }
 
 /// `GET /ui`: the overview of a month (default this one) for whoever is
@@ -286,14 +283,15 @@ pub async fn overview(
                 .map_err(crate::show::show_error)
         }
     };
-    let total: Summary = run(ask(vec![], Bucket::Total, 10)).await?;
-    let currency = total
+    // The daily summary's totals are the month's: one query for both.
+    let daily: Summary = run(ask(vec![], Bucket::Day, 100)).await?;
+    let currency = daily
         .totals
         .iter()
         .find(|t| !t.currency.is_empty())
         .map(|t| t.currency.clone())
         .unwrap_or_default();
-    let revenue = total
+    let revenue = daily
         .totals
         .iter()
         .find(|t| t.currency == currency)
@@ -306,7 +304,6 @@ pub async fn overview(
         let whole = Decimal::from((month.end - month.start).num_seconds());
         shown(revenue * whole / elapsed, &currency)
     });
-    let daily = run(ask(vec![], Bucket::Day, 100)).await?;
     let bars: Vec<Bar> = daily
         .rows
         .iter()

@@ -27,7 +27,7 @@ pub mod volume;
 pub use document::DocumentError;
 pub use identity::{Identity, Role};
 pub use ingest::{IngestSummary, RejectCode, Rejection};
-pub use money::{Currency, Money, MoneyError, ROUNDING_RULE};
+pub use money::{Currency, Money, MoneyError, ROUNDING_RULE, rounded_amount};
 pub use pricing::{Charge, PriceRule, Priced, PricingError, Tier, TierCharge};
 pub use rated::RatedLine;
 pub use record::{AttributeValue, Attributes, MeterKind, RecordKey, UsageRecord};

@@ -117,6 +117,17 @@ impl Money {
 /// it applies; everywhere else amounts keep full precision.
 pub const ROUNDING_RULE: &str = "half away from zero, to the currency's minor unit";
 
+/// An exact amount as people read it outside an invoice (summaries, the
+/// demo, the dashboard): rounded to the minor unit of `currency` with
+/// [`ROUNDING_RULE`]. Usage no plan priced has no currency and is shown
+/// as it is.
+pub fn rounded_amount(amount: Decimal, currency: &str) -> Decimal {
+    match currency.parse::<Currency>() {
+        Ok(c) => Money::new(amount, c).round_to_minor_unit().amount,
+        Err(_) => amount,
+    }
+}
+
 impl Money {
     /// The amount rounded to the currency's minor unit with
     /// [`ROUNDING_RULE`]: 0.005 EUR → 0.01, −0.005 EUR → −0.01, 0.5 JPY → 1.
@@ -142,6 +153,14 @@ impl fmt::Display for Money {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn amounts_round_by_their_currency_or_stay_as_they_are() {
+        let d = |t: &str| t.parse::<Decimal>().unwrap();
+        assert_eq!(rounded_amount(d("3811.342810584"), "EUR"), d("3811.34"));
+        assert_eq!(rounded_amount(d("0.5"), "JPY"), d("1"));
+        assert_eq!(rounded_amount(d("0.125"), ""), d("0.125"));
+    }
 
     #[test]
     fn currency_codes_are_validated() {

@@ -9,12 +9,13 @@
 //! exact rated lines (docs/rounding.md).
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 use rust_decimal::prelude::ToPrimitive;
 use rust_decimal::{Decimal, RoundingStrategy};
 
-use crate::RatedLine;
+use crate::{Attributes, RatedLine};
 
 /// Decimal places kept of a cell's amount: billionths of a currency unit.
 pub const AMOUNT_SCALE: u32 = 9;
@@ -90,6 +91,15 @@ struct Sums {
     errors: i64,
 }
 
+impl Sums {
+    fn merge(&mut self, other: &Sums) {
+        self.quantity += other.quantity;
+        self.amount += other.amount;
+        self.lines += other.lines;
+        self.errors += other.errors;
+    }
+}
+
 /// Attributes copied into a cell besides the meter's group values: where
 /// the resource runs, which summaries and FOCUS exports group on.
 pub const LOCATION_ATTRIBUTES: [&str; 2] = ["region", "availability_zone"];
@@ -121,6 +131,33 @@ pub struct DailyCells {
     from_us: i64,
     to_us: i64,
     cells: BTreeMap<CellKey, Sums>,
+    /// The cell the previous line went to. A resource's lines arrive in
+    /// time order, 24 to a day with the same attributes, so most lines
+    /// join it without building a key (this runs for every rated line).
+    open: Option<OpenCell>,
+}
+
+#[derive(Debug)]
+struct OpenCell {
+    key: CellKey,
+    sums: Sums,
+    attributes: Arc<Attributes>,
+    group: BTreeMap<String, String>,
+}
+
+/// The attributes a cell (and a summary) groups on: the meter's group
+/// values, then the location attributes the line's records carry.
+pub fn cell_attributes(
+    group: &BTreeMap<String, String>,
+    attributes: &Attributes,
+) -> BTreeMap<String, String> {
+    let mut out = group.clone();
+    for name in LOCATION_ATTRIBUTES {
+        if let Some(v) = attributes.get(name) {
+            out.entry(name.to_string()).or_insert_with(|| v.text());
+        }
+    }
+    out
 }
 
 impl DailyCells {
@@ -132,43 +169,60 @@ impl DailyCells {
             from_us: from.timestamp_micros(),
             to_us: to.timestamp_micros(),
             cells: BTreeMap::new(),
+            open: None,
         }
     }
 
     /// Cells held.
     pub fn len(&self) -> usize {
-        self.cells.len()
+        self.cells.len() + usize::from(self.open.is_some())
     }
 
     /// Whether none is held.
     pub fn is_empty(&self) -> bool {
-        self.cells.is_empty()
+        self.len() == 0
+    }
+
+    fn close_open(&mut self) {
+        if let Some(open) = self.open.take() {
+            self.cells.entry(open.key).or_default().merge(&open.sums);
+        }
     }
 
     /// Adds one line to its day's cell.
     pub fn add(&mut self, line: &RatedLine) {
-        let mut attrs: BTreeMap<&str, String> = line
-            .group
-            .iter()
-            .map(|(k, v)| (k.as_str(), v.clone()))
-            .collect();
-        for name in LOCATION_ATTRIBUTES {
-            if let Some(v) = line.attributes.get(name) {
-                attrs.entry(name).or_insert_with(|| v.text());
-            }
+        let from_us = day_start_us(line.period_start).max(self.from_us);
+        let joins_open = self.open.as_ref().is_some_and(|o| {
+            o.key.from_us == from_us
+                && o.key.resource_id == line.resource_id
+                && o.key.meter == line.meter
+                && o.key.project_id == line.project_id
+                && o.key.unit == line.unit
+                && o.key.currency == line.currency
+                && Arc::ptr_eq(&o.attributes, &line.attributes)
+                && o.group == line.group
+        });
+        if !joins_open {
+            self.close_open();
+            let day = day_start_us(line.period_start);
+            let attrs = cell_attributes(&line.group, &line.attributes);
+            self.open = Some(OpenCell {
+                key: CellKey {
+                    from_us,
+                    to_us: (day + DAY_US).min(self.to_us),
+                    project_id: line.project_id.clone(),
+                    resource_id: line.resource_id.clone(),
+                    meter: line.meter.clone(),
+                    unit: line.unit.clone(),
+                    currency: line.currency.clone(),
+                    attributes: serde_json::to_string(&attrs).expect("strings serialize"),
+                },
+                sums: Sums::default(),
+                attributes: line.attributes.clone(),
+                group: line.group.clone(),
+            });
         }
-        let day = day_start_us(line.period_start);
-        let key = CellKey {
-            from_us: day.max(self.from_us),
-            to_us: (day + DAY_US).min(self.to_us),
-            project_id: line.project_id.clone(),
-            resource_id: line.resource_id.clone(),
-            meter: line.meter.clone(),
-            unit: line.unit.clone(),
-            currency: line.currency.clone(),
-            attributes: serde_json::to_string(&attrs).expect("strings serialize"),
-        };
-        let s = self.cells.entry(key).or_default();
+        let s = &mut self.open.as_mut().expect("opened above").sums;
         s.quantity += line.quantity;
         s.amount += line.amount;
         s.lines += 1;
@@ -177,6 +231,7 @@ impl DailyCells {
 
     /// Takes every cell out, in key order, converted to integers.
     pub fn drain(&mut self) -> Result<Vec<DailyCell>, CellOverflow> {
+        self.close_open();
         std::mem::take(&mut self.cells)
             .into_iter()
             .map(|(key, s)| {
@@ -300,6 +355,29 @@ mod tests {
         let e = cells.drain().unwrap_err();
         assert_eq!(e.what, "quantity");
         assert!(e.to_string().contains("instance"), "{e}");
+    }
+
+    #[test]
+    fn lines_out_of_order_and_interleaved_still_sum_per_cell() {
+        let mut cells = month();
+        let a = line("2026-10-01T01:00:00Z", "1");
+        let mut b = line("2026-10-01T02:00:00Z", "2");
+        b.resource_id = "vm2".into();
+        let c = line("2026-10-01T03:00:00Z", "4");
+        let mut d = line("2026-10-01T04:00:00Z", "8");
+        d.group.insert("flavor".into(), "m1.large".into());
+        for l in [&a, &b, &c, &d] {
+            cells.add(l);
+        }
+        let out = cells.drain().unwrap();
+        let amounts: Vec<(String, i64)> = out
+            .iter()
+            .map(|c| (c.key.resource_id.clone(), c.amount_nano / 1_000_000_000))
+            .collect();
+        assert_eq!(
+            amounts,
+            vec![("vm1".into(), 8), ("vm1".into(), 5), ("vm2".into(), 2)]
+        );
     }
 
     #[test]

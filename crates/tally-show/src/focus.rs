@@ -72,8 +72,11 @@ pub async fn period_rows(
 
     // Where each rated line goes: (project, meter, plan) → invoice lines
     // with their service period.
+    // Keyed project → meter → plan, so each rated line of the period is
+    // looked up by borrowed text, without building a key.
     type Slot = (DateTime<Utc>, DateTime<Utc>, usize, usize);
-    let mut slots: HashMap<(String, String, String), Vec<Slot>> = HashMap::new();
+    type Slots = HashMap<String, HashMap<String, HashMap<String, Vec<Slot>>>>;
+    let mut slots: Slots = HashMap::new();
     let (mut from, mut to) = (None::<DateTime<Utc>>, None::<DateTime<Utc>>);
     for (i, inv) in invoices.iter().enumerate() {
         for (j, line) in inv.document.lines.iter().enumerate() {
@@ -81,11 +84,11 @@ pub async fn period_rows(
                 continue;
             }
             slots
-                .entry((
-                    line.project_id.clone(),
-                    line.meter.clone(),
-                    line.plan_id.clone(),
-                ))
+                .entry(line.project_id.clone())
+                .or_default()
+                .entry(line.meter.clone())
+                .or_default()
+                .entry(line.plan_id.clone())
                 .or_default()
                 .push((line.service_start, line.service_end, i, j));
             from = Some(from.map_or(line.service_start, |f| f.min(line.service_start)));
@@ -98,8 +101,10 @@ pub async fn period_rows(
         .collect();
     if let (Some(from), Some(to)) = (from, to) {
         tally_rate::runs::read_current_lines(db, rated, from, to, |l| {
-            let Some(candidates) =
-                slots.get(&(l.project_id.clone(), l.meter.clone(), l.plan_id.clone()))
+            let Some(candidates) = slots
+                .get(l.project_id.as_str())
+                .and_then(|m| m.get(l.meter.as_str()))
+                .and_then(|p| p.get(l.plan_id.as_str()))
             else {
                 return;
             };

@@ -460,7 +460,16 @@ pub async fn summarize(
     now: DateTime<Utc>,
 ) -> Result<Summary, ShowError> {
     let (from, to) = range(query, now)?;
-    let owners = Owners::load(db).await?;
+    // Ownership is read only when an answer depends on it: every summary
+    // request would otherwise load every project's owner.
+    let needs_owners = query.group_by.contains(&Dimension::Account)
+        || (query.bucket == Bucket::Hour
+            && (query.account_id.is_some() || matches!(identity.role, Role::AccountReader { .. })));
+    let owners = if needs_owners {
+        Owners::load(db).await?
+    } else {
+        Owners::default()
+    };
     let mut grouper = Grouper {
         query,
         owners: &owners,
@@ -491,22 +500,13 @@ pub async fn summarize(
                     .as_ref()
                     .is_none_or(|s| s.contains(&l.project_id))
         };
-        let mut lines = Vec::new();
+        // Lines are added as they are read: a month of a large cloud's
+        // hourly lines is never held at once.
         tally_rate::runs::read_current_lines(db, rated, from, to, |l| {
-            if keep(&l) {
-                lines.push(l);
+            if !keep(&l) {
+                return;
             }
-        })
-        .await?;
-        for l in &lines {
-            let mut attributes: BTreeMap<String, String> = l.group.clone();
-            for name in tally_core::rollup::LOCATION_ATTRIBUTES {
-                if let Some(v) = l.attributes.get(name) {
-                    attributes
-                        .entry(name.to_string())
-                        .or_insert_with(|| v.text());
-                }
-            }
+            let attributes = tally_core::rollup::cell_attributes(&l.group, &l.attributes);
             grouper.add(Item {
                 start_us: l.period_start.timestamp_micros(),
                 project_id: &l.project_id,
@@ -520,7 +520,8 @@ pub async fn summarize(
                 lines: 1,
                 errors: i64::from(l.error.is_some()),
             });
-        }
+        })
+        .await?;
         return Ok(grouper.finish(from, to));
     }
 

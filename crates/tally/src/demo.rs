@@ -93,14 +93,7 @@ async fn rate(
     let amount: rust_decimal::Decimal = s("amount").parse().unwrap_or_default();
     // Shown rounded by the one money rule (docs/rounding.md); lines keep
     // full precision.
-    let shown = match s("currency").parse::<tally_core::Currency>() {
-        Ok(c) => {
-            tally_core::Money::new(amount, c)
-                .round_to_minor_unit()
-                .amount
-        }
-        Err(_) => amount,
-    };
+    let shown = tally_core::rounded_amount(amount, &s("currency"));
     println!(
         "rated {} to {}: {} records -> {} hourly lines ({} unpriced), total {} {}",
         s("from"),
@@ -218,14 +211,7 @@ async fn bill(
             .unwrap_or_default();
         // Summaries keep the exact sum; shown here rounded by the money
         // rule, as an invoice would.
-        let shown = match currency.parse::<tally_core::Currency>() {
-            Ok(c) => {
-                tally_core::Money::new(amount, c)
-                    .round_to_minor_unit()
-                    .amount
-            }
-            Err(_) => amount,
-        };
+        let shown = tally_core::rounded_amount(amount, currency);
         println!(
             "  {:<16} {:>12} {currency}",
             r["service"].as_str().unwrap_or("-"),

@@ -433,14 +433,7 @@ pub async fn run_explain(cfg: Config, args: ExplainArgs) -> anyhow::Result<()> {
                     args.project, args.resource, args.meter
                 )
             })?;
-            let mut v = serde_json::to_value(&e)?;
-            v["records"] = serde_json::to_value(
-                e.records
-                    .into_iter()
-                    .map(tally_api::events::EventView::from)
-                    .collect::<Vec<_>>(),
-            )?;
-            v
+            tally_api::show::explanation_json(e)
         }
     };
     if args.output != ReportFormat::Table {

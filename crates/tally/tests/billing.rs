@@ -84,6 +84,18 @@ impl Env {
         self.ok(&["plan", "apply", file.to_str().unwrap()]);
     }
 
+    /// Creates a reader key (`account-reader` of an account or
+    /// `project-reader` of a project); returns its secret.
+    fn reader_key(&self, role: &str, id: &str) -> String {
+        let scope = if role == "account-reader" {
+            "--account"
+        } else {
+            "--project"
+        };
+        let created = self.json(&["admin", "key", "create", "--role", role, scope, id]);
+        created["key"].as_str().expect("the secret").to_string()
+    }
+
     async fn connect(&self) -> tally_db::Database {
         tally_db::Database::open(&self.database).await.unwrap()
     }
@@ -522,19 +534,10 @@ async fn finalized_invoices_cannot_be_changed(env: Env) {
     );
 
     // An account reader sees its own invoices only.
-    let key = env.json(&[
-        "admin",
-        "key",
-        "create",
-        "--role",
-        "account-reader",
-        "--account",
-        "post",
-    ]);
-    let reader = key["key"].as_str().unwrap();
+    let reader = env.reader_key("account-reader", "post");
     let list: Value = client
         .get(url("/v1/invoices"))
-        .bearer_auth(reader)
+        .bearer_auth(&reader)
         .send()
         .await
         .unwrap()
@@ -550,14 +553,14 @@ async fn finalized_invoices_cannot_be_changed(env: Env) {
     assert_eq!(ids, ["post-2026-10"]);
     let other = client
         .get(url("/v1/invoices/dom-2026-10"))
-        .bearer_auth(reader)
+        .bearer_auth(&reader)
         .send()
         .await
         .unwrap();
     assert_eq!(other.status(), 404);
     let accounts: Value = client
         .get(url("/v1/accounts"))
-        .bearer_auth(reader)
+        .bearer_auth(&reader)
         .send()
         .await
         .unwrap()
@@ -567,7 +570,7 @@ async fn finalized_invoices_cannot_be_changed(env: Env) {
     assert_eq!(accounts["accounts"].as_array().unwrap().len(), 1);
     let forbidden = client
         .post(url("/v1/invoices/runs"))
-        .bearer_auth(reader)
+        .bearer_auth(&reader)
         .json(&serde_json::json!({ "period": "2026-10" }))
         .send()
         .await
@@ -1174,16 +1177,7 @@ async fn summaries_exports_explanations_and_audit(env: Env) {
             (status, resp.json::<Value>().await.unwrap())
         }
     };
-    let key = env.json(&[
-        "admin",
-        "key",
-        "create",
-        "--role",
-        "account-reader",
-        "--account",
-        "dom",
-    ]);
-    let dom_reader = key["key"].as_str().unwrap().to_string();
+    let dom_reader = env.reader_key("account-reader", "dom");
     let (status, dom) = get(dom_reader.clone(), "period=2026-10&group_by=project").await;
     assert_eq!(status, 200, "{dom}");
     assert_eq!(
@@ -1197,17 +1191,12 @@ async fn summaries_exports_explanations_and_audit(env: Env) {
     // Asking for another account's projects gives nothing, not an error.
     let (_, other) = get(dom_reader.clone(), "period=2026-10&project_id=p-post").await;
     assert_eq!(other["rows"].as_array().unwrap().len(), 0);
-    let key = env.json(&[
-        "admin",
-        "key",
-        "create",
-        "--role",
-        "project-reader",
-        "--project",
-        "p-pre",
-    ]);
-    let pre_reader = key["key"].as_str().unwrap().to_string();
-    let (status, pre) = get(pre_reader, "period=2026-10&group_by=account,project").await;
+    let pre_reader = env.reader_key("project-reader", "p-pre");
+    let (status, pre) = get(
+        pre_reader.clone(),
+        "period=2026-10&group_by=account,project",
+    )
+    .await;
     assert_eq!(status, 200, "{pre}");
     assert_eq!(
         amounts_by(&pre, "project_id"),
@@ -1412,16 +1401,6 @@ async fn summaries_exports_explanations_and_audit(env: Env) {
     // Tenant isolation: every read endpoint, asked by another account's
     // reader and by another project's reader, with post's ids, answers
     // 403, 404 or a page without post's data.
-    let key = env.json(&[
-        "admin",
-        "key",
-        "create",
-        "--role",
-        "project-reader",
-        "--project",
-        "p-pre",
-    ]);
-    let pre_reader = key["key"].as_str().unwrap().to_string();
     let endpoints = [
         "/v1/accounts",
         "/v1/accounts/post",
