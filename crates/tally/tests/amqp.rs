@@ -9,7 +9,8 @@ mod common;
 use std::time::Duration;
 
 use common::amqp::{
-    bound_queue, config, connect, delete_queues, publish, ready, stored_records, unique,
+    bound_queue, config, connect, delete_queues, publish, publish_exists, ready, stored_records,
+    unique,
 };
 use common::{Server, nova};
 use lapin::BasicProperties;
@@ -25,24 +26,7 @@ async fn a_kill_9_in_the_middle_of_consumption_loses_nothing() {
     let (_conn, channel) = connect().await;
     bound_queue(&channel, &exchange, &queue, KEY).await;
     const N: u32 = 4000;
-    for i in 0..N {
-        let m = nova(
-            &format!("k{i}"),
-            "compute.instance.exists",
-            "2026-10-01 00:00:00.000000",
-            "m1.small",
-            1,
-            "active",
-        );
-        publish(
-            &channel,
-            &exchange,
-            KEY,
-            m.as_bytes(),
-            BasicProperties::default(),
-        )
-        .await;
-    }
+    publish_exists(&channel, &exchange, KEY, "k", N, BasicProperties::default()).await;
     let dir = tempfile::tempdir().unwrap();
     // Small batches, so the consumer is still busy when it is killed.
     let config = config(

@@ -9,10 +9,11 @@ mod common;
 use std::process::Command;
 use std::time::Duration;
 
+use common::Server;
 use common::amqp::{
-    bound_queue, broker, config, connect, delete_queues, publish, ready, stored_records, unique,
+    bound_queue, broker, config, connect, delete_queues, publish_exists, ready, stored_records,
+    unique,
 };
-use common::{Server, nova};
 use lapin::BasicProperties;
 
 const KEY: &str = "notifications.info";
@@ -39,25 +40,16 @@ async fn a_broker_restart_loses_nothing_and_counts_nothing_twice() {
     let (_conn, channel) = connect().await;
     bound_queue(&channel, &exchange, &queue, KEY).await;
     const N: u32 = 3000;
-    for i in 0..N {
-        let m = nova(
-            &format!("r{i}"),
-            "compute.instance.exists",
-            "2026-10-01 00:00:00.000000",
-            "m1.small",
-            1,
-            "active",
-        );
-        // Persistent, so the messages survive the broker's restart.
-        publish(
-            &channel,
-            &exchange,
-            KEY,
-            m.as_bytes(),
-            BasicProperties::default().with_delivery_mode(2),
-        )
-        .await;
-    }
+    // Persistent, so the messages survive the broker's restart.
+    publish_exists(
+        &channel,
+        &exchange,
+        KEY,
+        "r",
+        N,
+        BasicProperties::default().with_delivery_mode(2),
+    )
+    .await;
     let dir = tempfile::tempdir().unwrap();
     let config = config(
         dir.path(),

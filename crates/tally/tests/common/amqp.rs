@@ -98,6 +98,29 @@ pub async fn publish(
         .unwrap();
 }
 
+/// Publishes `n` Nova `compute.instance.exists` notifications with ids
+/// `{prefix}0`, `{prefix}1`, ...: a stream whose every message is billed.
+pub async fn publish_exists(
+    channel: &lapin::Channel,
+    exchange: &str,
+    key: &str,
+    prefix: &str,
+    n: u32,
+    props: BasicProperties,
+) {
+    for i in 0..n {
+        let m = super::nova(
+            &format!("{prefix}{i}"),
+            "compute.instance.exists",
+            "2026-10-01 00:00:00.000000",
+            "m1.small",
+            1,
+            "active",
+        );
+        publish(channel, exchange, key, m.as_bytes(), props.clone()).await;
+    }
+}
+
 /// Ready messages in a queue (a passive declare reports them).
 pub async fn ready(channel: &lapin::Channel, queue: &str) -> u32 {
     channel
