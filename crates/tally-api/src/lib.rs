@@ -78,7 +78,17 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/ui/login", get(ui::login_form).post(ui::login))
         .route("/ui/logout", post(ui::logout))
         .route("/ui/invoices", get(ui::invoices))
+        .route("/ui/invoices/{id}", get(ui::pages::invoice))
         .route("/ui/invoices/{id}/pdf", get(ui::invoice_pdf))
+        .route(
+            "/ui/invoices/{id}/lines/{line_no}",
+            get(ui::pages::invoice_line),
+        )
+        .route("/ui/accounts", get(ui::pages::accounts))
+        .route("/ui/accounts/{id}", get(ui::pages::account))
+        .route("/ui/projects/{id}", get(ui::pages::project))
+        .route("/ui/plans", get(ui::pages::plans))
+        .route("/ui/explain", get(ui::pages::explain))
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics_text))
         .route("/v1/events", get(events::list).post(ingest::post_events))
@@ -136,6 +146,10 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/exports/focus", get(show::focus_export))
         .route("/v1/invoices/{id}/pdf", get(show::invoice_pdf))
         .route("/v1/explain", get(show::explain))
+        .route(
+            "/v1/invoices/{id}/lines/{line_no}/explain",
+            get(show::explain_invoice_line),
+        )
         .route("/v1/audit", get(audit::list))
         .route("/v1/ingest/status", get(ingest_status))
         .fallback(|| async {

@@ -52,7 +52,7 @@ fn service_error(e: ServiceError) -> ApiError {
     }
 }
 
-fn config_error(e: ConfigError) -> ApiError {
+pub(crate) fn config_error(e: ConfigError) -> ApiError {
     match e {
         ConfigError::Document(d) => ApiError::bad_request("invalid_document", d.to_string()),
         ConfigError::NoPlan(id) => ApiError::new(
@@ -208,6 +208,28 @@ pub async fn list_plans(
     let svc = rating(&state)?;
     let plans = plans::list_plans(&svc.db).await.map_err(config_error)?;
     Ok(Json(serde_json::json!({ "plans": plans })).into_response())
+}
+
+/// `GET /v1/plans/{id}`: a plan's versions and the rules the caller may
+/// see (a rule limited to other tenants' projects is left out), each price
+/// also in words.
+pub async fn get_plan(
+    State(state): State<Arc<AppState>>,
+    caller: Caller,
+    axum::extract::Path(id): axum::extract::Path<String>,
+) -> Result<Response, ApiError> {
+    let svc = rating(&state)?;
+    match tally_show::plans::plan_view(&svc.db, &caller.0, &id)
+        .await
+        .map_err(crate::show::show_error)?
+    {
+        Some(view) => Ok(Json(view).into_response()),
+        None => Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!("no plan '{id}': list plans with GET /v1/plans"),
+        )),
+    }
 }
 
 /// Query of `POST /v1/plans`.

@@ -22,6 +22,7 @@ use crate::{ApiError, AppState, Caller};
 pub fn show_error(e: ShowError) -> ApiError {
     match e {
         ShowError::Invalid(m) => ApiError::bad_request("invalid_request", m),
+        ShowError::Billing(e) => crate::billing::billing_error(e),
         other => ApiError::internal(other),
     }
 }
@@ -194,6 +195,30 @@ pub async fn explain(
         ));
     };
     Ok(Json(explanation_json(e)).into_response())
+}
+
+/// `GET /v1/invoices/{id}/lines/{line_no}/explain`: the resources and
+/// current rated lines behind an invoice line, and the plan rules that
+/// priced them; each resource leads on to `GET /v1/explain`. 404 when the
+/// caller may not see the invoice or it has no such line.
+pub async fn explain_invoice_line(
+    State(state): State<Arc<AppState>>,
+    caller: Caller,
+    axum::extract::Path((id, line_no)): axum::extract::Path<(String, u32)>,
+) -> Result<Response, ApiError> {
+    let svc = billing_service(&state)?;
+    let found =
+        tally_show::explain::explain_invoice_line(&svc.db, &svc.rated, &caller.0, &id, line_no)
+            .await
+            .map_err(show_error)?;
+    match found {
+        Some(e) => Ok(Json(e).into_response()),
+        None => Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!("no invoice '{id}' with a line {line_no}: list invoices with GET /v1/invoices"),
+        )),
+    }
 }
 
 /// An explanation as the API (and `tally explain`) shows it: raw records

@@ -636,34 +636,72 @@ pub struct InvoiceFilter {
     pub status: Option<String>,
 }
 
-/// Invoices the caller may see, newest period first.
+/// Invoices the caller may see, newest period first: one query for the
+/// invoices (scope and filters in SQL, the settled status included) and
+/// one for their credit notes, whatever the number of invoices.
 pub async fn list_invoices(
     db: &Database,
     scope: &AccountScope,
     filter: &InvoiceFilter,
 ) -> Result<Vec<StoredInvoice>, BillingError> {
     let (all, one) = scope.binds();
-    let q = sqlx::query_scalar::<_, String>(
-        "SELECT invoice_id FROM invoices WHERE ($1 OR account_id = $2) ORDER BY period DESC, account_id",
+    let mut conn = db.pool.acquire().await?;
+    let rows = sqlx::query(
+        "SELECT i.invoice_id, i.document, i.revision, s.status AS settled FROM invoices i \
+         LEFT JOIN invoice_settlements s ON s.invoice_id = i.invoice_id \
+         WHERE ($1 OR i.account_id = $2) \
+         AND ($3 IS NULL OR i.account_id = $3) AND ($4 IS NULL OR i.period = $4) \
+         AND ($5 IS NULL OR COALESCE(s.status, i.status) = $5) \
+         ORDER BY i.period DESC, i.account_id",
     )
     .bind(all)
-    .bind(one);
-    let mut out = Vec::new();
-    for id in q.fetch_all(&db.pool).await? {
-        let inv = get_invoice(db, scope, &id).await?;
-        let keep = filter
-            .account_id
-            .as_ref()
-            .is_none_or(|a| *a == inv.document.account_id)
-            && filter
-                .period
-                .is_none_or(|p| p.to_string() == inv.document.period)
-            && filter
-                .status
-                .as_ref()
-                .is_none_or(|s| *s == inv.document.status);
-        if keep {
-            out.push(inv);
+    .bind(one.clone())
+    .bind(filter.account_id.clone())
+    .bind(filter.period.map(|p| p.to_string()))
+    .bind(filter.status.clone())
+    .fetch_all(&mut *conn)
+    .await?;
+    let mut out = Vec::with_capacity(rows.len());
+    let mut index = std::collections::HashMap::new();
+    for row in rows {
+        let invoice_id: String = row.try_get("invoice_id")?;
+        let mut document: InvoiceDocument =
+            serde_json::from_str(&row.try_get::<String, _>("document")?).map_err(|e| {
+                BillingError::Invalid(format!("stored invoice {invoice_id} does not parse: {e}"))
+            })?;
+        if let Some(settled) = row.try_get::<Option<String>, _>("settled")? {
+            document.status = settled;
+        }
+        index.insert(invoice_id, out.len());
+        out.push(StoredInvoice {
+            revision: row.try_get("revision")?,
+            credited: Decimal::ZERO,
+            credit_notes: Vec::new(),
+            document,
+        });
+    }
+    if out.is_empty() {
+        return Ok(out);
+    }
+    // Credit notes are few: read those of the caller's scope and keep the
+    // listed invoices' ones.
+    let notes: Vec<(String, CreditNoteRow)> = sqlx::query_as::<_, CreditNoteWithInvoice>(
+        "SELECT c.invoice_id, c.credit_note_id, c.number, c.line_no, c.net, c.tax, c.total, \
+         c.reason, c.issued_at_us FROM credit_notes c JOIN invoices i ON i.invoice_id = c.invoice_id \
+         WHERE ($1 OR i.account_id = $2) ORDER BY c.number",
+    )
+    .bind(all)
+    .bind(one)
+    .fetch_all(&mut *conn)
+    .await?
+    .into_iter()
+    .map(|r| (r.invoice_id, r.note))
+    .collect();
+    for (invoice_id, row) in notes {
+        if let Some(&i) = index.get(&invoice_id) {
+            let note = credit_note(&invoice_id, row)?;
+            out[i].credited += note.total;
+            out[i].credit_notes.push(note);
         }
     }
     Ok(out)
@@ -725,20 +763,30 @@ async fn credit_notes(
     .fetch_all(&mut *conn)
     .await?;
     rows.into_iter()
-        .map(|r| {
-            Ok(CreditNote {
-                credit_note_id: r.credit_note_id,
-                number: r.number,
-                invoice_id: invoice_id.to_string(),
-                line_no: r.line_no.map(|n| n as u32),
-                net: decimal("credit net", &r.net)?,
-                tax: decimal("credit tax", &r.tax)?,
-                total: decimal("credit total", &r.total)?,
-                reason: r.reason,
-                issued_at: instant(r.issued_at_us),
-            })
-        })
+        .map(|r| credit_note(invoice_id, r))
         .collect()
+}
+
+fn credit_note(invoice_id: &str, r: CreditNoteRow) -> Result<CreditNote, BillingError> {
+    Ok(CreditNote {
+        credit_note_id: r.credit_note_id,
+        number: r.number,
+        invoice_id: invoice_id.to_string(),
+        line_no: r.line_no.map(|n| n as u32),
+        net: decimal("credit net", &r.net)?,
+        tax: decimal("credit tax", &r.tax)?,
+        total: decimal("credit total", &r.total)?,
+        reason: r.reason,
+        issued_at: instant(r.issued_at_us),
+    })
+}
+
+/// A credit note row with its invoice, for listing many invoices' notes.
+#[derive(sqlx::FromRow)]
+struct CreditNoteWithInvoice {
+    invoice_id: String,
+    #[sqlx(flatten)]
+    note: CreditNoteRow,
 }
 
 /// Takes the next number of a series inside the caller's transaction: a

@@ -6,10 +6,11 @@
 //! - [`charts`]: SVG bar charts for the dashboard.
 //! - [`csv_export`]: rated lines and invoices as CSV.
 //! - [`explain`]: the run, meter, plan rule and raw records behind a
-//!   rated line.
+//!   rated line, and the resources and rules behind an invoice line.
 //! - [`focus`]: FOCUS 1.2 rows of a billing period's invoices, as CSV or
 //!   Parquet.
 //! - [`pdf`]: invoices as PDF documents.
+//! - [`plans`]: price plans as a reader may see them, prices in words.
 //!
 //! Every function takes the caller's [`tally_core::Identity`] and applies
 //! its scope inside the query (a project reader's rows never leave the
@@ -20,6 +21,7 @@ pub mod csv_export;
 pub mod explain;
 pub mod focus;
 pub mod pdf;
+pub mod plans;
 pub mod summary;
 
 /// Errors a caller of the show module can see.
@@ -34,6 +36,9 @@ pub enum ShowError {
     /// Reading rated lines failed.
     #[error(transparent)]
     Rating(#[from] tally_rate::job::RatingError),
+    /// Reading invoices failed.
+    #[error(transparent)]
+    Billing(#[from] tally_bill::BillingError),
     /// The stored configuration is not usable.
     #[error(transparent)]
     Config(#[from] tally_rate::plans::ConfigError),

@@ -1428,6 +1428,9 @@ async fn summaries_exports_explanations_and_audit(env: Env) {
         "/v1/rating/runs",
         "/v1/audit",
         "/v1/ingest/status",
+        "/v1/invoices/post-2026-10/lines/1/explain",
+        "/v1/plans",
+        "/v1/plans/standard",
     ];
     let secrets = ["p-post", "vm-b", "Post GmbH", "post-2026-10", "81.84"];
     for key in [&dom_reader, &pre_reader] {
@@ -1545,7 +1548,8 @@ async fn summaries_exports_explanations_and_audit(env: Env) {
     let admin_session = sign_in(server.key.clone()).await;
     let resp = page("/ui?period=2026-10", Some(&admin_session)).await;
     assert_eq!(resp.status(), 200);
-    let html = resp.text().await.unwrap();
+    // minijinja escapes '/' in attributes as &#x2f;, which browsers read back.
+    let html = resp.text().await.unwrap().replace("&#x2f;", "/");
     // by_account (the API's answer above) totals 81.84 for the month.
     let api_total = d(&by_account["totals"][0]["amount"]);
     assert!(
@@ -1557,7 +1561,10 @@ async fn summaries_exports_explanations_and_audit(env: Env) {
         "{html}"
     );
     assert!(html.contains("Top accounts"), "{html}");
-    assert!(html.contains("<td>post</td>"), "{html}");
+    assert!(
+        html.contains("<a href=\"/ui/accounts/post\">post</a>"),
+        "{html}"
+    );
     for external in ["<script", "<link", "src=", "https://"] {
         assert!(!html.contains(external), "the page requests {external}");
     }
@@ -1566,10 +1573,11 @@ async fn summaries_exports_explanations_and_audit(env: Env) {
         .await
         .text()
         .await
-        .unwrap();
+        .unwrap()
+        .replace("&#x2f;", "/");
     assert!(html.contains("id=\"revenue\">29.76 EUR<"), "{html}");
     assert!(
-        html.contains("<td>d-3</td>") && !html.contains("p-post"),
+        html.contains("<a href=\"/ui/projects/d-3\">d-3</a>") && !html.contains("p-post"),
         "{html}"
     );
     assert!(!html.contains("Top accounts"), "{html}");
@@ -1579,8 +1587,12 @@ async fn summaries_exports_explanations_and_audit(env: Env) {
         .await
         .text()
         .await
-        .unwrap();
-    assert!(html.contains("<td>dom-2026-10</td>"), "{html}");
+        .unwrap()
+        .replace("&#x2f;", "/");
+    assert!(
+        html.contains("<a href=\"/ui/invoices/dom-2026-10\">dom-2026-10</a>"),
+        "{html}"
+    );
     assert!(
         html.contains("href=\"/ui/invoices/dom-2026-10/pdf\"") && !html.contains("post-2026-10"),
         "{html}"
@@ -1593,6 +1605,80 @@ async fn summaries_exports_explanations_and_audit(env: Env) {
             .status(),
         404
     );
+    // The invoice view and its lines' explanations, for the reader's own
+    // invoice; everything of the other account is a 404 page.
+    let html = page("/ui/invoices/dom-2026-10", Some(&dom_session))
+        .await
+        .text()
+        .await
+        .unwrap()
+        .replace("&#x2f;", "/");
+    let own = env.json(&["invoice", "show", "dom-2026-10"]);
+    assert!(
+        html.contains(&format!(
+            "id=\"total\">{} EUR<",
+            own["total"].as_str().unwrap()
+        )),
+        "{html}"
+    );
+    assert!(
+        html.contains("href=\"/ui/invoices/dom-2026-10/lines/1\""),
+        "{html}"
+    );
+    let line = client
+        .get(format!(
+            "{}/v1/invoices/dom-2026-10/lines/1/explain",
+            server.url
+        ))
+        .bearer_auth(&dom_reader)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(line.status(), 200);
+    let line: serde_json::Value = line.json().await.unwrap();
+    let shares: rust_decimal::Decimal = line["resources"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| d(&r["amount"]))
+        .sum();
+    assert_eq!(shares, d(&line["current_amount"]), "{line}");
+    assert_eq!(
+        d(&line["current_amount"]),
+        d(&line["line"]["exact_amount"]),
+        "{line}"
+    );
+    assert_eq!(line["changed_since_invoiced"], false, "{line}");
+    let html = page("/ui/invoices/dom-2026-10/lines/1", Some(&dom_session))
+        .await
+        .text()
+        .await
+        .unwrap()
+        .replace("&#x2f;", "/");
+    assert!(html.contains("href=\"/ui/explain?project_id="), "{html}");
+    for (path, status) in [
+        ("/ui/accounts", 303),
+        ("/ui/accounts/dom", 200),
+        ("/ui/projects/d-3?period=2026-10", 200),
+        ("/ui/plans", 200),
+        ("/ui/accounts/post", 404),
+        ("/ui/projects/p-post", 404),
+        ("/ui/invoices/post-2026-10", 404),
+        ("/ui/invoices/post-2026-10/lines/1", 404),
+        (
+            "/ui/explain?project_id=p-post&resource_id=vm-b&meter=vcpu.hours&at=2026-10-05T10:30:00Z",
+            404,
+        ),
+    ] {
+        let resp = page(path, Some(&dom_session)).await;
+        assert_eq!(resp.status(), status, "{path}");
+        let body = resp.text().await.unwrap();
+        for secret in ["p-post", "vm-b", "Post GmbH", "81.84"] {
+            if status == 200 {
+                assert!(!body.contains(secret), "{path} shows '{secret}'");
+            }
+        }
+    }
     // Signing out needs the session's token, then the session is gone.
     let token = html
         .split("name=\"csrf\" value=\"")

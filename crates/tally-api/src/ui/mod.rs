@@ -27,6 +27,8 @@ use tally_show::summary::{self, Bucket, Dimension, Summary, SummaryQuery};
 
 use crate::{ApiError, AppState};
 
+pub mod pages;
+
 /// How long a session lives without use.
 const SESSION_IDLE: Duration = Duration::from_secs(8 * 3600);
 const SESSION_COOKIE: &str = "tally_session";
@@ -105,10 +107,29 @@ fn templates() -> &'static minijinja::Environment<'static> {
     ENV.get_or_init(|| {
         let mut env = minijinja::Environment::new();
         for (name, text) in [
-            ("base.html", include_str!("../templates/base.html")),
-            ("login.html", include_str!("../templates/login.html")),
-            ("overview.html", include_str!("../templates/overview.html")),
-            ("invoices.html", include_str!("../templates/invoices.html")),
+            ("base.html", include_str!("../../templates/base.html")),
+            ("login.html", include_str!("../../templates/login.html")),
+            (
+                "overview.html",
+                include_str!("../../templates/overview.html"),
+            ),
+            (
+                "invoices.html",
+                include_str!("../../templates/invoices.html"),
+            ),
+            ("invoice.html", include_str!("../../templates/invoice.html")),
+            (
+                "invoice_line.html",
+                include_str!("../../templates/invoice_line.html"),
+            ),
+            ("explain.html", include_str!("../../templates/explain.html")),
+            (
+                "accounts.html",
+                include_str!("../../templates/accounts.html"),
+            ),
+            ("spend.html", include_str!("../../templates/spend.html")),
+            ("plans.html", include_str!("../../templates/plans.html")),
+            ("error.html", include_str!("../../templates/error.html")),
         ] {
             env.add_template(name, text).expect("templates parse");
         }
@@ -128,6 +149,77 @@ fn render(name: &str, ctx: minijinja::Value) -> Result<Response, ApiError> {
 /// browser to sign in.
 fn signed_in(state: &AppState, headers: &HeaderMap) -> Option<(Identity, String)> {
     cookie(headers, SESSION_COOKIE).and_then(|id| state.sessions.get(id))
+}
+
+/// A signed-in request: who, and the session's CSRF token for its forms.
+pub(crate) struct SignedIn {
+    pub(crate) identity: Identity,
+    pub(crate) csrf: String,
+}
+
+impl SignedIn {
+    /// What every signed-in page's frame needs: title, who is signed in,
+    /// the sign-out form's token and the navigation (`here` marks the
+    /// current entry).
+    pub(crate) fn frame(&self, title: &str, here: &str) -> minijinja::Value {
+        minijinja::context! {
+            title => title,
+            principal => self.identity.principal.clone(),
+            role => role_text(&self.identity),
+            csrf => self.csrf.clone(),
+            nav => nav(&self.identity),
+            here => here,
+        }
+    }
+
+    /// An HTML page saying what was not found (404), in the frame. The
+    /// same answer whether the thing exists outside the caller's scope or
+    /// not at all.
+    pub(crate) fn not_found(&self, what: &str) -> Result<Response, ApiError> {
+        let mut resp = render(
+            "error.html",
+            minijinja::context! {
+                message => format!("{what} does not exist or is not yours to see."),
+                ..self.frame("Not found", "")
+            },
+        )?;
+        *resp.status_mut() = StatusCode::NOT_FOUND;
+        Ok(resp)
+    }
+}
+
+/// The signed-in request; `None` means: send the browser to sign in
+/// ([`to_login`]).
+pub(crate) fn require_session(state: &AppState, headers: &HeaderMap) -> Option<SignedIn> {
+    signed_in(state, headers).map(|(identity, csrf)| SignedIn { identity, csrf })
+}
+
+/// Where a request without a session goes.
+pub(crate) fn to_login() -> Response {
+    Redirect::to("/ui/login").into_response()
+}
+
+/// The pages a role can open, in navigation order.
+fn nav(identity: &Identity) -> Vec<minijinja::Value> {
+    let mut items = vec![("/ui".to_string(), "Overview".to_string())];
+    match &identity.role {
+        Role::Admin => {
+            items.push(("/ui/accounts".into(), "Accounts".into()));
+            items.push(("/ui/invoices".into(), "Invoices".into()));
+        }
+        Role::AccountReader { account_id } => {
+            items.push((format!("/ui/accounts/{account_id}"), "Account".into()));
+            items.push(("/ui/invoices".into(), "Invoices".into()));
+        }
+        Role::ProjectReader { project_id } => {
+            items.push((format!("/ui/projects/{project_id}"), "Project".into()));
+        }
+    }
+    items.push(("/ui/plans".into(), "Price plans".into()));
+    items
+        .into_iter()
+        .map(|(href, label)| minijinja::context! { href => href, label => label })
+        .collect()
 }
 
 fn role_text(identity: &Identity) -> String {
@@ -238,7 +330,32 @@ pub struct PeriodParam {
     period: Option<String>,
 }
 
-fn shown(amount: Decimal, currency: &str) -> String {
+impl PeriodParam {
+    /// The calendar month (UTC) asked for, default the one containing
+    /// `now`.
+    pub(crate) fn month(
+        &self,
+        now: chrono::DateTime<Utc>,
+    ) -> Result<
+        (
+            tally_core::billing::PeriodLabel,
+            tally_core::billing::BillingPeriod,
+        ),
+        ApiError,
+    > {
+        let label: tally_core::billing::PeriodLabel = match &self.period {
+            Some(p) => p
+                .parse()
+                .map_err(|e| ApiError::bad_request("invalid_period", format!("{e}")))?,
+            None => tally_core::billing::PeriodLabel::containing(now, 1, chrono_tz::Tz::UTC),
+        };
+        let month = tally_core::billing::BillingPeriod::new(label, 1, chrono_tz::Tz::UTC)
+            .map_err(|e| ApiError::bad_request("invalid_period", e.to_string()))?;
+        Ok((label, month))
+    }
+}
+
+pub(crate) fn shown(amount: Decimal, currency: &str) -> String {
     format!(
         "{} {currency}",
         tally_core::rounded_amount(amount, currency)
@@ -254,19 +371,13 @@ pub async fn overview(
     headers: HeaderMap,
     Query(q): Query<PeriodParam>,
 ) -> Result<Response, ApiError> {
-    let Some((identity, csrf)) = signed_in(&state, &headers) else {
-        return Ok(Redirect::to("/ui/login").into_response());
+    let Some(page) = require_session(&state, &headers) else {
+        return Ok(to_login());
     };
+    let identity = page.identity.clone();
     let svc = crate::billing::billing_service(&state)?;
     let now = Utc::now();
-    let label: tally_core::billing::PeriodLabel = match &q.period {
-        Some(p) => p
-            .parse()
-            .map_err(|e| ApiError::bad_request("invalid_period", format!("{e}")))?,
-        None => tally_core::billing::PeriodLabel::containing(now, 1, chrono_tz::Tz::UTC),
-    };
-    let month = tally_core::billing::BillingPeriod::new(label, 1, chrono_tz::Tz::UTC)
-        .map_err(|e| ApiError::bad_request("invalid_period", e.to_string()))?;
+    let (label, month) = q.month(now)?;
     let ask = |group_by: Vec<Dimension>, bucket: Bucket, limit: usize| SummaryQuery {
         from: Some(month.start),
         to: Some(month.end),
@@ -326,14 +437,20 @@ pub async fn overview(
     top.push(("services", "Service", Dimension::Service));
     for (title, column, dim) in top {
         let key = dim.key();
-        let s = run(ask(vec![dim], Bucket::Total, 5)).await?;
+        let s = run(ask(vec![dim.clone()], Bucket::Total, 5)).await?;
         let rows: Vec<minijinja::Value> = s
             .rows
             .iter()
             .map(|r| {
                 let name = r.dimensions.get(&key).cloned().unwrap_or_default();
+                let href = match (&dim, name.is_empty()) {
+                    (_, true) | (Dimension::Service, _) => None,
+                    (Dimension::Account, _) => Some(format!("/ui/accounts/{name}")),
+                    _ => Some(format!("/ui/projects/{name}")),
+                };
                 minijinja::context! {
                     name => if name.is_empty() { "(no account)".to_string() } else { name },
+                    href => href,
                     amount => shown(r.amount, &r.currency),
                 }
             })
@@ -344,10 +461,6 @@ pub async fn overview(
     render(
         "overview.html",
         minijinja::context! {
-            title => format!("Overview {label}"),
-            principal => identity.principal.clone(),
-            role => role_text(&identity),
-            csrf => csrf,
             period => label.to_string(),
             revenue_label => if current { "Cost so far this month" } else { "Cost of the month" },
             revenue => shown(revenue, &currency),
@@ -357,6 +470,7 @@ pub async fn overview(
             ingest => ingest.map(|c| minijinja::context! {
                 accepted => c.accepted, rejected => c.rejected, dead_lettered => c.dead_lettered,
             }),
+            ..page.frame(&format!("Overview {label}"), "/ui")
         },
     )
 }
@@ -367,13 +481,14 @@ pub async fn invoices(
     State(state): State<Arc<AppState>>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    let Some((identity, csrf)) = signed_in(&state, &headers) else {
-        return Ok(Redirect::to("/ui/login").into_response());
+    let Some(page) = require_session(&state, &headers) else {
+        return Ok(to_login());
     };
+    let identity = &page.identity;
     let svc = crate::billing::billing_service(&state)?;
     let list = tally_bill::invoices::list_invoices(
         &svc.db,
-        &tally_bill::AccountScope::of(&identity),
+        &tally_bill::AccountScope::of(identity),
         &tally_bill::invoices::InvoiceFilter::default(),
     )
     .await
@@ -395,11 +510,8 @@ pub async fn invoices(
     render(
         "invoices.html",
         minijinja::context! {
-            title => "Invoices",
-            principal => identity.principal.clone(),
-            role => role_text(&identity),
-            csrf => csrf,
             invoices => rows,
+            ..page.frame("Invoices", "/ui/invoices")
         },
     )
 }
@@ -411,14 +523,12 @@ pub async fn invoice_pdf(
     headers: HeaderMap,
     axum::extract::Path(id): axum::extract::Path<String>,
 ) -> Result<Response, ApiError> {
-    let Some((identity, _)) = signed_in(&state, &headers) else {
-        return Ok(Redirect::to("/ui/login").into_response());
+    let Some(page) = require_session(&state, &headers) else {
+        return Ok(to_login());
     };
-    let svc = crate::billing::billing_service(&state)?;
-    let invoice =
-        tally_bill::invoices::get_invoice(&svc.db, &tally_bill::AccountScope::of(&identity), &id)
-            .await
-            .map_err(crate::billing::billing_error)?;
+    let Some(invoice) = pages::scoped_invoice(&state, &page.identity, &id).await? else {
+        return page.not_found(&format!("Invoice {id}"));
+    };
     Ok((
         StatusCode::OK,
         [(header::CONTENT_TYPE, "application/pdf")],
