@@ -390,6 +390,7 @@ pub async fn list_invoices(
         account_id: q.account_id,
         period: q.period.as_deref().map(period).transpose()?,
         status: q.status,
+        credited_between: None,
     };
     let list = invoices::list_invoices(db, &AccountScope::of(&caller.0), &filter)
         .await

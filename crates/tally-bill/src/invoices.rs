@@ -634,6 +634,8 @@ pub struct InvoiceFilter {
     pub period: Option<PeriodLabel>,
     /// Only this status (`draft`, `finalized`, `paid`, `void`).
     pub status: Option<String>,
+    /// Only invoices with a credit note issued in `[from, to)`.
+    pub credited_between: Option<(DateTime<Utc>, DateTime<Utc>)>,
 }
 
 /// Invoices the caller may see, newest period first: one query for the
@@ -652,6 +654,8 @@ pub async fn list_invoices(
          WHERE ($1 OR i.account_id = $2) \
          AND ($3 IS NULL OR i.account_id = $3) AND ($4 IS NULL OR i.period = $4) \
          AND ($5 IS NULL OR COALESCE(s.status, i.status) = $5) \
+         AND ($6 OR EXISTS (SELECT 1 FROM credit_notes c WHERE c.invoice_id = i.invoice_id \
+         AND c.issued_at_us >= $7 AND c.issued_at_us < $8)) \
          ORDER BY i.period DESC, i.account_id",
     )
     .bind(all)
@@ -659,6 +663,17 @@ pub async fn list_invoices(
     .bind(filter.account_id.clone())
     .bind(filter.period.map(|p| p.to_string()))
     .bind(filter.status.clone())
+    .bind(filter.credited_between.is_none())
+    .bind(
+        filter
+            .credited_between
+            .map_or(0, |(f, _)| f.timestamp_micros()),
+    )
+    .bind(
+        filter
+            .credited_between
+            .map_or(0, |(_, t)| t.timestamp_micros()),
+    )
     .fetch_all(&mut *conn)
     .await?;
     let mut out = Vec::with_capacity(rows.len());

@@ -335,21 +335,21 @@ fn resource_type(meter: &str) -> Option<String> {
     Some(t.to_string())
 }
 
-/// Builds the FOCUS rows of one invoice. `shares[i]` are the resources
-/// behind `doc.lines[i]` (empty when unknown: the line becomes one row
-/// without a resource).
-pub fn invoice_rows(
+/// A row of `doc` with the columns every row of it shares; the caller
+/// sets what is particular to the row.
+fn base_row(
     doc: &InvoiceDocument,
     account_name: &str,
-    shares: &[Vec<ResourceShare>],
-) -> Result<Vec<FocusRow>, FocusMismatch> {
-    let digits = doc.currency.minor_unit_digits();
+    category: &'static str,
+    description: String,
+    cost: Decimal,
+) -> FocusRow {
     let provider = if doc.seller.name.is_empty() {
         DEFAULT_PROVIDER.to_string()
     } else {
         doc.seller.name.clone()
     };
-    let base = |category: &'static str, description: String, cost: Decimal| FocusRow {
+    FocusRow {
         AvailabilityZone: None,
         BilledCost: cost,
         BillingAccountId: doc.account_id.clone(),
@@ -393,6 +393,20 @@ pub fn invoice_rows(
         x_Meter: None,
         x_OpenStackService: None,
         x_PlanId: None,
+    }
+}
+
+/// Builds the FOCUS rows of one invoice. `shares[i]` are the resources
+/// behind `doc.lines[i]` (empty when unknown: the line becomes one row
+/// without a resource).
+pub fn invoice_rows(
+    doc: &InvoiceDocument,
+    account_name: &str,
+    shares: &[Vec<ResourceShare>],
+) -> Result<Vec<FocusRow>, FocusMismatch> {
+    let digits = doc.currency.minor_unit_digits();
+    let base = |category: &'static str, description: String, cost: Decimal| {
+        base_row(doc, account_name, category, description, cost)
     };
     let mut rows = Vec::new();
     let empty = Vec::new();
@@ -433,6 +447,88 @@ pub fn invoice_rows(
         });
     }
     Ok(rows)
+}
+
+/// A credit note as FOCUS needs it: the document that carries the money
+/// back, issued in a later billing period than (or the same as) the
+/// invoice it credits.
+#[derive(Debug, Clone, PartialEq)]
+pub struct IssuedCredit {
+    /// Its id: the FOCUS `InvoiceId` of its rows.
+    pub credit_note_id: String,
+    /// Its number.
+    pub number: String,
+    /// The invoice line it credits, when one.
+    pub line_no: Option<u32>,
+    /// Amount credited before tax (positive).
+    pub net: Decimal,
+    /// Tax credited (positive).
+    pub tax: Decimal,
+    /// Why.
+    pub reason: String,
+}
+
+/// The FOCUS rows of a credit note against `doc`, billed in the period
+/// `[billing_start, billing_end)`: a `Credit` row of `-net` and, when tax
+/// is credited, a `Tax` row of `-tax`, both of class `Correction` (they
+/// correct an invoiced charge) and charged over the credited invoice's
+/// period. Their `BilledCost` adds up to minus the note's total, under the
+/// note's own id.
+pub fn credit_note_rows(
+    doc: &InvoiceDocument,
+    account_name: &str,
+    note: &IssuedCredit,
+    billing_start: DateTime<Utc>,
+    billing_end: DateTime<Utc>,
+) -> Vec<FocusRow> {
+    let line = note
+        .line_no
+        .and_then(|n| doc.lines.iter().find(|l| l.line_no == n));
+    let what = match line {
+        Some(l) => format!(
+            "line {} ({} of project {})",
+            l.line_no, l.meter, l.project_id
+        ),
+        None => "the whole invoice".to_string(),
+    };
+    let row = |category: &'static str, label: &str, cost: Decimal| {
+        let mut r = base_row(
+            doc,
+            account_name,
+            category,
+            format!(
+                "{label} {} for {what} of invoice {}: {}",
+                note.number,
+                doc.number.as_deref().unwrap_or(&doc.invoice_id),
+                note.reason
+            ),
+            cost,
+        );
+        r.ChargeClass = Some("Correction");
+        r.InvoiceId = note.credit_note_id.clone();
+        r.x_InvoiceNumber = Some(note.number.clone());
+        r.x_InvoiceLineNumber = note.line_no;
+        r.BillingPeriodStart = billing_start;
+        r.BillingPeriodEnd = billing_end;
+        if let Some(l) = line {
+            let service = service_of(&l.meter);
+            r.ChargePeriodStart = l.service_start;
+            r.ChargePeriodEnd = l.service_end;
+            r.ServiceCategory = service.category;
+            r.ServiceName = service.name;
+            r.SubAccountId = Some(l.project_id.clone());
+            r.SubAccountName = Some(l.project_id.clone());
+            r.x_Meter = Some(l.meter.clone());
+            r.x_PlanId = Some(l.plan_id.clone());
+            r.x_OpenStackService = (!service.openstack.is_empty()).then_some(service.openstack);
+        }
+        r
+    };
+    let mut rows = vec![row("Credit", "credit note", -note.net)];
+    if !note.tax.is_zero() {
+        rows.push(row("Tax", "tax credited by credit note", -note.tax));
+    }
+    rows
 }
 
 fn usage_rows(
@@ -522,6 +618,71 @@ mod tests {
 
     fn d(s: &str) -> Decimal {
         Decimal::from_str(s).unwrap()
+    }
+
+    #[test]
+    fn a_credit_note_is_a_correction_billed_in_its_own_period() {
+        let doc: InvoiceDocument = serde_json::from_value(serde_json::json!({
+            "invoice_id": "acme-2026-09", "number": "INV-000003", "status": "finalized",
+            "account_id": "acme",
+            "seller": {"name": "Example Cloud AG", "address": []},
+            "buyer": {"name": "Acme", "address": []},
+            "period": "2026-09", "period_start": "2026-09-01T00:00:00Z", "period_end": "2026-10-01T00:00:00Z",
+            "currency": "EUR", "issued_at": "2026-10-01T08:00:00Z", "due_at": null,
+            "lines": [{
+                "line_no": 1, "project_id": "p1", "meter": "instance.hours", "plan_id": "std",
+                "service_start": "2026-09-03T00:00:00Z", "service_end": "2026-10-01T00:00:00Z",
+                "quantity": "10", "unit": "hour", "unit_price": "1", "amount": "10.00",
+                "exact_amount": "10", "correction": false
+            }],
+            "subtotal": "10.00", "discounts": [], "commitment_top_up": "0", "taxable": "10.00",
+            "taxes": [{"name": "VAT", "rate": "0.19", "base": "10.00", "amount": "1.90"}],
+            "total": "11.90"
+        }))
+        .unwrap();
+        let october = |day: u32| {
+            chrono::TimeZone::with_ymd_and_hms(&Utc, 2026, 10 + day / 100, day % 100, 0, 0, 0)
+                .unwrap()
+        };
+        let note = IssuedCredit {
+            credit_note_id: "cn-1".into(),
+            number: "CN-000001".into(),
+            line_no: Some(1),
+            net: d("4.00"),
+            tax: d("0.76"),
+            reason: "outage".into(),
+        };
+        let rows = credit_note_rows(&doc, "Acme", &note, october(1), october(101));
+        assert_eq!(rows.len(), 2);
+        let (credit, tax) = (&rows[0], &rows[1]);
+        assert_eq!(
+            (credit.ChargeCategory, tax.ChargeCategory),
+            ("Credit", "Tax")
+        );
+        assert_eq!(credit.BilledCost + tax.BilledCost, d("-4.76"));
+        for r in &rows {
+            assert_eq!(r.ChargeClass, Some("Correction"));
+            assert_eq!(r.InvoiceId, "cn-1");
+            assert_eq!(r.BillingPeriodStart, october(1));
+            assert_eq!(r.ChargePeriodStart, doc.lines[0].service_start);
+            assert_eq!(r.SubAccountId.as_deref(), Some("p1"));
+            assert_eq!(r.ServiceName, "Compute");
+            assert!(
+                r.ChargeDescription.contains("INV-000003"),
+                "{}",
+                r.ChargeDescription
+            );
+        }
+        // No tax credited: one row.
+        let untaxed = IssuedCredit {
+            tax: Decimal::ZERO,
+            line_no: None,
+            ..note
+        };
+        let rows = credit_note_rows(&doc, "Acme", &untaxed, october(1), october(101));
+        assert_eq!(rows.len(), 1);
+        assert_eq!(rows[0].SubAccountId, None);
+        assert_eq!(rows[0].ChargePeriodStart, doc.period_start);
     }
 
     #[test]

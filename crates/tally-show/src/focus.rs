@@ -1,6 +1,7 @@
 //! FOCUS 1.2 export of a billing period: the rows `tally_core::focus`
 //! builds from each issued invoice, with the resources behind each line
-//! read from the current rated lines, written as CSV or Parquet.
+//! read from the current rated lines, and from each credit note issued in
+//! the period, written as CSV or Parquet.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -15,7 +16,10 @@ use rust_decimal::{Decimal, RoundingStrategy};
 use tally_bill::AccountScope;
 use tally_bill::invoices::{InvoiceFilter, list_invoices};
 use tally_core::billing::PeriodLabel;
-use tally_core::focus::{COLUMNS, FocusRow, FocusType, FocusValue, ResourceShare, invoice_rows};
+use tally_core::focus::{
+    COLUMNS, FocusRow, FocusType, FocusValue, IssuedCredit, ResourceShare, credit_note_rows,
+    invoice_rows,
+};
 use tally_core::{Identity, rollup::LOCATION_ATTRIBUTES};
 use tally_db::Database;
 use tally_store::objects::RawObjects;
@@ -51,8 +55,7 @@ pub async fn period_rows(
         ..InvoiceFilter::default()
     };
     let invoices: Vec<_> = list_invoices(db, &scope, &filter)
-        .await
-        .map_err(|e| ShowError::Invalid(e.to_string()))?
+        .await?
         .into_iter()
         .filter(|i| match i.document.status.as_str() {
             "finalized" | "paid" => true,
@@ -60,14 +63,36 @@ pub async fn period_rows(
             _ => false,
         })
         .collect();
-    if invoices.is_empty() {
+    // Credit notes issued in the period credit invoices of any period. The
+    // query's UTC window is a day wider than any account's own month; each
+    // note is then placed by its account's calendar.
+    let month = tally_core::billing::BillingPeriod::new(period, 1, chrono_tz::Tz::UTC)
+        .map_err(|e| ShowError::Invalid(e.to_string()))?;
+    let widened = (
+        month.start - chrono::Duration::days(1),
+        month.end + chrono::Duration::days(32),
+    );
+    let credited = list_invoices(
+        db,
+        &scope,
+        &InvoiceFilter {
+            credited_between: Some(widened),
+            ..InvoiceFilter::default()
+        },
+    )
+    .await?;
+    if invoices.is_empty() && credited.is_empty() {
         return Ok(Vec::new());
     }
-    let names: HashMap<String, String> = tally_bill::accounts::list_accounts(db, &scope)
-        .await
-        .map_err(|e| ShowError::Invalid(e.to_string()))?
-        .into_iter()
-        .map(|a| (a.spec.account_id.clone(), a.spec.name.clone()))
+    let accounts: HashMap<String, tally_bill::accounts::Account> =
+        tally_bill::accounts::list_accounts(db, &scope)
+            .await?
+            .into_iter()
+            .map(|a| (a.spec.account_id.clone(), a))
+            .collect();
+    let names: HashMap<String, String> = accounts
+        .iter()
+        .map(|(id, a)| (id.clone(), a.spec.name.clone()))
         .collect();
 
     // Where each rated line goes: (project, meter, plan) → invoice lines
@@ -144,6 +169,37 @@ pub async fn period_rows(
             invoice_rows(&inv.document, &name, &line_shares)
                 .map_err(|e| ShowError::Invalid(e.to_string()))?,
         );
+    }
+    for inv in &credited {
+        let Some(account) = accounts.get(&inv.document.account_id) else {
+            continue;
+        };
+        let billing = tally_core::billing::BillingPeriod::new(
+            period,
+            account.spec.billing_day,
+            account.timezone(),
+        )
+        .map_err(|e| ShowError::Invalid(e.to_string()))?;
+        for note in &inv.credit_notes {
+            if note.issued_at < billing.start || note.issued_at >= billing.end {
+                continue;
+            }
+            let issued = IssuedCredit {
+                credit_note_id: note.credit_note_id.clone(),
+                number: note.number.clone(),
+                line_no: note.line_no,
+                net: note.net,
+                tax: note.tax,
+                reason: note.reason.clone(),
+            };
+            rows.extend(credit_note_rows(
+                &inv.document,
+                &account.spec.name,
+                &issued,
+                billing.start,
+                billing.end,
+            ));
+        }
     }
     Ok(rows)
 }

@@ -700,7 +700,7 @@ pub async fn invoice(cfg: Config, cmd: InvoiceCommand) -> anyhow::Result<()> {
             output,
             remote,
         } => {
-            let list: Vec<StoredInvoice> = match remote.connect(&cfg.data_dir)? {
+            let list: Vec<StoredInvoice> = match remote.connect(&cfg)? {
                 Some(server) => {
                     let query: Vec<(&str, String)> = [
                         ("period", period),
@@ -724,6 +724,7 @@ pub async fn invoice(cfg: Config, cmd: InvoiceCommand) -> anyhow::Result<()> {
                         account_id: account,
                         period: period.as_deref().map(label).transpose()?,
                         status,
+                        credited_between: None,
                     };
                     invoices::list_invoices(&db, &all, &filter).await?
                 }
@@ -842,7 +843,7 @@ async fn fetch_invoice(
     remote: &crate::client::ServerArgs,
     id: &str,
 ) -> anyhow::Result<StoredInvoice> {
-    match remote.connect(&cfg.data_dir)? {
+    match remote.connect(cfg)? {
         Some(server) => {
             let path = format!("/v1/invoices/{id}");
             let v = server

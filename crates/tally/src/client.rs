@@ -1,12 +1,13 @@
 //! Talking to a running `tally serve`.
 
-use std::path::Path;
-
 use anyhow::Context;
 
-/// The API key to use: `--api-key`, else `TALLY_API_KEY`, else the first
-/// admin key in the data directory.
-pub fn api_key(explicit: Option<&str>, data_dir: &Path) -> anyhow::Result<String> {
+use crate::config::Config;
+
+/// The API key to use: `--api-key`, else `TALLY_API_KEY`, else
+/// `[client] api_key` of the configuration, else the first admin key in
+/// the data directory.
+pub fn api_key(explicit: Option<&str>, cfg: &Config) -> anyhow::Result<String> {
     if let Some(k) = explicit {
         return Ok(k.to_string());
     }
@@ -15,10 +16,13 @@ pub fn api_key(explicit: Option<&str>, data_dir: &Path) -> anyhow::Result<String
     {
         return Ok(k);
     }
-    let path = data_dir.join("admin-key");
+    if let Some(k) = cfg.client.api_key.as_deref().filter(|k| !k.is_empty()) {
+        return Ok(k.to_string());
+    }
+    let path = cfg.data_dir.join("admin-key");
     let k = std::fs::read_to_string(&path).with_context(|| {
         format!(
-            "no API key: pass --api-key, set TALLY_API_KEY, or run where {} exists",
+            "no API key: pass --api-key, set TALLY_API_KEY or [client] api_key in the configuration, or run where {} exists",
             path.display()
         )
     })?;
@@ -60,7 +64,8 @@ pub struct ServerArgs {
     /// directory (which a running server holds).
     #[arg(long)]
     pub server: Option<String>,
-    /// API key for --server (default: TALLY_API_KEY, then <data-dir>/admin-key).
+    /// API key for --server (default: TALLY_API_KEY, then `[client]
+    /// api_key` of the configuration, then <data-dir>/admin-key).
     #[arg(long)]
     pub api_key: Option<String>,
 }
@@ -73,14 +78,15 @@ pub struct Server {
 }
 
 impl ServerArgs {
-    /// The server to ask, when `--server` was given.
-    pub fn connect(&self, data_dir: &Path) -> anyhow::Result<Option<Server>> {
-        let Some(url) = &self.server else {
+    /// The server to ask: `--server`, else `[client] server` of the
+    /// configuration; `None` means: use the data directory.
+    pub fn connect(&self, cfg: &Config) -> anyhow::Result<Option<Server>> {
+        let Some(url) = self.server.as_ref().or(cfg.client.server.as_ref()) else {
             return Ok(None);
         };
         Ok(Some(Server {
             base: url.trim_end_matches('/').to_string(),
-            key: api_key(self.api_key.as_deref(), data_dir)?,
+            key: api_key(self.api_key.as_deref(), cfg)?,
             http: http(),
         }))
     }

@@ -35,6 +35,21 @@ pub struct Config {
     /// The RabbitMQ notification consumer (`tally serve` runs it when
     /// `amqp.url` is set).
     pub amqp: tally_amqp::AmqpConfig,
+    /// The server and key the CLI asks instead of the data directory.
+    pub client: ClientSection,
+}
+
+/// `[client]`: a running server the CLI asks by default (as if every
+/// command that can ask one had `--server`), and the API key to ask with.
+/// Flags and `TALLY_API_KEY` take precedence. A file holding a key should
+/// be readable by its owner only (`chmod 600`).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct ClientSection {
+    /// The server's base URL (`http://tally.example:8080`).
+    pub server: Option<String>,
+    /// The API key.
+    pub api_key: Option<String>,
 }
 
 /// `[billing]`: the operator as printed on invoices, and number series.
@@ -153,6 +168,7 @@ impl Default for Config {
             rating: RatingSection::default(),
             billing: BillingSection::default(),
             amqp: tally_amqp::AmqpConfig::default(),
+            client: ClientSection::default(),
         }
     }
 }

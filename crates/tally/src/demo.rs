@@ -259,7 +259,13 @@ pub async fn run(mut cfg: Config, args: DemoArgs) -> anyhow::Result<()> {
             };
         }
     };
-    let key = client::api_key(None, &data_dir)?;
+    // The demo talks to the server it just started: its own admin key, not
+    // whatever key the environment or configuration names for other servers.
+    let key_path = data_dir.join("admin-key");
+    let key = std::fs::read_to_string(&key_path)
+        .with_context(|| format!("reading the demo's admin key {}", key_path.display()))?
+        .trim()
+        .to_string();
     let month = match &args.month {
         Some(m) => m
             .parse::<PeriodLabel>()

@@ -43,7 +43,7 @@ pub struct EventsArgs {
 
 /// Runs `tally events`.
 pub async fn run(cfg: Config, args: EventsArgs) -> anyhow::Result<()> {
-    let page: serde_json::Value = match args.remote.connect(&cfg.data_dir)? {
+    let page: serde_json::Value = match args.remote.connect(&cfg)? {
         Some(server) => {
             let mut q: Vec<(&str, String)> = vec![("limit", args.limit.to_string())];
             let opt = [

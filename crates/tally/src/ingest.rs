@@ -91,7 +91,7 @@ pub async fn run(cfg: Config, mut args: IngestArgs) -> anyhow::Result<ExitCode> 
         .sum();
     let pb = progress_bar(total, args.output);
     let started = Instant::now();
-    let (summary, failure) = match args.remote.connect(&cfg.data_dir)? {
+    let (summary, failure) = match args.remote.connect(&cfg)? {
         Some(server) => remote(&args, &server, &pb).await?,
         None => local(&cfg, &args, decoder, &pb).await?,
     };

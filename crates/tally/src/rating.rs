@@ -134,7 +134,7 @@ fn window(cfg: &Config, range: &RangeArgs, period: Option<&str>) -> anyhow::Resu
 
 /// Runs `tally rate`.
 pub async fn rate(cfg: Config, args: RateArgs) -> anyhow::Result<()> {
-    let run: serde_json::Value = match args.remote.connect(&cfg.data_dir)? {
+    let run: serde_json::Value = match args.remote.connect(&cfg)? {
         Some(server) => {
             let (from, to) = args.range.required()?;
             let body = serde_json::json!({
@@ -214,7 +214,7 @@ pub async fn rate(cfg: Config, args: RateArgs) -> anyhow::Result<()> {
 /// Runs `tally lines`.
 pub async fn lines(cfg: Config, args: LinesArgs) -> anyhow::Result<()> {
     let range = args.range.range()?;
-    let page: serde_json::Value = match args.remote.connect(&cfg.data_dir)? {
+    let page: serde_json::Value = match args.remote.connect(&cfg)? {
         Some(server) => {
             let mut q: Vec<(&str, String)> = vec![
                 ("limit", args.limit.to_string()),

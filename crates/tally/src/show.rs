@@ -159,7 +159,7 @@ pub fn local_operator() -> Identity {
 
 /// Runs `tally costs` (or `tally usage` when `usage`).
 pub async fn run_summary(cfg: Config, args: SummaryArgs, usage: bool) -> anyhow::Result<()> {
-    let summary: serde_json::Value = match args.remote.connect(&cfg.data_dir)? {
+    let summary: serde_json::Value = match args.remote.connect(&cfg)? {
         Some(server) => {
             let path = if usage { "/v1/usage" } else { "/v1/costs" };
             server
@@ -312,7 +312,7 @@ pub async fn run_export(cfg: Config, command: ExportCommand) -> anyhow::Result<(
     if format != "csv" && format != "parquet" {
         anyhow::bail!("--format '{format}' is not csv or parquet");
     }
-    let bytes: Vec<u8> = match remote.connect(&cfg.data_dir)? {
+    let bytes: Vec<u8> = match remote.connect(&cfg)? {
         Some(server) => {
             let resp = server
                 .request(reqwest::Method::GET, "/v1/exports/focus")
@@ -386,7 +386,7 @@ pub struct ExplainArgs {
 /// rated line.
 pub async fn run_explain(cfg: Config, args: ExplainArgs) -> anyhow::Result<()> {
     let at = args.at.to_rfc3339();
-    let body: serde_json::Value = match args.remote.connect(&cfg.data_dir)? {
+    let body: serde_json::Value = match args.remote.connect(&cfg)? {
         Some(server) => {
             server
                 .json(server.request(reqwest::Method::GET, "/v1/explain").query(&[

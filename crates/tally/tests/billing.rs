@@ -1275,6 +1275,48 @@ async fn summaries_exports_explanations_and_audit(env: Env) {
         "".into()
     )));
 
+    // A credit note is billed in the period it is issued in (now): a
+    // Credit and a Tax row of class Correction under the note's own id,
+    // adding up to minus its total.
+    let cn = env.json(&[
+        "invoice",
+        "credit",
+        "post-2026-10",
+        "--amount",
+        "11.90",
+        "--reason",
+        "outage",
+    ]);
+    let now_period = chrono::Utc::now().format("%Y-%m").to_string();
+    let credit_csv = env.path().join("focus-credit.csv");
+    env.ok(&[
+        "export",
+        "focus",
+        "--period",
+        &now_period,
+        "--out",
+        credit_csv.to_str().unwrap(),
+    ]);
+    let text = std::fs::read_to_string(&credit_csv).unwrap();
+    let mut reader = csv::Reader::from_reader(text.as_bytes());
+    let header = reader.headers().unwrap().clone();
+    let col = |name: &str| header.iter().position(|h| h == name).unwrap();
+    let mut credited = Decimal::ZERO;
+    let mut kinds = Vec::new();
+    for rec in reader.records() {
+        let rec = rec.unwrap();
+        assert_eq!(
+            &rec[col("InvoiceId")],
+            cn["credit_note_id"].as_str().unwrap()
+        );
+        assert_eq!(&rec[col("ChargeClass")], "Correction");
+        assert_eq!(&rec[col("ChargePeriodStart")][..10], "2026-10-01");
+        credited += dec(&rec[col("BilledCost")]);
+        kinds.push(rec[col("ChargeCategory")].to_string());
+    }
+    assert_eq!(kinds, ["Credit", "Tax"], "{text}");
+    assert_eq!(credited, -d(&cn["total"]), "{text}");
+
     // CSV of invoices (a row per invoice line) and of rated lines.
     let csv_out = env.ok(&["invoice", "list", "--period", "2026-10", "--output", "csv"]);
     let rows: Vec<&str> = csv_out.lines().collect();
@@ -1473,6 +1515,18 @@ async fn summaries_exports_explanations_and_audit(env: Env) {
         .map(|i| i["invoice_id"].as_str().unwrap())
         .collect();
     assert_eq!(ids, ["dom-2026-10"]);
+    // The same, with the server and key from the configuration file.
+    let client_cfg = env.path().join("client.toml");
+    std::fs::write(
+        &client_cfg,
+        format!(
+            "[client]\nserver = \"{}\"\napi_key = \"{dom_reader}\"\n",
+            server.url
+        ),
+    )
+    .unwrap();
+    let from_file = env.json(&["--config", client_cfg.to_str().unwrap(), "invoice", "list"]);
+    assert_eq!(from_file, listed, "the configured server and key are used");
     let refused = env.fails(&[&["invoice", "show", "post-2026-10"][..], &remote[..]].concat());
     assert!(refused.contains("404"), "{refused}");
     let pdf_path = env.path().join("dom.pdf");

@@ -120,22 +120,59 @@ async fn screenshot(c: &Client, name: &str) {
     std::fs::write(artifacts().join(format!("{name}.png")), png).unwrap();
 }
 
+/// The text of the first element `css` selects, waiting (up to 10 s) for
+/// it to appear: the page may still be loading.
 async fn text(c: &Client, css: &str) -> String {
+    let found = c
+        .wait()
+        .at_most(Duration::from_secs(10))
+        .for_element(Locator::Css(css))
+        .await;
     let url = c.current_url().await.unwrap();
-    c.find(Locator::Css(css))
-        .await
+    found
         .unwrap_or_else(|e| panic!("no '{css}' on {url}: {e}"))
         .text()
         .await
         .unwrap()
 }
 
-/// Waits (up to 10 s) until the browser is at `path`: a click that submits
-/// a form returns before the next page has loaded.
+/// Waits (up to 10 s) until the page's text contains `phrase`.
+async fn shows(c: &Client, phrase: &str) {
+    for _ in 0..100 {
+        if c.source().await.unwrap_or_default().contains(phrase) {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!(
+        "'{phrase}' never appeared on {}",
+        c.current_url().await.unwrap()
+    );
+}
+
+/// Follows the link whose text is `link` and waits for `path`.
+async fn follow(c: &Client, link: &str, path: &str) {
+    c.find(Locator::LinkText(link))
+        .await
+        .unwrap_or_else(|e| panic!("no link '{link}': {e}"))
+        .click()
+        .await
+        .unwrap();
+    arrive(c, path).await;
+}
+
+/// Waits (up to 10 s) until the browser is at `path` and the page has
+/// loaded: a click that submits a form returns before the next page is in.
 async fn arrive(c: &Client, path: &str) {
     for _ in 0..100 {
         if c.current_url().await.unwrap().path() == path {
-            return;
+            let state = c
+                .execute("return document.readyState", vec![])
+                .await
+                .unwrap_or_default();
+            if state == "complete" {
+                return;
+            }
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
@@ -291,12 +328,7 @@ async fn dashboard_in_headless_chromium() {
     assert_eq!(rows.len(), account_ids.len());
     screenshot(&c, "accounts").await;
 
-    c.find(Locator::LinkText(own_account))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    follow(&c, own_account, &format!("/ui/accounts/{own_account}")).await;
     let account_costs = api(
         &base,
         &admin,
@@ -307,12 +339,7 @@ async fn dashboard_in_headless_chromium() {
     assert!(c.find(Locator::Css("svg.chart")).await.is_ok());
     screenshot(&c, "account").await;
 
-    c.find(Locator::LinkText(&own_project))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    follow(&c, &own_project, &format!("/ui/projects/{own_project}")).await;
     let project_costs = api(
         &base,
         &admin,
@@ -321,12 +348,7 @@ async fn dashboard_in_headless_chromium() {
     .await;
     assert_eq!(text(&c, "#total").await, shown_total(&project_costs));
     screenshot(&c, "project").await;
-    c.find(Locator::LinkText("explain"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    follow(&c, "explain", "/ui/explain").await;
     let lines = c
         .find_all(Locator::Css("table[aria-label='rated lines'] tbody tr"))
         .await
@@ -346,24 +368,14 @@ async fn dashboard_in_headless_chromium() {
     let invoice_id = first["invoice_id"].as_str().unwrap();
     c.goto(&format!("{base}/ui/invoices")).await.unwrap();
     screenshot(&c, "invoices").await;
-    c.find(Locator::LinkText(invoice_id))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    follow(&c, invoice_id, &format!("/ui/invoices/{invoice_id}")).await;
     let currency = first["currency"].as_str().unwrap();
     assert_eq!(
         text(&c, "#total").await,
         format!("{} {currency}", first["total"].as_str().unwrap())
     );
     screenshot(&c, "invoice").await;
-    c.find(Locator::LinkText("explain"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    follow(&c, "explain", &format!("/ui/invoices/{invoice_id}/lines/1")).await;
     let line = api(
         &base,
         &admin,
@@ -392,8 +404,7 @@ async fn dashboard_in_headless_chromium() {
     )
     .await
     .unwrap();
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    assert!(text(&c, "body").await.contains("CSRF token does not match"));
+    shows(&c, "CSRF token does not match").await;
     c.goto(&format!("{base}/ui")).await.unwrap();
     assert_eq!(c.current_url().await.unwrap().path(), "/ui");
     sign_out(&c).await;
