@@ -6,6 +6,7 @@
 //! user.
 
 mod admin;
+mod audit;
 mod billing;
 mod client;
 mod config;
@@ -23,7 +24,7 @@ mod show;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 
 #[cfg(test)]
 use crate::output::OutputFormat;
@@ -129,7 +130,12 @@ enum Command {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let argv: Vec<String> = std::env::args().collect();
+    let matches = Cli::command().get_matches_from(&argv);
+    let cli = match Cli::from_arg_matches(&matches) {
+        Ok(c) => c,
+        Err(e) => e.exit(),
+    };
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -140,7 +146,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let result = runtime.block_on(run(cli));
+    let result = runtime.block_on(run(cli, &matches, &argv));
     match result {
         Ok(code) => code,
         Err(e) => {
@@ -150,7 +156,7 @@ fn main() -> ExitCode {
     }
 }
 
-async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+async fn run(cli: Cli, matches: &clap::ArgMatches, argv: &[String]) -> anyhow::Result<ExitCode> {
     let mut cfg = config::Config::load(cli.config.as_deref())?;
     if let Some(d) = cli.data_dir {
         cfg.data_dir = d;
@@ -158,7 +164,20 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     if let Some(url) = cli.database {
         cfg.database_url = Some(url);
     }
-    match cli.command {
+    let audited = audit::local_write(matches, argv, &cfg);
+    let kept = audited.as_ref().map(|_| cfg.clone());
+    let code = dispatch(cfg, cli.command).await?;
+    if let (Some((action, subject)), Some(cfg)) = (audited, kept)
+        && code == ExitCode::SUCCESS
+    {
+        audit::record_local(&cfg, action, subject).await;
+    }
+    Ok(code)
+}
+
+/// Runs one command.
+async fn dispatch(mut cfg: config::Config, command: Command) -> anyhow::Result<ExitCode> {
+    match command {
         Command::Serve { listen } => {
             if let Some(l) = listen {
                 cfg.listen = l;

@@ -1768,15 +1768,53 @@ async fn summaries_exports_explanations_and_audit(env: Env) {
     assert_eq!(pay(server.key.clone()).await, 200);
     let audit = |key: String| {
         let request = client
-            .get(format!("{}/v1/audit", server.url))
+            .get(format!("{}/v1/audit?limit=1000", server.url))
             .bearer_auth(key);
         async move { request.send().await.unwrap() }
     };
     assert_eq!(audit(dom_reader.clone()).await.status(), 403);
     let log: Value = audit(server.key.clone()).await.json().await.unwrap();
     let entries = log["entries"].as_array().unwrap();
-    assert_eq!(entries.len(), 1, "{log}");
-    let e = &entries[0];
+    let (api, local): (Vec<&Value>, Vec<&Value>) = entries
+        .iter()
+        .partition(|e| e["principal"].as_str().unwrap().starts_with("key:"));
+    assert_eq!(api.len(), 1, "{log}");
+    // Writes made with the CLI on the data directory are there too, with
+    // the system user and the command line; reads are not.
+    let actions: Vec<&str> = local
+        .iter()
+        .map(|e| {
+            assert!(
+                e["principal"].as_str().unwrap().starts_with("local:"),
+                "{e}"
+            );
+            e["action"].as_str().unwrap()
+        })
+        .collect();
+    for write in [
+        "account create",
+        "invoice finalize --period 2026-10",
+        "invoice credit post-2026-10",
+    ] {
+        assert!(
+            actions
+                .iter()
+                .any(|a| a.starts_with("cli: ") && a.contains(write)),
+            "no '{write}' in {actions:?}"
+        );
+    }
+    for read in ["invoice list", "invoice show", "export focus", "costs"] {
+        assert!(
+            !actions.iter().any(|a| a.contains(read)),
+            "the read '{read}' was audited: {actions:?}"
+        );
+    }
+    let credit = local
+        .iter()
+        .find(|e| e["action"].as_str().unwrap().contains("invoice credit"))
+        .unwrap();
+    assert_eq!(credit["subject"], "post-2026-10", "{credit}");
+    let e = api[0];
     assert_eq!(e["action"], "POST /v1/invoices/post-2026-10/pay -> 200");
     assert_eq!(e["subject"], "invoice:post-2026-10");
     assert_eq!(e["before"]["status"], "finalized");
