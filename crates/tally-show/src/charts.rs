@@ -64,7 +64,7 @@ pub fn bar_chart(title: &str, unit: &str, bars: &[Bar]) -> String {
             "<rect x=\"{x}\" y=\"{}\" width=\"{bar_w}\" height=\"{h}\" fill=\"#1f5fa8\"><title>{}: {} {}</title></rect>",
             PLOT - h,
             escape(&b.label),
-            b.value,
+            tally_core::rounded_amount(b.value, unit),
             escape(unit)
         ));
         if i % label_every == 0 {
@@ -77,7 +77,9 @@ pub fn bar_chart(title: &str, unit: &str, bars: &[Bar]) -> String {
     }
     svg.push_str(&format!(
         "<text x=\"0\" y=\"12\" font-size=\"10\" fill=\"#222\">{} {}</text></svg>",
-        max,
+        // Labels are for reading: a currency's amounts in its minor unit
+        // (any other unit as it is); bar heights use the exact values.
+        tally_core::rounded_amount(max, unit),
         escape(unit)
     ));
     svg
@@ -108,7 +110,15 @@ mod tests {
         assert!(svg.contains("height=\"170\""), "{svg}");
         assert!(svg.contains("height=\"85\""), "{svg}");
         assert!(svg.contains("height=\"0\""), "{svg}");
-        assert!(svg.contains("a&lt;b: 5.0 EUR"), "{svg}");
+        assert!(svg.contains("a&lt;b: 5.00 EUR"), "{svg}");
         assert!(!svg.contains("a<b"));
+        // Labels are rounded to the currency's minor unit; a bare unit is
+        // printed as it is.
+        let exact = [Bar {
+            label: "x".into(),
+            value: "64.596724687".parse().unwrap(),
+        }];
+        assert!(bar_chart("t", "EUR", &exact).contains(">64.60 EUR</text>"));
+        assert!(bar_chart("t", "GiB", &exact).contains(">64.596724687 GiB</text>"));
     }
 }
