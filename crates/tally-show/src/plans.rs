@@ -64,8 +64,9 @@ pub struct PlanView {
     pub cloudkitty_meters: Vec<String>,
 }
 
-/// Describes a price in words, amounts at full precision.
-pub fn describe(rule: &PriceRule, currency: &str) -> String {
+/// Describes a price in words, amounts at full precision; `unit` is the
+/// meter's unit (`hour`, `GiB-hour`).
+pub fn describe(rule: &PriceRule, currency: &str, unit: &str) -> String {
     let tiers = |tiers: &[tally_core::pricing::Tier]| {
         let mut from = Decimal::ZERO;
         let mut parts = Vec::new();
@@ -74,7 +75,7 @@ pub fn describe(rule: &PriceRule, currency: &str) -> String {
                 Some(up) => format!("{from}–{up}"),
                 None => format!("{from}+"),
             };
-            let mut part = format!("{range} at {} {currency}", t.unit_price);
+            let mut part = format!("{range} at {} {currency} per {unit}", t.unit_price);
             if !t.flat_fee.is_zero() {
                 part.push_str(&format!(" plus {} {currency} once", t.flat_fee));
             }
@@ -84,19 +85,19 @@ pub fn describe(rule: &PriceRule, currency: &str) -> String {
         parts.join("; ")
     };
     let mut text = match &rule.charge {
-        Charge::PerUnit { unit_price } => format!("{unit_price} {currency} per unit"),
+        Charge::PerUnit { unit_price } => format!("{unit_price} {currency} per {unit}"),
         Charge::Flat { amount } => format!("{amount} {currency} per period"),
         Charge::Graduated { tiers: t } => format!("graduated: {}", tiers(t)),
         Charge::Volume { tiers: t } => {
             format!("volume (the tier reached prices every unit): {}", tiers(t))
         }
         Charge::Package { size, price } => {
-            format!("{price} {currency} per block of {size} units (a started block counts whole)")
+            format!("{price} {currency} per block of {size} {unit} (a started block counts whole)")
         }
     };
     if !rule.free_allowance.is_zero() {
         text.push_str(&format!(
-            "; the first {} units of each period free",
+            "; the first {} {unit} of each period free",
             rule.free_allowance
         ));
     }
@@ -131,6 +132,12 @@ pub async fn plan_view(
             .is_some_and(|a| a == account_id),
     };
     let currency = plan.currency.code().to_string();
+    let units: BTreeMap<String, String> = tally_rate::plans::current_meters(db)
+        .await?
+        .summaries()
+        .into_iter()
+        .map(|m| (m.name, m.unit))
+        .collect();
     let versions = plan
         .versions
         .iter()
@@ -151,7 +158,11 @@ pub async fn plan_view(
                         meter: r.meter.clone(),
                         matches: r.matches.clone(),
                         projects,
-                        description: describe(&r.rule, &currency),
+                        description: describe(
+                            &r.rule,
+                            &currency,
+                            units.get(r.meter.as_str()).map_or("unit", String::as_str),
+                        ),
                         price: r.rule.clone(),
                     })
                 })
@@ -192,9 +203,10 @@ mod tests {
                 &rule(Charge::PerUnit {
                     unit_price: d("0.0125")
                 }),
-                "EUR"
+                "EUR",
+                "hour"
             ),
-            "0.0125 EUR per unit"
+            "0.0125 EUR per hour"
         );
         let graduated = PriceRule {
             charge: Charge::Graduated {
@@ -215,9 +227,9 @@ mod tests {
             minimum: Some(d("1.50")),
         };
         assert_eq!(
-            describe(&graduated, "USD"),
-            "graduated: 0–100 at 0.10 USD; 100+ at 0.05 USD plus 2 USD once; \
-             the first 10 units of each period free; at least 1.50 USD per period"
+            describe(&graduated, "USD", "GiB-hour"),
+            "graduated: 0–100 at 0.10 USD per GiB-hour; 100+ at 0.05 USD per GiB-hour plus 2 USD once; \
+             the first 10 GiB-hour of each period free; at least 1.50 USD per period"
         );
         assert_eq!(
             describe(
@@ -225,9 +237,10 @@ mod tests {
                     size: d("5"),
                     price: d("3")
                 }),
-                "EUR"
+                "EUR",
+                "GB"
             ),
-            "3 EUR per block of 5 units (a started block counts whole)"
+            "3 EUR per block of 5 GB (a started block counts whole)"
         );
     }
 }

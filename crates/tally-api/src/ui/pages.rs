@@ -575,7 +575,7 @@ pub async fn invoice_line(
             exact => format!("{} {cur}", e.line.exact_amount.normalize()),
             current => format!("{} {cur}", e.current_amount),
             changed => e.changed_since_invoiced,
-            priced_by => priced_rows(&e.priced_by, &cur),
+            priced_by => priced_rows(&e.priced_by, &cur, &e.line.unit),
             resources => resources,
             ..page.frame(&format!("Invoice {id}, line {line_no}"), "/ui/invoices")
         },
@@ -600,7 +600,11 @@ fn explain_href(project: &str, resource: &str, meter: &str, at: &str) -> String 
     format!("/ui/explain?{query}")
 }
 
-fn priced_rows(priced: &[tally_show::explain::PricedBy], currency: &str) -> Vec<minijinja::Value> {
+fn priced_rows(
+    priced: &[tally_show::explain::PricedBy],
+    currency: &str,
+    unit: &str,
+) -> Vec<minijinja::Value> {
     priced
         .iter()
         .map(|p| {
@@ -610,7 +614,7 @@ fn priced_rows(priced: &[tally_show::explain::PricedBy], currency: &str) -> Vec<
                 effective_from => p.effective_from.map(|t| t.to_rfc3339()),
                 rule => p.rule.clone(),
                 matches => p.matches.as_ref().map(|m| m.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(", ")),
-                price => p.price.as_ref().map(|r| tally_show::plans::describe(r, currency)),
+                price => p.price.as_ref().map(|r| tally_show::plans::describe(r, currency, unit)),
             }
         })
         .collect()
@@ -720,7 +724,11 @@ pub async fn explain(
                 group_by => m.group_by.join(", "),
                 description => m.description.clone(),
             }),
-            priced_by => priced_rows(&e.priced_by, e.lines.first().map_or("", |l| l.currency.as_str())),
+            priced_by => priced_rows(
+                &e.priced_by,
+                e.lines.first().map_or("", |l| l.currency.as_str()),
+                e.lines.first().map_or("unit", |l| l.unit.as_str()),
+            ),
             records => records,
             truncated => e.records_truncated,
             ..page.frame(&format!("Explain {} {}", q.resource_id, q.meter), "")
