@@ -13,7 +13,6 @@ use std::collections::BTreeMap;
 use chrono::{DateTime, Duration, Utc};
 use rust_decimal::Decimal;
 use serde::Serialize;
-use sqlx::Row;
 use tally_core::Money;
 use tally_core::billing::{
     BillingPeriod, DocumentLine, InvoiceDocument, Party, PaymentMode, PeriodLabel, split_credit,
@@ -638,88 +637,114 @@ pub struct InvoiceFilter {
     pub credited_between: Option<(DateTime<Utc>, DateTime<Utc>)>,
 }
 
+/// The conditions of an invoice listing, over `invoices i` left-joined
+/// with `invoice_settlements s`: the caller's scope, then the filters.
+/// Bound by [`bind_listing`], in this order.
+const LISTING_CONDITIONS: &str = "($1 OR i.account_id = $2) \
+     AND ($3 IS NULL OR i.account_id = $3) AND ($4 IS NULL OR i.period = $4) \
+     AND ($5 IS NULL OR COALESCE(s.status, i.status) = $5) \
+     AND ($6 OR EXISTS (SELECT 1 FROM credit_notes c WHERE c.invoice_id = i.invoice_id \
+     AND c.issued_at_us >= $7 AND c.issued_at_us < $8))";
+
+fn bind_listing<'q, O>(
+    query: sqlx::query::QueryAs<'q, sqlx::Any, O, sqlx::any::AnyArguments>,
+    scope: &AccountScope,
+    filter: &InvoiceFilter,
+) -> sqlx::query::QueryAs<'q, sqlx::Any, O, sqlx::any::AnyArguments> {
+    let (all, one) = scope.binds();
+    let (from_us, to_us) = filter.credited_between.map_or((0, 0), |(f, t)| {
+        (f.timestamp_micros(), t.timestamp_micros())
+    });
+    query
+        .bind(all)
+        .bind(one)
+        .bind(filter.account_id.clone())
+        .bind(filter.period.map(|p| p.to_string()))
+        .bind(filter.status.clone())
+        .bind(filter.credited_between.is_none())
+        .bind(from_us)
+        .bind(to_us)
+}
+
+/// An invoice row: its document as stored, its revision and its
+/// settlement (`paid`, `void`), which is the status shown when present.
+#[derive(sqlx::FromRow)]
+struct InvoiceRow {
+    invoice_id: String,
+    document: String,
+    revision: i64,
+    settled: Option<String>,
+}
+
+impl InvoiceRow {
+    fn into_stored(self, credit_notes: Vec<CreditNote>) -> Result<StoredInvoice, BillingError> {
+        let mut document: InvoiceDocument = serde_json::from_str(&self.document).map_err(|e| {
+            BillingError::Invalid(format!(
+                "stored invoice {} does not parse: {e}",
+                self.invoice_id
+            ))
+        })?;
+        if let Some(settled) = self.settled {
+            document.status = settled;
+        }
+        Ok(StoredInvoice {
+            revision: self.revision,
+            credited: credit_notes.iter().map(|c| c.total).sum(),
+            credit_notes,
+            document,
+        })
+    }
+}
+
 /// Invoices the caller may see, newest period first: one query for the
 /// invoices (scope and filters in SQL, the settled status included) and
-/// one for their credit notes, whatever the number of invoices.
+/// one for the credit notes of those invoices, whatever their number.
 pub async fn list_invoices(
     db: &Database,
     scope: &AccountScope,
     filter: &InvoiceFilter,
 ) -> Result<Vec<StoredInvoice>, BillingError> {
-    let (all, one) = scope.binds();
     let mut conn = db.pool.acquire().await?;
-    let rows = sqlx::query(
-        "SELECT i.invoice_id, i.document, i.revision, s.status AS settled FROM invoices i \
-         LEFT JOIN invoice_settlements s ON s.invoice_id = i.invoice_id \
-         WHERE ($1 OR i.account_id = $2) \
-         AND ($3 IS NULL OR i.account_id = $3) AND ($4 IS NULL OR i.period = $4) \
-         AND ($5 IS NULL OR COALESCE(s.status, i.status) = $5) \
-         AND ($6 OR EXISTS (SELECT 1 FROM credit_notes c WHERE c.invoice_id = i.invoice_id \
-         AND c.issued_at_us >= $7 AND c.issued_at_us < $8)) \
-         ORDER BY i.period DESC, i.account_id",
-    )
-    .bind(all)
-    .bind(one.clone())
-    .bind(filter.account_id.clone())
-    .bind(filter.period.map(|p| p.to_string()))
-    .bind(filter.status.clone())
-    .bind(filter.credited_between.is_none())
-    .bind(
-        filter
-            .credited_between
-            .map_or(0, |(f, _)| f.timestamp_micros()),
-    )
-    .bind(
-        filter
-            .credited_between
-            .map_or(0, |(_, t)| t.timestamp_micros()),
+    // Only the constant conditions are pasted into these texts; every
+    // value is bound.
+    let rows: Vec<InvoiceRow> = bind_listing(
+        sqlx::query_as(sqlx::AssertSqlSafe(format!(
+            "SELECT i.invoice_id, i.document, i.revision, s.status AS settled FROM invoices i \
+             LEFT JOIN invoice_settlements s ON s.invoice_id = i.invoice_id \
+             WHERE {LISTING_CONDITIONS} ORDER BY i.period DESC, i.account_id"
+        ))),
+        scope,
+        filter,
     )
     .fetch_all(&mut *conn)
     .await?;
-    let mut out = Vec::with_capacity(rows.len());
-    let mut index = std::collections::HashMap::new();
-    for row in rows {
-        let invoice_id: String = row.try_get("invoice_id")?;
-        let mut document: InvoiceDocument =
-            serde_json::from_str(&row.try_get::<String, _>("document")?).map_err(|e| {
-                BillingError::Invalid(format!("stored invoice {invoice_id} does not parse: {e}"))
-            })?;
-        if let Some(settled) = row.try_get::<Option<String>, _>("settled")? {
-            document.status = settled;
-        }
-        index.insert(invoice_id, out.len());
-        out.push(StoredInvoice {
-            revision: row.try_get("revision")?,
-            credited: Decimal::ZERO,
-            credit_notes: Vec::new(),
-            document,
-        });
+    if rows.is_empty() {
+        return Ok(Vec::new());
     }
-    if out.is_empty() {
-        return Ok(out);
-    }
-    // Credit notes are few: read those of the caller's scope and keep the
-    // listed invoices' ones.
-    let notes: Vec<(String, CreditNoteRow)> = sqlx::query_as::<_, CreditNoteWithInvoice>(
-        "SELECT c.invoice_id, c.credit_note_id, c.number, c.line_no, c.net, c.tax, c.total, \
-         c.reason, c.issued_at_us FROM credit_notes c JOIN invoices i ON i.invoice_id = c.invoice_id \
-         WHERE ($1 OR i.account_id = $2) ORDER BY c.number",
+    let notes: Vec<CreditNoteWithInvoice> = bind_listing(
+        sqlx::query_as(sqlx::AssertSqlSafe(format!(
+            "SELECT c.invoice_id, c.credit_note_id, c.number, c.line_no, c.net, c.tax, c.total, \
+             c.reason, c.issued_at_us FROM credit_notes c \
+             JOIN invoices i ON i.invoice_id = c.invoice_id \
+             LEFT JOIN invoice_settlements s ON s.invoice_id = i.invoice_id \
+             WHERE {LISTING_CONDITIONS} ORDER BY c.number"
+        ))),
+        scope,
+        filter,
     )
-    .bind(all)
-    .bind(one)
     .fetch_all(&mut *conn)
-    .await?
-    .into_iter()
-    .map(|r| (r.invoice_id, r.note))
-    .collect();
-    for (invoice_id, row) in notes {
-        if let Some(&i) = index.get(&invoice_id) {
-            let note = credit_note(&invoice_id, row)?;
-            out[i].credited += note.total;
-            out[i].credit_notes.push(note);
-        }
+    .await?;
+    let mut notes_of: std::collections::HashMap<String, Vec<CreditNote>> = Default::default();
+    for n in notes {
+        let note = credit_note(&n.invoice_id, n.note)?;
+        notes_of.entry(n.invoice_id).or_default().push(note);
     }
-    Ok(out)
+    rows.into_iter()
+        .map(|row| {
+            let notes = notes_of.remove(&row.invoice_id).unwrap_or_default();
+            row.into_stored(notes)
+        })
+        .collect()
 }
 
 /// One invoice the caller may see.
@@ -738,32 +763,19 @@ async fn read_invoice(
     invoice_id: &str,
 ) -> Result<StoredInvoice, BillingError> {
     let (all, one) = scope.binds();
-    let q = sqlx::query(
-        "SELECT i.document, i.revision, s.status AS settled FROM invoices i \
+    let row: InvoiceRow = sqlx::query_as(
+        "SELECT i.invoice_id, i.document, i.revision, s.status AS settled FROM invoices i \
          LEFT JOIN invoice_settlements s ON s.invoice_id = i.invoice_id \
          WHERE i.invoice_id = $1 AND ($2 OR i.account_id = $3)",
     )
     .bind(invoice_id)
     .bind(all)
-    .bind(one);
-    let row = q
-        .fetch_optional(&mut *conn)
-        .await?
-        .ok_or_else(|| BillingError::UnknownInvoice(invoice_id.to_string()))?;
-    let mut document: InvoiceDocument =
-        serde_json::from_str(&row.try_get::<String, _>("document")?).map_err(|e| {
-            BillingError::Invalid(format!("stored invoice {invoice_id} does not parse: {e}"))
-        })?;
-    if let Some(settled) = row.try_get::<Option<String>, _>("settled")? {
-        document.status = settled;
-    }
+    .bind(one)
+    .fetch_optional(&mut *conn)
+    .await?
+    .ok_or_else(|| BillingError::UnknownInvoice(invoice_id.to_string()))?;
     let credit_notes = credit_notes(conn, invoice_id).await?;
-    Ok(StoredInvoice {
-        revision: row.try_get("revision")?,
-        credited: credit_notes.iter().map(|c| c.total).sum(),
-        credit_notes,
-        document,
-    })
+    row.into_stored(credit_notes)
 }
 
 async fn credit_notes(

@@ -17,13 +17,12 @@ use std::time::{Duration, Instant};
 use axum::extract::{Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{Html, IntoResponse, Redirect, Response};
-use chrono::{Datelike, Utc};
+use chrono::Utc;
 use rand::RngCore;
 use rust_decimal::Decimal;
 use serde::Deserialize;
 use tally_core::{Identity, Role};
-use tally_show::charts::{Bar, bar_chart};
-use tally_show::summary::{self, Bucket, Dimension, Summary, SummaryQuery};
+use tally_show::summary::{self, Bucket, Dimension, SummaryQuery};
 
 use crate::{ApiError, AppState};
 
@@ -394,20 +393,14 @@ pub async fn overview(
                 .map_err(crate::show::show_error)
         }
     };
-    // The daily summary's totals are the month's: one query for both.
-    let daily: Summary = run(ask(vec![], Bucket::Day, 100)).await?;
-    let currency = daily
-        .totals
-        .iter()
-        .find(|t| !t.currency.is_empty())
-        .map(|t| t.currency.clone())
-        .unwrap_or_default();
-    let revenue = daily
-        .totals
-        .iter()
-        .find(|t| t.currency == currency)
-        .map(|t| t.amount)
-        .unwrap_or_default();
+    let (currency, revenue, chart) = pages::daily_cost(
+        &state,
+        &identity,
+        &month,
+        &label.to_string(),
+        &SummaryQuery::default(),
+    )
+    .await?;
     // The forecast extends the month so far at its average daily rate.
     let current = now >= month.start && now < month.end;
     let forecast = current.then(|| {
@@ -415,19 +408,6 @@ pub async fn overview(
         let whole = Decimal::from((month.end - month.start).num_seconds());
         shown(revenue * whole / elapsed, &currency)
     });
-    let bars: Vec<Bar> = daily
-        .rows
-        .iter()
-        .filter(|r| r.currency == currency)
-        .map(|r| Bar {
-            label: r
-                .bucket_start
-                .map(|t| format!("{:02}-{:02}", t.month(), t.day()))
-                .unwrap_or_default(),
-            value: r.amount,
-        })
-        .collect();
-    let chart = bar_chart(&format!("Cost per day, {label}"), &currency, &bars);
     let mut tables = Vec::new();
     let mut top = Vec::new();
     if identity.role == Role::Admin {

@@ -69,24 +69,29 @@ fn main_total(s: &Summary) -> (String, Decimal) {
         .unwrap_or_default()
 }
 
-/// What the account and project pages share: the month's cost, its daily
-/// chart and the cost per service, for the projects `filter` selects.
-async fn spend(
+/// A month's cost for the projects `filter` selects: the currency most of
+/// it is in, its total, and its cost per day as an SVG chart. The daily
+/// summary's totals are the month's, so one query gives both.
+pub(crate) async fn daily_cost(
     state: &AppState,
     identity: &Identity,
     month: &tally_core::billing::BillingPeriod,
     label: &str,
-    filter: SummaryQuery,
-) -> Result<(String, Decimal, String, Vec<minijinja::Value>), ApiError> {
-    let ask = |group_by: Vec<Dimension>, bucket: Bucket| SummaryQuery {
-        from: Some(month.start),
-        to: Some(month.end),
-        group_by,
-        bucket,
-        limit: Some(summary::MAX_LIMIT),
-        ..filter.clone()
-    };
-    let daily = summarize(state, identity, ask(vec![], Bucket::Day)).await?;
+    filter: &SummaryQuery,
+) -> Result<(String, Decimal, String), ApiError> {
+    let daily = summarize(
+        state,
+        identity,
+        SummaryQuery {
+            from: Some(month.start),
+            to: Some(month.end),
+            group_by: vec![],
+            bucket: Bucket::Day,
+            limit: Some(summary::MAX_LIMIT),
+            ..filter.clone()
+        },
+    )
+    .await?;
     let (currency, total) = main_total(&daily);
     let bars: Vec<Bar> = daily
         .rows
@@ -101,10 +106,40 @@ async fn spend(
         })
         .collect();
     let chart = bar_chart(&format!("Cost per day, {label}"), &currency, &bars);
+    Ok((currency, total, chart))
+}
+
+/// What the account and project pages share: the month asked for, its
+/// cost, daily chart and cost per service, for the projects `filter`
+/// selects.
+struct Spend {
+    label: String,
+    month: tally_core::billing::BillingPeriod,
+    currency: String,
+    total: Decimal,
+    chart: String,
+    services: Vec<minijinja::Value>,
+}
+
+async fn spend(
+    state: &AppState,
+    identity: &Identity,
+    period: &PeriodParam,
+    filter: &SummaryQuery,
+) -> Result<Spend, ApiError> {
+    let (label, month) = period.month(Utc::now())?;
+    let label = label.to_string();
+    let (currency, total, chart) = daily_cost(state, identity, &month, &label, filter).await?;
     let services = summarize(
         state,
         identity,
-        ask(vec![Dimension::Service], Bucket::Total),
+        SummaryQuery {
+            from: Some(month.start),
+            to: Some(month.end),
+            group_by: vec![Dimension::Service],
+            limit: Some(summary::MAX_LIMIT),
+            ..filter.clone()
+        },
     )
     .await?
     .rows
@@ -116,7 +151,14 @@ async fn spend(
         }
     })
     .collect();
-    Ok((currency, total, chart, services))
+    Ok(Spend {
+        label,
+        month,
+        currency,
+        total,
+        chart,
+        services,
+    })
 }
 
 /// Budgets of `account_id` (and of `project_id` alone, when given) with
@@ -255,19 +297,12 @@ pub async fn account(
     let balances = tally_bill::ledger::balances(&svc.db, &scope, &id)
         .await
         .map_err(billing_error)?;
-    let (label, month) = q.month(Utc::now())?;
     let filter = SummaryQuery {
         account_id: Some(id.clone()),
         ..SummaryQuery::default()
     };
-    let (currency, total, chart, services) = spend(
-        &state,
-        &page.identity,
-        &month,
-        &label.to_string(),
-        filter.clone(),
-    )
-    .await?;
+    let spent = spend(&state, &page.identity, &q, &filter).await?;
+    let month = &spent.month;
     let top = |group_by: Vec<Dimension>, limit: usize| SummaryQuery {
         from: Some(month.start),
         to: Some(month.end),
@@ -307,7 +342,7 @@ pub async fn account(
         }
     })
     .collect();
-    let budgets = budgets(&state, &page.identity, &id, None, &month).await?;
+    let budgets = budgets(&state, &page.identity, &id, None, month).await?;
     let owned: Vec<String> = account
         .projects
         .iter()
@@ -320,7 +355,7 @@ pub async fn account(
         minijinja::context! {
             kind => "account",
             heading => format!("{} ({})", account.spec.name, account.spec.account_id),
-            period => label.to_string(),
+            period => spent.label.clone(),
             facts => vec![
                 ("Currency", account.spec.currency.code().to_string()),
                 ("Payment", format!("{:?}", account.spec.payment_mode).to_lowercase()),
@@ -329,9 +364,9 @@ pub async fn account(
                 ("Receivable", money(balances.receivable)),
                 ("Prepaid balance", money(balances.prepaid)),
             ],
-            total => shown(total, &currency),
-            chart => chart,
-            services => services,
+            total => shown(spent.total, &spent.currency),
+            chart => spent.chart.clone(),
+            services => spent.services.clone(),
             projects => projects,
             resources => resources,
             budgets => budgets,
@@ -370,19 +405,12 @@ pub async fn project(
     {
         return page.not_found(&format!("Project {id}"));
     }
-    let (label, month) = q.month(Utc::now())?;
     let filter = SummaryQuery {
         project_id: Some(id.clone()),
         ..SummaryQuery::default()
     };
-    let (currency, total, chart, services) = spend(
-        &state,
-        &page.identity,
-        &month,
-        &label.to_string(),
-        filter.clone(),
-    )
-    .await?;
+    let spent = spend(&state, &page.identity, &q, &filter).await?;
+    let month = &spent.month;
     // Per day, so each resource's row can link to a day it was rated on.
     let daily = summarize(
         &state,
@@ -444,7 +472,7 @@ pub async fn project(
         .owner_of(&id)
         .map(str::to_string);
     let budgets = match &owner {
-        Some(a) => budgets(&state, &page.identity, a, Some(&id), &month).await?,
+        Some(a) => budgets(&state, &page.identity, a, Some(&id), month).await?,
         None => Vec::new(),
     };
     // Project readers are not shown the account (it is not theirs to see).
@@ -457,12 +485,12 @@ pub async fn project(
         minijinja::context! {
             kind => "project",
             heading => format!("Project {id}"),
-            period => label.to_string(),
+            period => spent.label.clone(),
             account => account_fact,
             facts => Vec::<(String, String)>::new(),
-            total => shown(total, &currency),
-            chart => chart,
-            services => services,
+            total => shown(spent.total, &spent.currency),
+            chart => spent.chart.clone(),
+            services => spent.services.clone(),
             project_resources => resources,
             budgets => budgets,
             ..page.frame(&format!("Project {id}"), &format!("/ui/projects/{id}"))
