@@ -47,7 +47,8 @@ use tally_price::{PlanBook, PricePlan};
 use tally_store::catalog::{self, SegmentEntry};
 use tally_store::objects::RawObjects;
 
-use crate::aggregate::{MeteredLine, Metering, RatingWindow, RawUsage, later};
+use crate::aggregate::{MeteredLine, Metering, RatingWindow, RawUsage, later, marks_deletion};
+use crate::carry::{self, CarriedRecord};
 use crate::meters::{Aggregation, MeterSet};
 use crate::shuffle::{self, BucketWriter};
 
@@ -107,8 +108,9 @@ pub struct RatingConfig {
     pub memory_limit: usize,
     /// Where shuffle buckets are written (removed after each run).
     pub spill_dir: PathBuf,
-    /// How far before the range the job looks for the last value of gauges
-    /// and the last state of resources, to carry them into the range.
+    /// How far before a line explain looks for the records carried into
+    /// it. (Rating itself starts from the latest carry snapshot, or the
+    /// whole history: see the `carry` module.)
     pub carry_lookback: Duration,
     /// How long the line files of a run whose lines have all been replaced
     /// are kept (for readers still holding the old coverage) before they
@@ -198,7 +200,22 @@ where
     F: Fn(usize) -> S,
 {
     let window = request.window;
-    let carry_from = window.from - config.carry_lookback;
+    let carried = carried_meters(&request.meters);
+    // Taken before the catalog is read: what the snapshots this run leaves
+    // can have seen.
+    let taken = Utc::now();
+    let snapshot = if carried.is_empty() {
+        None
+    } else {
+        carry::usable_snapshot(db, window.from, &carried).await?
+    };
+    // Records before the range matter only as carried state: after the
+    // snapshot's instant when there is one, else the whole history.
+    let carry_from = match (&snapshot, carried.is_empty()) {
+        (_, true) => window.from,
+        (Some(s), false) => s.as_of,
+        (None, false) => DateTime::UNIX_EPOCH,
+    };
     let segments = catalog::active_segments(
         &db.pool,
         carry_from.timestamp_micros(),
@@ -206,18 +223,35 @@ where
     )
     .await?;
     let partitions = config.partitions.max(1);
-    let segment_paths: Arc<Vec<String>> =
-        Arc::new(segments.iter().map(|s| s.path.clone()).collect());
-    if segments.is_empty() {
+    let mut segment_paths: Vec<String> = segments.iter().map(|s| s.path.clone()).collect();
+    let ctx = session(raw, config)?;
+    let plan = if segments.is_empty() {
+        None
+    } else {
+        Some(scan_plan(&ctx, raw, &segments, request, carry_from).await?)
+    };
+    let schema = keyed_schema(&plan.as_ref().map_or_else(scan_schema, |p| p.schema()));
+    let mut carried_rows = match &snapshot {
+        Some(s) => {
+            let file = raw.get(&s.path).await.map_err(|e| {
+                RatingError::Files(format!("cannot read carry snapshot {}: {e}", s.path))
+            })?;
+            carry::decode(file, &schema, &mut segment_paths)?
+        }
+        None => Vec::new(),
+    };
+    let carried_count: usize = carried_rows.iter().map(|b| b.num_rows()).sum();
+    if segments.is_empty() && carried_count == 0 {
         let sinks = (0..partitions).map(make_sink).collect();
         return Ok((RunTotals::default(), Vec::new(), sinks));
     }
-    let ctx = session(raw, config)?;
-    let plan = scan_plan(&ctx, raw, &segments, request, carry_from).await?;
-    let schema = plan.schema();
-    let rows: i64 = segments.iter().map(|s| s.row_count).sum();
-    let buckets = bucket_count(rows.max(0) as u64, config);
-    let streams = execute_stream_partitioned(plan, ctx.task_ctx())?;
+    let segment_paths = Arc::new(segment_paths);
+    let rows = segments.iter().map(|s| s.row_count).sum::<i64>().max(0) as u64;
+    let buckets = bucket_count(rows + carried_count as u64, config);
+    let streams = match plan {
+        Some(plan) => execute_stream_partitioned(plan, ctx.task_ctx())?,
+        None => Vec::new(),
+    };
     let started = std::time::Instant::now();
 
     // Stage 1: scan, and route rows to buckets (or keep them, if one bucket
@@ -237,15 +271,22 @@ where
     for (i, stream) in streams.into_iter().enumerate() {
         groups[i % partitions].push(stream);
     }
-    let schema = keyed_schema(&schema);
     let mut scans = Vec::new();
     for (task, group) in groups.into_iter().enumerate() {
         let dir = shuffle_dir.clone();
         let schema = schema.clone();
+        // The snapshot's rows join the first task's, already keyed.
+        let snapshot_rows = std::mem::take(&mut carried_rows);
         scans.push(tokio::spawn(async move {
             let mut kept = Vec::new();
             let mut writer =
                 (buckets > 1).then(|| BucketWriter::new(&dir, task, buckets, schema.clone()));
+            for batch in snapshot_rows {
+                match writer.as_mut() {
+                    Some(w) => w.route(&batch)?,
+                    None => kept.push(batch),
+                }
+            }
             for mut stream in group {
                 while let Some(batch) = stream.next().await {
                     let batch = with_record_keys(&batch?, &schema)?;
@@ -281,8 +322,9 @@ where
         let segment_paths = segment_paths.clone();
         let dir = shuffle_dir.clone();
         let in_memory = in_memory.clone();
+        let carried = carried.clone();
         tasks.push(tokio::spawn(async move {
-            let mut consumer = Consumer::new(&request, &segment_paths, sink);
+            let mut consumer = Consumer::new(&request, &segment_paths, &carried, sink);
             for bucket in (worker..buckets).step_by(partitions) {
                 let batches = if buckets == 1 {
                     in_memory.to_vec()
@@ -297,11 +339,14 @@ where
     let mut totals = RunTotals::default();
     let mut sinks = Vec::new();
     let mut failure = None;
+    let (mut at_from, mut at_to) = (Vec::new(), Vec::new());
     for task in tasks {
         match task.await {
-            Ok(Ok((t, sink))) => {
+            Ok(Ok((t, sink, carried))) => {
                 totals.add(&t);
                 sinks.push(sink);
+                at_from.extend(carried.at_from);
+                at_to.extend(carried.at_to);
             }
             Ok(Err(e)) => failure = failure.or(Some(e)),
             Err(e) => {
@@ -318,7 +363,51 @@ where
     if let Some(e) = failure {
         return Err(e);
     }
+    if !carried.is_empty() {
+        let mut snapshots = vec![(window.to, at_to)];
+        if snapshot.as_ref().is_none_or(|s| s.as_of != window.from) {
+            snapshots.push((window.from, at_from));
+        }
+        for (as_of, rows) in snapshots {
+            // Without a snapshot the next run reads more history, but rates
+            // the same: a failure here costs time, not money.
+            if let Err(e) =
+                carry::save(db, raw, as_of, taken, &carried, &rows, &segment_paths).await
+            {
+                tracing::warn!(error = %e, %as_of, "could not save a carry snapshot");
+            }
+        }
+    }
     Ok((totals, segment_paths.to_vec(), sinks))
+}
+
+/// The rating scan's schema before keys are added, as `scan_plan` selects
+/// it: used when a run reads no segment, only a carry snapshot.
+fn scan_schema() -> SchemaRef {
+    let segment = tally_store::segment::schema();
+    let mut fields: Vec<Field> = [
+        "source",
+        "id",
+        "time",
+        "received_at",
+        "project_id",
+        "resource_id",
+        "meter",
+        "kind",
+        "volume",
+        "unit",
+        "attributes",
+    ]
+    .iter()
+    .map(|name| {
+        segment
+            .field_with_name(name)
+            .expect("segment schema has the scanned columns")
+            .clone()
+    })
+    .collect();
+    fields.push(Field::new("segment", DataType::UInt32, false));
+    Arc::new(Schema::new(fields))
 }
 
 /// The scan's schema with `source` and `id` replaced by the record key
@@ -570,27 +659,46 @@ struct ResourceRows {
     attributes: HashMap<String, Arc<Attributes>>,
 }
 
+/// The carried state a worker saw, for the run's snapshots.
+#[derive(Default)]
+struct CarriedState {
+    /// Per resource, the last record of each carried meter before the range.
+    at_from: Vec<CarriedRecord>,
+    /// The same before the range's end, without deleted resources.
+    at_to: Vec<CarriedRecord>,
+}
+
 /// Meters buckets of rows one resource at a time and feeds the priced
 /// lines to a sink.
 struct Consumer<'a, S> {
     metering: Metering<'a>,
     request: &'a RatingRequest,
     segment_paths: &'a [String],
+    /// Raw meters whose last record carries into the next range.
+    carried_meters: &'a [String],
     sink: S,
     totals: RunTotals,
+    carried: CarriedState,
     meters: HashMap<String, Arc<str>>,
     units: HashMap<String, Arc<str>>,
     current: ResourceRows,
 }
 
 impl<'a, S: LineSink> Consumer<'a, S> {
-    fn new(request: &'a RatingRequest, segment_paths: &'a [String], sink: S) -> Self {
+    fn new(
+        request: &'a RatingRequest,
+        segment_paths: &'a [String],
+        carried_meters: &'a [String],
+        sink: S,
+    ) -> Self {
         Consumer {
             metering: Metering::new(&request.meters, request.window),
             request,
             segment_paths,
+            carried_meters,
             sink,
             totals: RunTotals::default(),
+            carried: CarriedState::default(),
             meters: HashMap::new(),
             units: HashMap::new(),
             current: ResourceRows::default(),
@@ -667,11 +775,44 @@ impl<'a, S: LineSink> Consumer<'a, S> {
         Ok(())
     }
 
-    async fn finish(self) -> Result<(RunTotals, S), RatingError> {
-        Ok((self.totals, self.sink))
+    async fn finish(self) -> Result<(RunTotals, S, CarriedState), RatingError> {
+        Ok((self.totals, self.sink, self.carried))
+    }
+
+    /// Records what of this resource carries past the range's start and end.
+    fn keep_carried(&mut self, rows: &ResourceRows) {
+        if self.carried_meters.is_empty() {
+            return;
+        }
+        let carried = |meter: &str| self.carried_meters.iter().any(|m| m == meter);
+        let entry = |record: &RawUsage| CarriedRecord {
+            project: rows.project.clone(),
+            resource: rows.resource.clone(),
+            record: record.clone(),
+        };
+        let deleted_before = rows.carry.values().any(|r| marks_deletion(&r.attributes));
+        if deleted_before {
+            return;
+        }
+        self.carried.at_from.extend(rows.carry.values().map(&entry));
+        if rows.records.iter().any(|r| marks_deletion(&r.attributes)) {
+            return;
+        }
+        let mut last: BTreeMap<&str, &RawUsage> =
+            rows.carry.iter().map(|(m, r)| (&**m, r)).collect();
+        for r in rows.records.iter().filter(|r| carried(&r.meter)) {
+            match last.get(&*r.meter) {
+                Some(held) if !later(r, held) => {}
+                _ => {
+                    last.insert(&r.meter, r);
+                }
+            }
+        }
+        self.carried.at_to.extend(last.into_values().map(entry));
     }
 
     async fn finish_resource(&mut self, rows: ResourceRows) -> Result<(), RatingError> {
+        self.keep_carried(&rows);
         let carry: Vec<RawUsage> = rows.carry.into_values().collect();
         let (metered, duplicates) = self.metering.meter_resource(rows.records, carry);
         self.totals.duplicates += duplicates;

@@ -10,6 +10,7 @@
 //! CLI and API call).
 
 pub mod aggregate;
+pub mod carry;
 pub mod cells;
 pub mod job;
 pub mod lines;

@@ -65,14 +65,18 @@ pub async fn commit_flush(
         FlushOrigin::Compaction => ("compaction", None),
     };
     let count: i64 = segments.iter().map(|s| s.row_count).sum();
+    // Rating reads this to tell whether a carry snapshot taken before this
+    // flush missed records (see tally-rate's `carry` module).
+    let min_time_us = segments.iter().map(|s| s.min_time_us).min();
     sqlx::query(
-        "INSERT INTO raw_flushes (flush_id, origin, wal_seq, record_count, created_at_us) VALUES ($1, $2, $3, $4, $5)",
+        "INSERT INTO raw_flushes (flush_id, origin, wal_seq, record_count, created_at_us, min_time_us) VALUES ($1, $2, $3, $4, $5, $6)",
     )
     .bind(flush_id)
     .bind(origin_name)
     .bind(wal_seq)
     .bind(count)
     .bind(now_us)
+    .bind(min_time_us)
     .execute(&mut *tx)
     .await?;
     for s in segments {

@@ -1141,25 +1141,26 @@ async fn summaries_exports_explanations_and_audit(env: Env) {
     ]);
     assert_eq!(amounts_by_bucket(&hourly), vec![dec("0.04"); 3]);
     // Re-rating part of a day replaces that part once: totals unchanged,
-    // and the day that was cut still adds up. (Within the rating's carry
-    // lookback of the gauges' only records, on 1 October.)
+    // and the day that was cut still adds up. The gauges' only records are
+    // of 1 October: their values carry in from the month's run's snapshot,
+    // however long ago they were sent.
     env.ok(&[
         "rate",
         "--from",
-        "2026-10-02T06:00:00Z",
+        "2026-10-25T06:00:00Z",
         "--to",
-        "2026-10-02T12:00:00Z",
+        "2026-10-25T12:00:00Z",
     ]);
     let again = env.json(&["costs", "--period", "2026-10", "--group-by", "account"]);
     assert_eq!(again["rows"], by_account["rows"]);
-    let fifth = env.json(&[
+    let cut_day = env.json(&[
         "costs",
         "--from",
-        "2026-10-02T00:00:00Z",
+        "2026-10-25T00:00:00Z",
         "--to",
-        "2026-10-03T00:00:00Z",
+        "2026-10-26T00:00:00Z",
     ]);
-    assert_eq!(d(&fifth["totals"][0]["amount"]), dec("2.64"));
+    assert_eq!(d(&cut_day["totals"][0]["amount"]), dec("2.64"));
     assert!(
         env.fails(&["costs", "--bucket", "fortnight"])
             .contains("unknown bucket 'fortnight'")

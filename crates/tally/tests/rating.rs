@@ -601,3 +601,85 @@ async fn serve_puts_a_meters_file_in_force_and_refuses_a_bad_one() {
         "{err}"
     );
 }
+
+/// The volume-hours of `vol-1` rated between `from` and `to`.
+fn volume_hours(data: &Path, from: &str, to: &str) -> Decimal {
+    let run = common::tally_json(data, &["rate", "--from", from, "--to", to]);
+    assert_eq!(run["status"], "complete", "{run}");
+    let lines = common::tally_json(
+        data,
+        &["lines", "--from", from, "--to", to, "--limit", "1000"],
+    );
+    lines["lines"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|l| l["meter"] == "volume.gib_hours")
+        .map(|l| d(&l["quantity"]))
+        .sum()
+}
+
+#[test]
+fn a_gauge_carries_from_any_age_and_late_history_is_not_hidden_by_a_snapshot() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let volume = |id: &str, time: &str, size: &str, attrs: &str| {
+        ev(id, "volume.size", "vol-1", "p2", time, size, attrs)
+    };
+    let ssd = r#"{"volume_type":"ssd"}"#;
+    let first = write(
+        dir.path(),
+        "first.ndjson",
+        &(volume("v1", "2026-10-01T00:00:00Z", "100", ssd) + "\n"),
+    );
+    common::ingest_file(&data, &first);
+
+    // Rated from the whole history (no snapshot yet), then from the
+    // snapshot the first run left: the only record is 19 days old.
+    assert_eq!(
+        volume_hours(&data, "2026-10-01T00:00:00Z", "2026-10-02T00:00:00Z"),
+        Decimal::from(2400)
+    );
+    assert_eq!(
+        volume_hours(&data, "2026-10-20T10:00:00Z", "2026-10-20T11:00:00Z"),
+        Decimal::from(100)
+    );
+
+    // A resize on 10 October arrives late, after snapshots of 20 October
+    // were taken without it: they are stale, and the re-rating sees 200.
+    let late = write(
+        dir.path(),
+        "late.ndjson",
+        &(volume("v2", "2026-10-10T00:00:00Z", "200", ssd) + "\n"),
+    );
+    common::ingest_file(&data, &late);
+    assert_eq!(
+        volume_hours(&data, "2026-10-20T10:00:00Z", "2026-10-20T11:00:00Z"),
+        Decimal::from(200)
+    );
+
+    // Deleted on 15 October: nothing carries past it, from a snapshot or not.
+    let deleted = write(
+        dir.path(),
+        "deleted.ndjson",
+        &(volume(
+            "v3",
+            "2026-10-15T00:00:00Z",
+            "200",
+            r#"{"volume_type":"ssd","event_type":"volume.delete.end"}"#,
+        ) + "\n"),
+    );
+    common::ingest_file(&data, &deleted);
+    assert_eq!(
+        volume_hours(&data, "2026-10-14T00:00:00Z", "2026-10-16T00:00:00Z"),
+        Decimal::from(4800)
+    );
+    assert_eq!(
+        volume_hours(&data, "2026-10-20T10:00:00Z", "2026-10-20T11:00:00Z"),
+        Decimal::ZERO
+    );
+    assert_eq!(
+        volume_hours(&data, "2026-10-16T00:00:00Z", "2026-10-17T00:00:00Z"),
+        Decimal::ZERO
+    );
+}
