@@ -1,6 +1,9 @@
 //! A deterministic generator of realistic OpenStack-like usage, written as
-//! CloudEvents NDJSON: the data behind `tally gen`, the README's demo, the
-//! tests and the benchmarks.
+//! NDJSON in one of two shapes ([`Shape`]): CloudEvents, one record each, or
+//! what an OpenStack cloud really sends (Nova, Cinder, Neutron and Glance
+//! notifications in oslo.messaging envelopes, and Ceilometer samples). It is
+//! the data behind `tally gen`, the README's demo, the tests and the
+//! benchmarks.
 //!
 //! The shape follows what Ceilometer reports for a cloud: every `interval`
 //! (an hour by default) each live resource is polled, giving gauge samples
@@ -17,6 +20,23 @@ use chrono::{DateTime, Duration, Utc};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
+/// How generated usage is written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Shape {
+    /// CloudEvents 1.0, one usage record per event (`POST /v1/events`).
+    #[default]
+    CloudEvents,
+    /// What an OpenStack cloud sends, one message per line, each in an
+    /// oslo.messaging v2 envelope (`POST /v1/events?format=openstack`, or
+    /// the notification bus): Nova's legacy `compute.instance.*`
+    /// notifications (create, resize, hourly `exists` audits, delete),
+    /// Cinder's `volume.*` (hourly `exists`, delete), Neutron's
+    /// `floatingip.delete.end`, Glance's `image.delete`, and Ceilometer
+    /// `metering` notifications carrying the polled samples (network bytes,
+    /// floating IPs, image and object storage sizes).
+    OpenStack,
+}
+
 /// What to generate.
 #[derive(Debug, Clone)]
 pub struct GenConfig {
@@ -30,6 +50,8 @@ pub struct GenConfig {
     pub start: DateTime<Utc>,
     /// Polling interval in minutes.
     pub interval_minutes: u32,
+    /// How the usage is written.
+    pub shape: Shape,
 }
 
 struct Flavor {
@@ -271,7 +293,107 @@ impl Generator {
         self.pending.push_back(s);
     }
 
+    /// Queues one oslo.messaging v2 notification.
+    fn notify(
+        &mut self,
+        time: DateTime<Utc>,
+        publisher: &str,
+        event_type: &str,
+        project: usize,
+        payload: serde_json::Value,
+    ) {
+        self.counter += 1;
+        let p = &self.projects[project];
+        let message = serde_json::json!({
+            "message_id": uuid(&mut self.rng),
+            "publisher_id": publisher,
+            "event_type": event_type,
+            "priority": "INFO",
+            "payload": payload,
+            "timestamp": openstack_time(time),
+            // The actor; Tally bills the owner named in the payload.
+            "_context_project_id": p.id,
+            "_context_user_id": p.user,
+            "_context_request_id": format!("req-{}", uuid(&mut self.rng)),
+        });
+        let envelope = serde_json::json!({
+            "oslo.version": "2.0",
+            "oslo.message": message.to_string(),
+        });
+        self.pending.push_back(envelope.to_string());
+    }
+
+    /// One Ceilometer sample, as its `metering` notifications carry them.
+    #[allow(clippy::too_many_arguments)]
+    fn sample(
+        &mut self,
+        time: DateTime<Utc>,
+        meter: &str,
+        kind: &str,
+        unit: &str,
+        volume: u64,
+        resource: &str,
+        project: usize,
+        metadata: serde_json::Value,
+    ) -> serde_json::Value {
+        let p = &self.projects[project];
+        serde_json::json!({
+            "source": "openstack",
+            "counter_name": meter,
+            "counter_type": kind,
+            "counter_unit": unit,
+            "counter_volume": volume,
+            "user_id": p.user,
+            "project_id": p.id,
+            "resource_id": resource,
+            "timestamp": time.to_rfc3339_opts(chrono::SecondsFormat::Micros, false),
+            "resource_metadata": metadata,
+            "message_id": uuid(&mut self.rng),
+            "monotonic_time": null,
+        })
+    }
+
+    /// A Nova legacy instance payload.
+    fn instance_payload(
+        &self,
+        i: usize,
+        flavor: &Flavor,
+        state: &str,
+        extra: serde_json::Value,
+    ) -> serde_json::Value {
+        let inst = &self.instances[i];
+        let p = &self.projects[inst.project];
+        let mut payload = serde_json::json!({
+            "tenant_id": p.id,
+            "user_id": p.user,
+            "instance_id": inst.id,
+            "display_name": format!("vm-{}", &inst.id[..8]),
+            "instance_type": flavor.name,
+            "instance_type_id": flavor.id.parse::<u32>().unwrap_or(0),
+            "instance_flavor_id": flavor.id,
+            "vcpus": flavor.vcpus,
+            "memory_mb": flavor.ram_mb,
+            "root_gb": flavor.disk_gb,
+            "disk_gb": flavor.disk_gb,
+            "ephemeral_gb": 0,
+            "state": state,
+            "state_description": "",
+            "availability_zone": inst.zone,
+            "host": format!("compute-{}", &inst.id[..2]),
+            "created_at": openstack_time(inst.created),
+            "launched_at": openstack_time(inst.created),
+            "image_ref_url": "http://glance:9292/images/cirros",
+        });
+        if let (Some(o), serde_json::Value::Object(e)) = (payload.as_object_mut(), extra) {
+            o.extend(e);
+        }
+        payload
+    }
+
     fn fill_slot(&mut self) {
+        if self.cfg.shape == Shape::OpenStack {
+            return self.fill_slot_openstack();
+        }
         let interval = Duration::minutes(i64::from(self.cfg.interval_minutes.max(1)));
         let slot_start = self.cfg.start + interval * self.slot as i32;
         let slot_end = slot_start + interval;
@@ -414,6 +536,14 @@ impl Generator {
                     r.created,
                     r.deleted,
                 );
+                if let Some(d) = deleted.filter(|d| *d >= slot_start && *d < slot_end) {
+                    // Deleted: its last record says so, and nothing of it
+                    // is billed after.
+                    let attrs = format!(
+                        r#""{label_name}":"{label}","availability_zone":"az1","status":"deleted""#
+                    );
+                    self.event(d, meter, &id, project, "gauge", "0", unit, &attrs);
+                }
                 let poll =
                     slot_start.max(created) + Duration::seconds(self.rng.random_range(0..300));
                 if deleted.is_some_and(|d| poll >= d) || poll >= slot_end {
@@ -439,6 +569,293 @@ impl Generator {
             }
         }
     }
+}
+
+impl Generator {
+    fn fill_slot_openstack(&mut self) {
+        use serde_json::json;
+        let interval = Duration::minutes(i64::from(self.cfg.interval_minutes.max(1)));
+        let slot_start = self.cfg.start + interval * self.slot as i32;
+        let slot_end = slot_start + interval;
+        let alive = |created: DateTime<Utc>, deleted: Option<DateTime<Utc>>| {
+            created < slot_end && deleted.is_none_or(|d| d > slot_start)
+        };
+        for i in 0..self.instances.len() {
+            let inst = &self.instances[i];
+            if !alive(inst.created, inst.deleted) {
+                continue;
+            }
+            let (id, project, created, deleted) =
+                (inst.id.clone(), inst.project, inst.created, inst.deleted);
+            let flavor_now = match inst.resized_to {
+                Some((at, f)) if at <= slot_start => f,
+                _ => inst.flavor,
+            };
+            let resize = inst
+                .resized_to
+                .filter(|(at, _)| *at >= slot_start && *at < slot_end);
+            let publisher = format!("compute.compute-{}", &id[..2]);
+            let f = &FLAVORS[flavor_now];
+            if created >= slot_start {
+                let payload = self.instance_payload(i, f, "active", json!({}));
+                self.notify(
+                    created,
+                    &publisher,
+                    "compute.instance.create.end",
+                    project,
+                    payload,
+                );
+            }
+            if let Some((at, to)) = resize {
+                let payload = self.instance_payload(i, &FLAVORS[to], "active", json!({}));
+                self.notify(
+                    at,
+                    &publisher,
+                    "compute.instance.resize.confirm.end",
+                    project,
+                    payload,
+                );
+            }
+            let poll = slot_start.max(created) + Duration::seconds(self.rng.random_range(0..300));
+            if deleted.is_none_or(|d| poll < d) && poll < slot_end {
+                // Nova's audit of the hour (instance_usage_audit_period =
+                // hour), then Ceilometer's network pollster.
+                let payload = self.instance_payload(
+                    i,
+                    f,
+                    "active",
+                    json!({
+                        "audit_period_beginning": openstack_time(slot_start),
+                        "audit_period_ending": openstack_time(slot_end),
+                    }),
+                );
+                self.notify(
+                    poll,
+                    &publisher,
+                    "compute.instance.exists",
+                    project,
+                    payload,
+                );
+                let out: u64 = self.rng.random_range(0..5_000_000_000);
+                let inn: u64 = self.rng.random_range(0..2_000_000_000);
+                let nic = format!("{id}-tap0");
+                let meta =
+                    json!({"instance_id": id, "vnic_name": "tap0", "flavor": {"name": f.name}});
+                let samples = vec![
+                    self.sample(
+                        poll,
+                        "network.outgoing.bytes",
+                        "delta",
+                        "B",
+                        out,
+                        &nic,
+                        project,
+                        meta.clone(),
+                    ),
+                    self.sample(
+                        poll,
+                        "network.incoming.bytes",
+                        "delta",
+                        "B",
+                        inn,
+                        &nic,
+                        project,
+                        meta,
+                    ),
+                ];
+                self.notify(
+                    poll,
+                    "ceilometer.polling",
+                    "metering",
+                    project,
+                    json!(samples),
+                );
+            }
+            if let Some(d) = deleted.filter(|d| *d >= slot_start && *d < slot_end) {
+                let payload = self.instance_payload(
+                    i,
+                    f,
+                    "deleted",
+                    json!({
+                        "deleted_at": openstack_time(d),
+                        "terminated_at": openstack_time(d),
+                    }),
+                );
+                self.notify(
+                    d,
+                    &publisher,
+                    "compute.instance.delete.end",
+                    project,
+                    payload,
+                );
+            }
+        }
+        for k in 0..4 {
+            let n = match k {
+                0 => self.volumes.len(),
+                1 => self.floating_ips.len(),
+                2 => self.images.len(),
+                _ => self.containers.len(),
+            };
+            for i in 0..n {
+                let r = match k {
+                    0 => &self.volumes[i],
+                    1 => &self.floating_ips[i],
+                    2 => &self.images[i],
+                    _ => &self.containers[i],
+                };
+                if !alive(r.created, r.deleted) {
+                    continue;
+                }
+                let (id, project, size, label, created, deleted) = (
+                    r.id.clone(),
+                    r.project,
+                    r.size,
+                    r.label,
+                    r.created,
+                    r.deleted,
+                );
+                let owner = self.projects[project].id.clone();
+                let poll =
+                    slot_start.max(created) + Duration::seconds(self.rng.random_range(0..300));
+                let polled = deleted.is_none_or(|d| poll < d) && poll < slot_end;
+                let gone = deleted.filter(|d| *d >= slot_start && *d < slot_end);
+                match k {
+                    0 => {
+                        let user = self.projects[project].user.clone();
+                        let volume = |status: &str| {
+                            json!({
+                                "tenant_id": owner,
+                                "user_id": user,
+                                "volume_id": id,
+                                "display_name": format!("vol-{}", &id[..8]),
+                                "size": size,
+                                "volume_type": label,
+                                "status": status,
+                                "availability_zone": "az1",
+                                "created_at": openstack_time(created),
+                            })
+                        };
+                        if polled {
+                            let mut payload = volume("available");
+                            payload["audit_period_beginning"] = json!(openstack_time(slot_start));
+                            payload["audit_period_ending"] = json!(openstack_time(slot_end));
+                            self.notify(
+                                poll,
+                                "volume.cinder-volume",
+                                "volume.exists",
+                                project,
+                                payload,
+                            );
+                        }
+                        if let Some(d) = gone {
+                            let payload = volume("deleted");
+                            self.notify(
+                                d,
+                                "volume.cinder-volume",
+                                "volume.delete.end",
+                                project,
+                                payload,
+                            );
+                        }
+                    }
+                    1 => {
+                        if polled {
+                            let meta = json!({"status": label, "floating_ip_address": format!("203.0.113.{}", i % 250)});
+                            let s = self.sample(
+                                poll,
+                                "ip.floating",
+                                "gauge",
+                                "ip",
+                                1,
+                                &id,
+                                project,
+                                meta,
+                            );
+                            self.notify(
+                                poll,
+                                "ceilometer.polling",
+                                "metering",
+                                project,
+                                json!([s]),
+                            );
+                        }
+                        if let Some(d) = gone {
+                            // Neutron's delete names only the id; the actor
+                            // (here the owner) is in the context.
+                            let payload = json!({"floatingip_id": id});
+                            self.notify(
+                                d,
+                                "network.neutron-server",
+                                "floatingip.delete.end",
+                                project,
+                                payload,
+                            );
+                        }
+                    }
+                    2 => {
+                        if polled {
+                            let meta = json!({"disk_format": label, "container_format": "bare", "status": "active"});
+                            let s = self.sample(
+                                poll,
+                                "image.size",
+                                "gauge",
+                                "B",
+                                size,
+                                &id,
+                                project,
+                                meta,
+                            );
+                            self.notify(
+                                poll,
+                                "ceilometer.polling",
+                                "metering",
+                                project,
+                                json!([s]),
+                            );
+                        }
+                        if let Some(d) = gone {
+                            let payload = json!({
+                                "id": id,
+                                "owner": owner,
+                                "size": size,
+                                "status": "deleted",
+                                "disk_format": label,
+                                "container_format": "bare",
+                                "deleted_at": openstack_time(d),
+                            });
+                            self.notify(d, "image.localhost", "image.delete", project, payload);
+                        }
+                    }
+                    _ => {
+                        // Object storage grows a little every poll; an
+                        // emptied account reports zero.
+                        let bytes = size + (self.slot as u64) * 1_048_576;
+                        let at_end = gone.map(|d| (d, 0u64));
+                        for (t, v) in polled.then_some((poll, bytes)).into_iter().chain(at_end) {
+                            let meta = json!({"storage_policy": label});
+                            let s = self.sample(
+                                t,
+                                "storage.objects.size",
+                                "gauge",
+                                "B",
+                                v,
+                                &owner,
+                                project,
+                                meta,
+                            );
+                            self.notify(t, "ceilometer.polling", "metering", project, json!([s]));
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Times as oslo.messaging and Nova write them: naive UTC with a space.
+fn openstack_time(t: DateTime<Utc>) -> String {
+    t.format("%Y-%m-%d %H:%M:%S%.6f").to_string()
 }
 
 impl Iterator for Generator {
@@ -501,6 +918,7 @@ mod tests {
             seed,
             start: Utc.with_ymd_and_hms(2026, 10, 1, 0, 0, 0).unwrap(),
             interval_minutes: 60,
+            shape: Shape::CloudEvents,
         }
     }
 
@@ -545,5 +963,64 @@ mod tests {
             .map(|l| &l[l.find("\"id\":\"").unwrap() + 6..][..36])
             .collect();
         assert_eq!(ids.len(), t.lines().count());
+    }
+
+    #[test]
+    fn the_openstack_shape_decodes_as_openstack_and_rates_the_same_resources() {
+        use bytes::Bytes;
+        use tally_collect::Decoder;
+        let c = GenConfig {
+            shape: Shape::OpenStack,
+            ..cfg(1)
+        };
+        let t = text(c.clone());
+        assert_eq!(t, text(c), "deterministic");
+        let mut meters = std::collections::BTreeMap::<String, usize>::new();
+        let mut deleted = 0;
+        for line in t.lines() {
+            let records = tally_collect::OpenStackDecoder
+                .decode(&Bytes::from(line.to_string()), Utc::now())
+                .unwrap_or_else(|e| panic!("{line}: {}", e.message));
+            assert!(!records.is_empty(), "billed nothing: {line}");
+            for r in records {
+                *meters.entry(r.meter.clone()).or_default() += 1;
+                if r.attributes
+                    .get("status")
+                    .is_some_and(|s| s.text() == "deleted")
+                {
+                    deleted += 1;
+                }
+            }
+        }
+        for m in [
+            "instance",
+            "vcpus",
+            "memory",
+            "disk.root.size",
+            "volume.size",
+            "ip.floating",
+            "image.size",
+            "storage.objects.size",
+            "network.outgoing.bytes",
+            "network.incoming.bytes",
+        ] {
+            assert!(
+                meters.get(m).copied().unwrap_or(0) > 0,
+                "no {m}: {meters:?}"
+            );
+        }
+        assert!(deleted > 0, "deletions are notified");
+        // Every message is an oslo.messaging v2 envelope.
+        for l in t.lines() {
+            let v: serde_json::Value = serde_json::from_str(l).unwrap();
+            assert_eq!(v["oslo.version"], "2.0", "{l}");
+            assert!(v["oslo.message"].is_string(), "{l}");
+        }
+        // The same cloud in both shapes: the instance lifecycles agree.
+        let ce = text(cfg(1));
+        assert_eq!(
+            ce.matches("compute.instance.create.end").count(),
+            t.matches("compute.instance.create.end").count()
+        );
     }
 }

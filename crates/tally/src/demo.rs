@@ -1,7 +1,8 @@
 //! `tally demo`: Tally's main job on the embedded default, in one command.
 //!
 //! Starts a server on a data directory (SQLite + local Parquet, nothing to
-//! install), generates last month's usage for a small cloud, sends it over
+//! install), generates last month's usage for a small cloud as the cloud's own
+//! notifications and Ceilometer samples (oslo.messaging envelopes), sends it over
 //! HTTP exactly as a producer would, applies a sample price plan if none is
 //! stored, rates the month, puts the cloud's projects under three billing
 //! accounts, invoices and issues the month, and prints what it costs. Run it
@@ -280,12 +281,13 @@ pub async fn run(mut cfg: Config, args: DemoArgs) -> anyhow::Result<()> {
         seed: 1,
         start: Some(bounds.start.date_naive()),
         interval_minutes: 60,
+        shape: crate::gen_cmd::ShapeArg::Openstack,
         out: None,
     };
     let gen_config = gen_args.config();
     let events: Vec<String> = Generator::new(gen_config).collect();
     eprintln!(
-        "sending {} generated events ({} instances, {} days of {month}) to http://{addr}/v1/events ...",
+        "sending {} generated OpenStack notifications ({} instances, {} days of {month}) to http://{addr}/v1/events?format=openstack ...",
         events.len(),
         args.instances,
         gen_args.days
@@ -296,7 +298,7 @@ pub async fn run(mut cfg: Config, args: DemoArgs) -> anyhow::Result<()> {
     for batch in events.chunks(5000) {
         let body = batch.join("\n");
         let resp = http
-            .post(format!("http://{addr}/v1/events"))
+            .post(format!("http://{addr}/v1/events?format=openstack"))
             .bearer_auth(&key)
             .header("content-type", "application/x-ndjson")
             .body(body)

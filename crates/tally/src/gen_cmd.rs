@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use chrono::{DateTime, Days, NaiveDate, Utc};
-use tally_gen::{GenConfig, write_ndjson};
+use tally_gen::{GenConfig, Shape, write_ndjson};
 
 /// Arguments of `tally gen`.
 #[derive(clap::Args, Debug)]
@@ -25,6 +25,11 @@ pub struct GenArgs {
     /// Polling interval in minutes.
     #[arg(long, default_value_t = 60)]
     pub interval_minutes: u32,
+    /// What the lines are: `cloudevents` (one record each) or `openstack`
+    /// (notifications and Ceilometer samples in oslo.messaging envelopes,
+    /// as a cloud sends them; ingest with `--format openstack`).
+    #[arg(long, value_enum, default_value_t = ShapeArg::Cloudevents)]
+    pub shape: ShapeArg,
     /// Output file (.gz and .zst are compressed); default: standard output.
     #[arg(long, short)]
     pub out: Option<PathBuf>,
@@ -48,8 +53,21 @@ impl GenArgs {
                 Utc,
             ),
             interval_minutes: self.interval_minutes,
+            shape: match self.shape {
+                ShapeArg::Cloudevents => Shape::CloudEvents,
+                ShapeArg::Openstack => Shape::OpenStack,
+            },
         }
     }
+}
+
+/// `--shape` of `tally gen`.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ShapeArg {
+    /// CloudEvents 1.0.
+    Cloudevents,
+    /// OpenStack notifications and Ceilometer samples.
+    Openstack,
 }
 
 /// Runs `tally gen`.
