@@ -1,0 +1,128 @@
+"""Driver of scripts/bench-show: prepares the data directory (generate,
+ingest, rate, accounts), serves it, and runs tally-bench-show against it."""
+
+import argparse
+import datetime
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+
+from bench_ingest import machine
+from bench_rate import plan_toml
+
+ACCOUNTS = 100
+
+
+def tally(a, data, *args, check=True):
+    return subprocess.run([a.tally, "--data-dir", data, *args], check=check,
+                          stdout=subprocess.PIPE, text=True).stdout
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--tally", required=True)
+    ap.add_argument("--load", required=True)
+    ap.add_argument("--dir", required=True)
+    ap.add_argument("--size", default="10000:20")
+    ap.add_argument("--seconds", default="15")
+    ap.add_argument("--concurrency", default="8")
+    a = ap.parse_args()
+    os.makedirs(a.dir, exist_ok=True)
+    instances, minutes = a.size.split(":")
+    data = os.path.join(a.dir, f"rate-{instances}x{minutes}")
+    generated = os.path.join(data, "bench-generated")
+    if not os.path.exists(generated):
+        shutil.rmtree(data, ignore_errors=True)
+        print(f"==> generating {instances} instances, polled every {minutes} min, into {data}", file=sys.stderr)
+        start = time.monotonic()
+        gen = subprocess.Popen([a.tally, "gen", "--instances", instances, "--days", "31",
+                                "--interval-minutes", minutes, "--seed", "42", "--start", "2026-10-01"],
+                               stdout=subprocess.PIPE)
+        ingest = subprocess.run([a.tally, "--data-dir", data, "ingest", "--output", "json", "-"],
+                                stdin=gen.stdout, stdout=subprocess.PIPE, check=True)
+        gen.stdout.close()
+        gen.wait()
+        accepted = json.loads(ingest.stdout)["accepted"]
+        print(f"    {accepted} records in {time.monotonic() - start:.0f} s", file=sys.stderr)
+        with open(generated, "w") as f:
+            f.write(str(accepted))
+    with open(generated) as f:
+        records = int(f.read())
+
+    prepared = os.path.join(data, "bench-show-prepared")
+    if not os.path.exists(prepared):
+        plan = os.path.join(a.dir, "bench-plan.toml")
+        with open(plan, "w") as f:
+            f.write(plan_toml())
+        tally(a, data, "plan", "apply", "--default", plan)
+        print(f"==> rating the month ({records} records)", file=sys.stderr)
+        start = time.monotonic()
+        run = json.loads(tally(a, data, "rate", "--period", "2026-10", "--output", "json"))
+        print(f"    {run['lines']} lines in {time.monotonic() - start:.0f} s", file=sys.stderr)
+        costs = json.loads(tally(a, data, "costs", "--period", "2026-10", "--group-by", "project",
+                                 "--limit", "1000000", "--output", "json"))
+        projects = sorted({r["project_id"] for r in costs["rows"]})
+        print(f"==> {ACCOUNTS} billing accounts over {len(projects)} projects", file=sys.stderr)
+        for i in range(ACCOUNTS):
+            owned = projects[i::ACCOUNTS]
+            args = ["account", "create", f"bench-{i:03}", "--name", f"Bench customer {i}", "--currency", "EUR"]
+            for p in owned:
+                args += ["--project", p]
+            tally(a, data, *args)
+        with open(os.path.join(data, "bench-projects.json"), "w") as f:
+            json.dump({"projects": projects, "lines": run["lines"]}, f)
+        with open(prepared, "w") as f:
+            f.write("ok")
+    with open(os.path.join(data, "bench-projects.json")) as f:
+        prep = json.load(f)
+    project = prep["projects"][0]
+    reader = json.loads(tally(a, data, "admin", "key", "create", "--role", "account-reader",
+                              "--account", "bench-000", "--output", "json"))["key"]
+
+    server = subprocess.Popen([a.tally, "--data-dir", data, "serve", "--listen", "127.0.0.1:0"],
+                              stderr=subprocess.PIPE, text=True, env={**os.environ, "TALLY_LOG": "warn"})
+    url = None
+    for line in server.stderr:
+        if line.startswith("tally listening on "):
+            url = line.split()[3]
+            break
+    if url is None:
+        sys.exit("tally serve did not start")
+    # Keep draining the server's log so it never blocks on a full pipe.
+    import threading
+    threading.Thread(target=lambda: [None for _ in server.stderr], daemon=True).start()
+    with open(os.path.join(data, "admin-key")) as f:
+        admin = f.read().strip()
+    month = "period=2026-10"
+    common = ["--seconds", a.seconds, "--concurrency", a.concurrency]
+    try:
+        operator = subprocess.run([a.load, "--url", url, "--key", admin, *common,
+                                   "--target", f"costs by service (operator)=/v1/costs?{month}&group_by=service",
+                                   "--target", f"costs by account (operator)=/v1/costs?{month}&group_by=account",
+                                   "--target", f"costs by day (operator)=/v1/costs?{month}&bucket=day",
+                                   "--target", f"usage of one project by meter=/v1/usage?{month}&project_id={project}",
+                                   "--target", "overview page (operator)=/ui",
+                                   "--target", "accounts page (operator)=/ui/accounts"],
+                                  stdout=subprocess.PIPE, text=True)
+        tenant = subprocess.run([a.load, "--url", url, "--key", reader, *common,
+                                 "--target", f"costs by project per day (account reader)=/v1/costs?{month}&group_by=project&bucket=day",
+                                 "--target", "account page (account reader)=/ui/accounts/bench-000",
+                                 "--target", f"project page (account reader)=/ui/projects/{project}"],
+                                stdout=subprocess.PIPE, text=True)
+    finally:
+        server.terminate()
+        server.wait()
+    print(f"# {datetime.date.today().isoformat()}, {machine()}")
+    print(f"# {records} raw records, {prep['lines']} rated lines, {len(prep['projects'])} projects, "
+          f"{ACCOUNTS} accounts; {a.concurrency} requests in flight, {a.seconds} s per target")
+    print(operator.stdout)
+    print("\n".join(tenant.stdout.splitlines()[2:]))
+    if operator.returncode or tenant.returncode:
+        sys.exit("a target answered errors (see above)")
+
+
+if __name__ == "__main__":
+    main()
