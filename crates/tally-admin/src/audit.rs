@@ -8,6 +8,7 @@ use tally_db::Pool;
 
 /// One write, as recorded.
 #[derive(Debug, Clone, PartialEq, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct AuditEntry {
     /// Position in the log (increasing).
     pub audit_id: i64,

@@ -30,6 +30,7 @@ pub enum KeyError {
 
 /// A key's public description (never its secret).
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ApiKeyInfo {
     /// The key id (the part after `tly_` and before the secret).
     pub key_id: String,

@@ -135,6 +135,14 @@ pub async fn record_writes(
 }
 
 /// `GET /v1/audit?limit=&before=`: the newest entries first (admins only).
+#[utoipa::path(
+    get,
+    operation_id = "list_audit",
+    path = "/v1/audit",
+    tag = "audit",
+    params(("before" = Option<i64>, Query, description = "The next_before of the previous page"), ("limit" = Option<usize>, Query, description = "Page size")),
+    responses((status = 200, description = "Audit entries, latest first", body = AuditPage), crate::openapi::Refusals)
+)]
 pub async fn list(
     State(state): State<Arc<AppState>>,
     caller: Caller,
@@ -161,5 +169,19 @@ pub async fn list(
     let next = (entries.len() as i64 == limit)
         .then(|| entries.last().map(|e| e.audit_id))
         .flatten();
-    Ok(Json(serde_json::json!({ "entries": entries, "next_before": next })).into_response())
+    Ok(Json(AuditPage {
+        entries,
+        next_before: next,
+    })
+    .into_response())
+}
+
+/// `GET /v1/audit`.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub struct AuditPage {
+    /// The entries, newest first.
+    pub entries: Vec<audit::AuditEntry>,
+    /// Ask again with `before` set to this for older entries; absent on
+    /// the last page.
+    pub next_before: Option<i64>,
 }

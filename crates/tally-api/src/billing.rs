@@ -13,7 +13,7 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use chrono::{DateTime, Utc};
 use rust_decimal::Decimal;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use tally_bill::accounts::{self, AccountSpec, Owned};
 use tally_bill::invoices::{self, CreditRequest, InvoiceFilter};
 use tally_bill::{AccountScope, BillingError, alerts, ledger, reports};
@@ -72,7 +72,7 @@ fn period(text: &str) -> Result<PeriodLabel, ApiError> {
 
 /// Body of `POST /v1/accounts`: the account and, optionally, what it owns
 /// and its plan.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 pub struct NewAccount {
     /// The account.
     #[serde(flatten)]
@@ -89,6 +89,13 @@ pub struct NewAccount {
 }
 
 /// `POST /v1/accounts`
+#[utoipa::path(
+    post,
+    path = "/v1/accounts",
+    tag = "accounts",
+    request_body = NewAccount,
+    responses((status = 201, description = "The account created", body = accounts::Account), crate::openapi::Refusals)
+)]
 pub async fn create_account(
     State(state): State<Arc<AppState>>,
     caller: Caller,
@@ -133,6 +140,12 @@ pub async fn create_account(
 }
 
 /// `GET /v1/accounts`
+#[utoipa::path(
+    get,
+    path = "/v1/accounts",
+    tag = "accounts",
+    responses((status = 200, description = "The accounts the caller may see", body = AccountList), crate::openapi::Refusals)
+)]
 pub async fn list_accounts(
     State(state): State<Arc<AppState>>,
     caller: Caller,
@@ -141,10 +154,17 @@ pub async fn list_accounts(
     let list = accounts::list_accounts(db, &AccountScope::of(&caller.0))
         .await
         .map_err(billing_error)?;
-    Ok(Json(serde_json::json!({ "accounts": list })).into_response())
+    Ok(Json(AccountList { accounts: list }).into_response())
 }
 
 /// `GET /v1/accounts/{id}`
+#[utoipa::path(
+    get,
+    path = "/v1/accounts/{id}",
+    tag = "accounts",
+    params(("id" = String, Path, description = "The billing account")),
+    responses((status = 200, description = "The account", body = accounts::Account), crate::openapi::Refusals)
+)]
 pub async fn get_account(
     State(state): State<Arc<AppState>>,
     caller: Caller,
@@ -158,7 +178,7 @@ pub async fn get_account(
 }
 
 /// Body of `POST /v1/accounts/{id}/projects` and `/domains`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Ownership {
     /// The Keystone project or domain id.
@@ -184,6 +204,14 @@ async fn own(
 }
 
 /// `POST /v1/accounts/{id}/projects`
+#[utoipa::path(
+    post,
+    path = "/v1/accounts/{id}/projects",
+    tag = "accounts",
+    params(("id" = String, Path, description = "The billing account")),
+    request_body = Ownership,
+    responses((status = 200, description = "The account, now paying for the project", body = accounts::Account), crate::openapi::Refusals)
+)]
 pub async fn add_project(
     State(state): State<Arc<AppState>>,
     caller: Caller,
@@ -194,6 +222,14 @@ pub async fn add_project(
 }
 
 /// `POST /v1/accounts/{id}/domains`
+#[utoipa::path(
+    post,
+    path = "/v1/accounts/{id}/domains",
+    tag = "accounts",
+    params(("id" = String, Path, description = "The billing account")),
+    request_body = Ownership,
+    responses((status = 200, description = "The account, now paying for the domain's projects", body = accounts::Account), crate::openapi::Refusals)
+)]
 pub async fn add_domain(
     State(state): State<Arc<AppState>>,
     caller: Caller,
@@ -204,7 +240,7 @@ pub async fn add_domain(
 }
 
 /// Body of `POST /v1/accounts/{id}/plan-assignments`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PlanAssignmentBody {
     /// The plan.
@@ -216,6 +252,14 @@ pub struct PlanAssignmentBody {
 }
 
 /// `POST /v1/accounts/{id}/plan-assignments`
+#[utoipa::path(
+    post,
+    path = "/v1/accounts/{id}/plan-assignments",
+    tag = "accounts",
+    params(("id" = String, Path, description = "The billing account")),
+    request_body = PlanAssignmentBody,
+    responses((status = 200, description = "The account with its plan assignments", body = accounts::Account), crate::openapi::Refusals)
+)]
 pub async fn assign_plan(
     State(state): State<Arc<AppState>>,
     caller: Caller,
@@ -235,7 +279,7 @@ pub async fn assign_plan(
 }
 
 /// Body of `POST /v1/accounts/{id}/coupons`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CouponBody {
     /// Code.
@@ -251,6 +295,14 @@ pub struct CouponBody {
 }
 
 /// `POST /v1/accounts/{id}/coupons`
+#[utoipa::path(
+    post,
+    path = "/v1/accounts/{id}/coupons",
+    tag = "accounts",
+    params(("id" = String, Path, description = "The billing account")),
+    request_body = CouponBody,
+    responses((status = 201, description = "The coupon granted", body = Coupon), crate::openapi::Refusals)
+)]
 pub async fn grant_coupon(
     State(state): State<Arc<AppState>>,
     caller: Caller,
@@ -282,7 +334,7 @@ pub async fn grant_coupon(
 }
 
 /// Body of `POST /v1/accounts/{id}/top-ups`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TopUpBody {
     /// Amount received.
@@ -293,6 +345,14 @@ pub struct TopUpBody {
 }
 
 /// `POST /v1/accounts/{id}/top-ups`
+#[utoipa::path(
+    post,
+    path = "/v1/accounts/{id}/top-ups",
+    tag = "accounts",
+    params(("id" = String, Path, description = "The billing account")),
+    request_body = TopUpBody,
+    responses((status = 200, description = "The balances after the top-up", body = ledger::Balances), crate::openapi::Refusals)
+)]
 pub async fn top_up(
     State(state): State<Arc<AppState>>,
     caller: Caller,
@@ -308,6 +368,13 @@ pub async fn top_up(
 }
 
 /// `GET /v1/accounts/{id}/balance`
+#[utoipa::path(
+    get,
+    path = "/v1/accounts/{id}/balance",
+    tag = "accounts",
+    params(("id" = String, Path, description = "The billing account")),
+    responses((status = 200, description = "Receivable and prepaid balances", body = ledger::Balances), crate::openapi::Refusals)
+)]
 pub async fn balance(
     State(state): State<Arc<AppState>>,
     caller: Caller,
@@ -321,6 +388,13 @@ pub async fn balance(
 }
 
 /// `GET /v1/accounts/{id}/ledger`
+#[utoipa::path(
+    get,
+    path = "/v1/accounts/{id}/ledger",
+    tag = "accounts",
+    params(("id" = String, Path, description = "The billing account")),
+    responses((status = 200, description = "The account's ledger transactions", body = TransactionList), crate::openapi::Refusals)
+)]
 pub async fn account_ledger(
     State(state): State<Arc<AppState>>,
     caller: Caller,
@@ -330,11 +404,11 @@ pub async fn account_ledger(
     let txs = ledger::transactions(db, &AccountScope::of(&caller.0), &id)
         .await
         .map_err(billing_error)?;
-    Ok(Json(serde_json::json!({ "transactions": txs })).into_response())
+    Ok(Json(TransactionList { transactions: txs }).into_response())
 }
 
 /// Body of `POST /v1/invoices/runs`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct InvoiceRunBody {
     /// The period (YYYY-MM).
@@ -345,6 +419,13 @@ pub struct InvoiceRunBody {
 }
 
 /// `POST /v1/invoices/runs`: build or regenerate the period's drafts.
+#[utoipa::path(
+    post,
+    path = "/v1/invoices/runs",
+    tag = "invoices",
+    request_body = InvoiceRunBody,
+    responses((status = 200, description = "What the run did per account", body = invoices::RunSummary), crate::openapi::Refusals)
+)]
 pub async fn run_invoices(
     State(state): State<Arc<AppState>>,
     caller: Caller,
@@ -367,7 +448,8 @@ pub async fn run_invoices(
 }
 
 /// Query of `GET /v1/invoices`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct InvoiceQuery {
     /// Only this account.
     pub account_id: Option<String>,
@@ -378,6 +460,13 @@ pub struct InvoiceQuery {
 }
 
 /// `GET /v1/invoices`
+#[utoipa::path(
+    get,
+    path = "/v1/invoices",
+    tag = "invoices",
+    params(InvoiceQuery, crate::show::FormatParam),
+    responses((status = 200, description = "The invoices (JSON), or CSV with format=csv", content((InvoiceList = "application/json"), (String = "text/csv"))), crate::openapi::Refusals)
+)]
 pub async fn list_invoices(
     State(state): State<Arc<AppState>>,
     caller: Caller,
@@ -400,10 +489,17 @@ pub async fn list_invoices(
         tally_show::csv_export::invoices(&list, &mut body).map_err(crate::show::show_error)?;
         return Ok(crate::show::csv_response(body, "invoices.csv"));
     }
-    Ok(Json(serde_json::json!({ "invoices": list })).into_response())
+    Ok(Json(InvoiceList { invoices: list }).into_response())
 }
 
 /// `GET /v1/invoices/{id}`
+#[utoipa::path(
+    get,
+    path = "/v1/invoices/{id}",
+    tag = "invoices",
+    params(("id" = String, Path, description = "The invoice")),
+    responses((status = 200, description = "The invoice and its credit notes", body = invoices::StoredInvoice), crate::openapi::Refusals)
+)]
 pub async fn get_invoice(
     State(state): State<Arc<AppState>>,
     caller: Caller,
@@ -417,6 +513,13 @@ pub async fn get_invoice(
 }
 
 /// `DELETE /v1/invoices/{id}`: drafts only.
+#[utoipa::path(
+    delete,
+    path = "/v1/invoices/{id}",
+    tag = "invoices",
+    params(("id" = String, Path, description = "The invoice (drafts only)")),
+    responses((status = 204, description = "The draft was deleted"), crate::openapi::Refusals)
+)]
 pub async fn delete_invoice(
     State(state): State<Arc<AppState>>,
     caller: Caller,
@@ -431,6 +534,13 @@ pub async fn delete_invoice(
 }
 
 /// `POST /v1/invoices/{id}/finalize`
+#[utoipa::path(
+    post,
+    path = "/v1/invoices/{id}/finalize",
+    tag = "invoices",
+    params(("id" = String, Path, description = "The draft invoice")),
+    responses((status = 200, description = "The finalized invoice, numbered", body = invoices::StoredInvoice), crate::openapi::Refusals)
+)]
 pub async fn finalize(
     State(state): State<Arc<AppState>>,
     caller: Caller,
@@ -445,7 +555,7 @@ pub async fn finalize(
 }
 
 /// Body of `POST /v1/invoices/{id}/pay`.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PayBody {
     /// Payment reference.
@@ -454,6 +564,14 @@ pub struct PayBody {
 }
 
 /// `POST /v1/invoices/{id}/pay`
+#[utoipa::path(
+    post,
+    path = "/v1/invoices/{id}/pay",
+    tag = "invoices",
+    params(("id" = String, Path, description = "The finalized invoice")),
+    request_body = PayBody,
+    responses((status = 200, description = "The paid invoice", body = invoices::StoredInvoice), crate::openapi::Refusals)
+)]
 pub async fn pay(
     State(state): State<Arc<AppState>>,
     caller: Caller,
@@ -469,7 +587,7 @@ pub async fn pay(
 }
 
 /// Body of `POST /v1/invoices/{id}/void`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct VoidBody {
     /// Why.
@@ -477,6 +595,14 @@ pub struct VoidBody {
 }
 
 /// `POST /v1/invoices/{id}/void`
+#[utoipa::path(
+    post,
+    path = "/v1/invoices/{id}/void",
+    tag = "invoices",
+    params(("id" = String, Path, description = "The finalized invoice")),
+    request_body = VoidBody,
+    responses((status = 200, description = "The voided invoice", body = invoices::StoredInvoice), crate::openapi::Refusals)
+)]
 pub async fn void(
     State(state): State<Arc<AppState>>,
     caller: Caller,
@@ -492,7 +618,7 @@ pub async fn void(
 }
 
 /// Body of `POST /v1/invoices/{id}/credit-notes`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreditBody {
     /// One line (else the whole invoice).
@@ -504,6 +630,14 @@ pub struct CreditBody {
 }
 
 /// `POST /v1/invoices/{id}/credit-notes`
+#[utoipa::path(
+    post,
+    path = "/v1/invoices/{id}/credit-notes",
+    tag = "invoices",
+    params(("id" = String, Path, description = "The finalized invoice")),
+    request_body = CreditBody,
+    responses((status = 201, description = "The credit note issued", body = invoices::CreditNote), crate::openapi::Refusals)
+)]
 pub async fn credit(
     State(state): State<Arc<AppState>>,
     caller: Caller,
@@ -529,7 +663,8 @@ pub async fn credit(
 }
 
 /// Query of `GET /v1/reports/unbilled`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct RangeQuery {
     /// Start (inclusive).
     pub from: DateTime<Utc>,
@@ -538,6 +673,13 @@ pub struct RangeQuery {
 }
 
 /// `GET /v1/reports/unbilled`: operators only (it spans every project).
+#[utoipa::path(
+    get,
+    path = "/v1/reports/unbilled",
+    tag = "invoices",
+    params(RangeQuery),
+    responses((status = 200, description = "Rated usage no account pays for (operators only)", body = UnbilledList), crate::openapi::Refusals)
+)]
 pub async fn unbilled(
     State(state): State<Arc<AppState>>,
     caller: Caller,
@@ -548,11 +690,11 @@ pub async fn unbilled(
     let rows = reports::unbilled_usage(&svc.db, &svc.rated, q.from, q.to)
         .await
         .map_err(billing_error)?;
-    Ok(Json(serde_json::json!({ "usage": rows })).into_response())
+    Ok(Json(UnbilledList { usage: rows }).into_response())
 }
 
 /// Body of `POST /v1/accounts/{id}/budgets`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct BudgetBody {
     /// Limit per period.
@@ -564,6 +706,14 @@ pub struct BudgetBody {
 }
 
 /// `POST /v1/accounts/{id}/budgets`
+#[utoipa::path(
+    post,
+    path = "/v1/accounts/{id}/budgets",
+    tag = "budgets",
+    params(("id" = String, Path, description = "The billing account")),
+    request_body = BudgetBody,
+    responses((status = 201, description = "The budget", body = alerts::Budget), crate::openapi::Refusals)
+)]
 pub async fn create_budget(
     State(state): State<Arc<AppState>>,
     caller: Caller,
@@ -588,6 +738,12 @@ pub async fn create_budget(
 }
 
 /// `GET /v1/budgets`
+#[utoipa::path(
+    get,
+    path = "/v1/budgets",
+    tag = "budgets",
+    responses((status = 200, description = "The budgets the caller may see", body = BudgetList), crate::openapi::Refusals)
+)]
 pub async fn list_budgets(
     State(state): State<Arc<AppState>>,
     caller: Caller,
@@ -596,10 +752,16 @@ pub async fn list_budgets(
     let list = alerts::list_budgets(db, &AccountScope::of(&caller.0))
         .await
         .map_err(billing_error)?;
-    Ok(Json(serde_json::json!({ "budgets": list })).into_response())
+    Ok(Json(BudgetList { budgets: list }).into_response())
 }
 
 /// `GET /v1/alerts`
+#[utoipa::path(
+    get,
+    path = "/v1/alerts",
+    tag = "budgets",
+    responses((status = 200, description = "Budget alerts the caller may see", body = AlertList), crate::openapi::Refusals)
+)]
 pub async fn list_alerts(
     State(state): State<Arc<AppState>>,
     caller: Caller,
@@ -608,11 +770,11 @@ pub async fn list_alerts(
     let list = alerts::list_alerts(db, &AccountScope::of(&caller.0))
         .await
         .map_err(billing_error)?;
-    Ok(Json(serde_json::json!({ "alerts": list })).into_response())
+    Ok(Json(AlertList { alerts: list }).into_response())
 }
 
 /// Body of `POST /v1/webhooks`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct WebhookBody {
     /// http:// URL.
@@ -622,6 +784,13 @@ pub struct WebhookBody {
 }
 
 /// `POST /v1/webhooks`: answers with the signing secret, shown once.
+#[utoipa::path(
+    post,
+    path = "/v1/webhooks",
+    tag = "budgets",
+    request_body = WebhookBody,
+    responses((status = 201, description = "The webhook, with its signing secret (shown once)", body = alerts::Webhook), crate::openapi::Refusals)
+)]
 pub async fn create_webhook(
     State(state): State<Arc<AppState>>,
     caller: Caller,
@@ -636,6 +805,12 @@ pub async fn create_webhook(
 }
 
 /// `GET /v1/webhooks/deliveries`: the delivery log (operators only).
+#[utoipa::path(
+    get,
+    path = "/v1/webhooks/deliveries",
+    tag = "budgets",
+    responses((status = 200, description = "The webhook delivery log (operators only)", body = DeliveryList), crate::openapi::Refusals)
+)]
 pub async fn list_deliveries(
     State(state): State<Arc<AppState>>,
     caller: Caller,
@@ -643,5 +818,54 @@ pub async fn list_deliveries(
     require_admin(&caller)?;
     let db = &service(&state)?.db;
     let log = alerts::deliveries(db).await.map_err(billing_error)?;
-    Ok(Json(serde_json::json!({ "deliveries": log })).into_response())
+    Ok(Json(DeliveryList { deliveries: log }).into_response())
+}
+
+/// `GET /v1/accounts`.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct AccountList {
+    /// The accounts the caller may see.
+    pub accounts: Vec<accounts::Account>,
+}
+
+/// `GET /v1/accounts/{id}/ledger`.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct TransactionList {
+    /// The account's ledger transactions, oldest first.
+    pub transactions: Vec<ledger::PostedTransaction>,
+}
+
+/// `GET /v1/invoices` (JSON).
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct InvoiceList {
+    /// The invoices the caller may see, with their credit notes.
+    pub invoices: Vec<invoices::StoredInvoice>,
+}
+
+/// `GET /v1/reports/unbilled`.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct UnbilledList {
+    /// Rated usage of projects no billing account pays for.
+    pub usage: Vec<tally_bill::reports::UnbilledUsage>,
+}
+
+/// `GET /v1/budgets`.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct BudgetList {
+    /// The budgets the caller may see.
+    pub budgets: Vec<alerts::Budget>,
+}
+
+/// `GET /v1/alerts`.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct AlertList {
+    /// Budget alerts raised, the caller's only.
+    pub alerts: Vec<alerts::Alert>,
+}
+
+/// `GET /v1/webhooks/deliveries`.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct DeliveryList {
+    /// Webhook deliveries, latest first.
+    pub deliveries: Vec<alerts::Delivery>,
 }

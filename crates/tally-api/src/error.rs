@@ -7,12 +7,13 @@ use serde::Serialize;
 
 /// An error response: an HTTP status, a stable code and a message that says
 /// what to fix.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct ApiError {
     /// The HTTP status (not serialized).
     #[serde(skip)]
     pub status: StatusCode,
     /// Stable, machine-readable code.
+    #[schema(value_type = String)]
     pub code: &'static str,
     /// What is wrong and what to do.
     pub message: String,

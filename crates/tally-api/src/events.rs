@@ -17,7 +17,7 @@ use crate::{ApiError, AppState, Caller};
 pub const MAX_PAGE: usize = 1000;
 
 /// One raw record as the API shows it.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct EventView {
     id: String,
     source: String,
@@ -69,7 +69,7 @@ impl From<UsageRecord> for EventView {
 }
 
 /// A page of records.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct EventList {
     events: Vec<EventView>,
     next_cursor: Option<String>,
@@ -107,6 +107,14 @@ fn parse_time(
 /// Lists raw records visible to the caller, filtered by `project_id`,
 /// `resource_id`, `meter`, `from` and `to`, `limit` per page, continued
 /// with `cursor`.
+#[utoipa::path(
+    get,
+    operation_id = "list_events",
+    path = "/v1/events",
+    tag = "events",
+    params(("project_id" = Option<String>, Query, description = "Only this project"), ("resource_id" = Option<String>, Query, description = "Only this resource"), ("meter" = Option<String>, Query, description = "Only this raw meter"), ("from" = Option<String>, Query, description = "Event time from (RFC 3339)"), ("to" = Option<String>, Query, description = "Event time before (RFC 3339)"), ("limit" = Option<usize>, Query, description = "Page size (at most 1000)"), ("cursor" = Option<String>, Query, description = "The next_cursor of the previous page")),
+    responses((status = 200, description = "A page of raw records, each with its original payload", body = EventList), crate::openapi::Refusals)
+)]
 pub async fn list(
     State(state): State<Arc<AppState>>,
     Caller(caller): Caller,

@@ -20,6 +20,14 @@ const INLINE_DECODE_BYTES: usize = 256 * 1024;
 
 /// Accepts CloudEvents (single, batch or NDJSON) and answers with counts
 /// and one rejection per bad record, only after accepted records are durable.
+#[utoipa::path(
+    post,
+    path = "/v1/events",
+    tag = "ingest",
+    params(("format" = Option<String>, Query, description = "cloudevents (default) or openstack")),
+    request_body(content((serde_json::Value = "application/cloudevents-batch+json"), (serde_json::Value = "application/cloudevents+json"), (serde_json::Value = "application/json"), (String = "application/x-ndjson")), description = "CloudEvents (one, a batch, or NDJSON), or OpenStack notifications and Ceilometer samples with format=openstack"),
+    responses((status = 200, description = "Counts and one rejection per bad record; accepted records are durable", body = tally_core::IngestSummary), crate::openapi::Refusals)
+)]
 pub async fn post_events(
     State(state): State<Arc<AppState>>,
     caller: Caller,
@@ -36,6 +44,14 @@ pub async fn post_events(
 /// `application/json`), authenticated by a Tally key in the URL's userinfo
 /// (`http://tally:<key>@host:8080/v1/ceilometer/samples`), which arrives as
 /// HTTP Basic auth.
+#[utoipa::path(
+    post,
+    path = "/v1/ceilometer/samples",
+    tag = "ingest",
+    request_body(content = serde_json::Value, content_type = "application/json", description = "What Ceilometer's http:// publisher sends: one sample or an array"),
+    responses((status = 200, description = "Counts and one rejection per bad sample", body = tally_core::IngestSummary), crate::openapi::Refusals),
+    security(("api_key" = []), ("basic" = []))
+)]
 pub async fn post_ceilometer_samples(
     State(state): State<Arc<AppState>>,
     caller: Caller,

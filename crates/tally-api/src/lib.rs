@@ -11,6 +11,7 @@ pub mod billing;
 pub mod error;
 pub mod events;
 pub mod ingest;
+pub mod openapi;
 pub mod rating;
 pub mod show;
 pub mod ui;
@@ -68,6 +69,8 @@ pub struct AppState {
     pub invoice_settings: tally_bill::invoices::InvoiceSettings,
     /// Signed-in dashboard sessions.
     pub sessions: ui::Sessions,
+    /// When set, JSON answers are checked against the OpenAPI document.
+    pub response_check: Option<Arc<openapi::ResponseCheck>>,
 }
 
 /// Builds the router with every route.
@@ -110,6 +113,7 @@ pub fn router(state: Arc<AppState>) -> Router {
             "/v1/plans",
             get(rating::list_plans).post(rating::apply_plan),
         )
+        .route("/v1/plans/{id}", get(rating::get_plan))
         .route(
             "/v1/accounts",
             get(billing::list_accounts).post(billing::create_account),
@@ -152,6 +156,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         )
         .route("/v1/audit", get(audit::list))
         .route("/v1/ingest/status", get(ingest_status))
+        .route("/v1/openapi.json", get(openapi::openapi_json))
         .fallback(|| async {
             ApiError::new(
                 StatusCode::NOT_FOUND,
@@ -164,6 +169,10 @@ pub fn router(state: Arc<AppState>) -> Router {
             audit::record_writes,
         ))
         .layer(axum::middleware::map_response(json_errors))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            openapi::check_responses,
+        ))
         .with_state(state)
 }
 
@@ -250,15 +259,20 @@ impl FromRequestParts<Arc<AppState>> for Caller {
     }
 }
 
+#[utoipa::path(
+    get,
+    path = "/healthz",
+    tag = "health",
+    responses((status = 200, description = "Ready", body = Health), (status = 503, description = "Not ready", body = Health), crate::openapi::Refusals),
+    security(())
+)]
 async fn healthz(State(state): State<Arc<AppState>>) -> Response {
     let stats = state.store.stats().await.ok();
-    let body = |status: &str, problem: Option<String>| {
-        serde_json::json!({
-            "status": status,
-            "problem": problem,
-            "uptime_seconds": state.started.elapsed().as_secs(),
-            "store": stats,
-        })
+    let body = |status: &'static str, problem: Option<String>| Health {
+        status,
+        problem,
+        uptime_seconds: state.started.elapsed().as_secs(),
+        store: stats.clone(),
     };
     match state.store.health() {
         Ok(()) => (StatusCode::OK, axum::Json(body("ok", None))).into_response(),
@@ -273,6 +287,12 @@ async fn healthz(State(state): State<Arc<AppState>>) -> Response {
 /// `GET /v1/ingest/status` (admins): records accepted, duplicate,
 /// rejected, ignored and dead-lettered since the process started, when a
 /// record was last accepted, and the store's flush backlog and lag.
+#[utoipa::path(
+    get,
+    path = "/v1/ingest/status",
+    tag = "ingest",
+    responses((status = 200, description = "Accepted, rejected and dead-lettered counts, and lag", body = IngestStatus), crate::openapi::Refusals)
+)]
 async fn ingest_status(
     State(state): State<Arc<AppState>>,
     caller: Caller,
@@ -283,17 +303,55 @@ async fn ingest_status(
     let idle = counts
         .last_accepted_at
         .map(|t| (chrono::Utc::now() - t).num_milliseconds() as f64 / 1000.0);
-    Ok(axum::Json(serde_json::json!({
-        "counts": counts,
-        "seconds_since_last_accepted": idle,
-        "unflushed_records": stats.unflushed_records,
-        "flush_lag_seconds": stats.flush_lag_seconds,
-        "segments": stats.catalog.segments,
-        "stored_records": stats.catalog.records,
-    }))
+    Ok(axum::Json(IngestStatus {
+        counts,
+        seconds_since_last_accepted: idle,
+        unflushed_records: stats.unflushed_records,
+        flush_lag_seconds: stats.flush_lag_seconds,
+        segments: stats.catalog.segments,
+        stored_records: stats.catalog.records,
+    })
     .into_response())
 }
 
+/// `GET /healthz`.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub struct Health {
+    /// `ok` or `failing`.
+    #[schema(value_type = String)]
+    pub status: &'static str,
+    /// What is failing, when something is.
+    pub problem: Option<String>,
+    /// Seconds since the process started.
+    pub uptime_seconds: u64,
+    /// The raw store's figures, when they could be read.
+    pub store: Option<tally_store::StoreStats>,
+}
+
+/// `GET /v1/ingest/status`.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub struct IngestStatus {
+    /// Records by outcome since the process started.
+    pub counts: tally_store::counters::IngestCounts,
+    /// Seconds since a record was last accepted; absent before the first.
+    pub seconds_since_last_accepted: Option<f64>,
+    /// Acknowledged records not yet in Parquet segments.
+    pub unflushed_records: u64,
+    /// Age of the oldest of those, seconds.
+    pub flush_lag_seconds: f64,
+    /// Active raw store segments.
+    pub segments: i64,
+    /// Records in them.
+    pub stored_records: i64,
+}
+
+#[utoipa::path(
+    get,
+    path = "/metrics",
+    tag = "health",
+    responses((status = 200, description = "Prometheus metrics", content_type = "text/plain", body = String), crate::openapi::Refusals),
+    security(())
+)]
 async fn metrics_text(State(state): State<Arc<AppState>>) -> Response {
     match &state.metrics {
         Some(h) => (

@@ -13,7 +13,7 @@ use axum::extract::{Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use chrono::{DateTime, Utc};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use tally_core::Currency;
 use tally_rate::RatingService;
 use tally_rate::plans::{self, ConfigError};
@@ -64,8 +64,61 @@ pub(crate) fn config_error(e: ConfigError) -> ApiError {
     }
 }
 
+/// A run just made, with what billing did after it.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct RunCreated {
+    /// The run.
+    #[serde(flatten)]
+    pub run: tally_rate::runs::RatingRun,
+    /// Prepaid drawdowns and budget alerts that followed it; absent when
+    /// they failed (the run's lines are committed either way; see the log).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub billing: Option<tally_bill::AfterRating>,
+}
+
+/// `GET /v1/rating/runs`.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct RunList {
+    /// The latest runs first (at most 100).
+    pub runs: Vec<tally_rate::runs::RatingRun>,
+}
+
+/// `GET /v1/meters`.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct MeterDocument {
+    /// Each meter definition in force, in brief.
+    pub meters: Vec<tally_rate::meters::MeterSummary>,
+    /// The TOML document they were read from.
+    pub document: String,
+}
+
+/// `PUT /v1/meters`.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct MeterNames {
+    /// The names of the definitions now in force.
+    pub meters: Vec<String>,
+}
+
+/// `GET /v1/plans`.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct PlanList {
+    /// Every stored plan.
+    pub plans: Vec<plans::StoredPlan>,
+}
+
+/// `POST /v1/plans`.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct AppliedPlan {
+    /// The plan's id.
+    pub plan_id: String,
+    /// Its currency.
+    pub currency: Currency,
+    /// How many versions it has.
+    pub versions: usize,
+}
+
 /// Body of `POST /v1/rating/runs`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RunRequest {
     /// Start (inclusive).
@@ -77,6 +130,13 @@ pub struct RunRequest {
 }
 
 /// `POST /v1/rating/runs`: rate a range now.
+#[utoipa::path(
+    post,
+    path = "/v1/rating/runs",
+    tag = "rating",
+    request_body = RunRequest,
+    responses((status = 201, description = "The run, complete", body = RunCreated), crate::openapi::Refusals)
+)]
 pub async fn create_run(
     State(state): State<Arc<AppState>>,
     caller: Caller,
@@ -104,15 +164,23 @@ pub async fn create_run(
     let run = svc.rate(window).await.map_err(service_error)?;
     // Prepaid drawdowns and budget alerts follow every run; the lines are
     // committed either way, so a failure here is logged, not answered.
-    let mut body = serde_json::to_value(&run).map_err(ApiError::internal)?;
-    match tally_bill::after_rating(&svc.db, &svc.rated, Utc::now()).await {
-        Ok(after) => body["billing"] = serde_json::to_value(after).map_err(ApiError::internal)?,
-        Err(e) => tracing::error!(error = %e, "drawdowns and budget checks after rating failed"),
-    }
-    Ok((StatusCode::CREATED, Json(body)).into_response())
+    let billing = match tally_bill::after_rating(&svc.db, &svc.rated, Utc::now()).await {
+        Ok(after) => Some(after),
+        Err(e) => {
+            tracing::error!(error = %e, "drawdowns and budget checks after rating failed");
+            None
+        }
+    };
+    Ok((StatusCode::CREATED, Json(RunCreated { run, billing })).into_response())
 }
 
 /// `GET /v1/rating/runs`: recent runs.
+#[utoipa::path(
+    get,
+    path = "/v1/rating/runs",
+    tag = "rating",
+    responses((status = 200, description = "Recent runs (operators only)", body = RunList), crate::openapi::Refusals)
+)]
 pub async fn list_runs(
     State(state): State<Arc<AppState>>,
     caller: Caller,
@@ -122,10 +190,17 @@ pub async fn list_runs(
     let runs = tally_rate::runs::list_runs(&svc.db, 100)
         .await
         .map_err(ApiError::internal)?;
-    Ok(Json(serde_json::json!({ "runs": runs })).into_response())
+    Ok(Json(RunList { runs }).into_response())
 }
 
 /// `GET /v1/rated-lines`: current lines the caller may see.
+#[utoipa::path(
+    get,
+    path = "/v1/rated-lines",
+    tag = "rating",
+    params(tally_rate::service::LineFilter, crate::show::FormatParam),
+    responses((status = 200, description = "A page of the current rated lines the caller may see (JSON), or CSV with format=csv", content((tally_rate::service::LinePage = "application/json"), (String = "text/csv"))), crate::openapi::Refusals)
+)]
 pub async fn list_lines(
     State(state): State<Arc<AppState>>,
     Caller(identity): Caller,
@@ -146,6 +221,13 @@ pub async fn list_lines(
 }
 
 /// `POST /v1/quote`: price a usage with the plan in force, storing nothing.
+#[utoipa::path(
+    post,
+    path = "/v1/quote",
+    tag = "rating",
+    request_body = tally_rate::service::QuoteRequest,
+    responses((status = 200, description = "The price of that usage with the plan in force", body = tally_rate::service::Quote), crate::openapi::Refusals)
+)]
 pub async fn quote(
     State(state): State<Arc<AppState>>,
     Caller(identity): Caller,
@@ -172,6 +254,12 @@ pub async fn quote(
 }
 
 /// `GET /v1/meters`: the meter definitions in force, as their document.
+#[utoipa::path(
+    get,
+    path = "/v1/meters",
+    tag = "rating",
+    responses((status = 200, description = "The meter definitions in force", body = MeterDocument), crate::openapi::Refusals)
+)]
 pub async fn get_meters(
     State(state): State<Arc<AppState>>,
     _caller: Caller,
@@ -183,10 +271,21 @@ pub async fn get_meters(
     let set =
         tally_rate::MeterSet::from_toml(&doc).map_err(|e| ApiError::internal(e.to_string()))?;
     let meters = set.summaries();
-    Ok(Json(serde_json::json!({ "meters": meters, "document": doc })).into_response())
+    Ok(Json(MeterDocument {
+        meters,
+        document: doc,
+    })
+    .into_response())
 }
 
 /// `PUT /v1/meters`: replace the definitions (TOML body).
+#[utoipa::path(
+    put,
+    path = "/v1/meters",
+    tag = "rating",
+    request_body(content = String, content_type = "application/toml", description = "A meter definitions document (TOML)"),
+    responses((status = 200, description = "The definitions now in force", body = MeterNames), crate::openapi::Refusals)
+)]
 pub async fn put_meters(
     State(state): State<Arc<AppState>>,
     caller: Caller,
@@ -197,22 +296,38 @@ pub async fn put_meters(
     let set = plans::replace_meters(&svc.db, &body)
         .await
         .map_err(config_error)?;
-    Ok(Json(serde_json::json!({ "meters": set.names() })).into_response())
+    Ok(Json(MeterNames {
+        meters: set.names().into_iter().map(str::to_string).collect(),
+    })
+    .into_response())
 }
 
 /// `GET /v1/plans`: stored plans.
+#[utoipa::path(
+    get,
+    path = "/v1/plans",
+    tag = "plans",
+    responses((status = 200, description = "Every stored plan", body = PlanList), crate::openapi::Refusals)
+)]
 pub async fn list_plans(
     State(state): State<Arc<AppState>>,
     _caller: Caller,
 ) -> Result<Response, ApiError> {
     let svc = rating(&state)?;
     let plans = plans::list_plans(&svc.db).await.map_err(config_error)?;
-    Ok(Json(serde_json::json!({ "plans": plans })).into_response())
+    Ok(Json(PlanList { plans }).into_response())
 }
 
 /// `GET /v1/plans/{id}`: a plan's versions and the rules the caller may
 /// see (a rule limited to other tenants' projects is left out), each price
 /// also in words.
+#[utoipa::path(
+    get,
+    path = "/v1/plans/{id}",
+    tag = "plans",
+    params(("id" = String, Path, description = "The plan")),
+    responses((status = 200, description = "The plan's versions and the rules the caller may see, in words", body = tally_show::plans::PlanView), crate::openapi::Refusals)
+)]
 pub async fn get_plan(
     State(state): State<Arc<AppState>>,
     caller: Caller,
@@ -233,7 +348,8 @@ pub async fn get_plan(
 }
 
 /// Query of `POST /v1/plans`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct ApplyQuery {
     /// Make it the default plan.
     #[serde(default)]
@@ -248,6 +364,14 @@ pub struct ApplyQuery {
 
 /// `POST /v1/plans`: apply a plan (TOML body), or import a CloudKitty
 /// listing with `?format=cloudkitty&id=..&currency=..`.
+#[utoipa::path(
+    post,
+    path = "/v1/plans",
+    tag = "plans",
+    params(ApplyQuery),
+    request_body(content = String, content_type = "application/toml", description = "A price plan (TOML), or a CloudKitty hashmap listing (JSON) with format=cloudkitty"),
+    responses((status = 201, description = "The plan applied", body = AppliedPlan), crate::openapi::Refusals)
+)]
 pub async fn apply_plan(
     State(state): State<Arc<AppState>>,
     caller: Caller,
@@ -280,7 +404,11 @@ pub async fn apply_plan(
     .map_err(config_error)?;
     Ok((
         StatusCode::CREATED,
-        Json(serde_json::json!({ "plan_id": plan.id, "currency": plan.currency.code(), "versions": plan.versions.len() })),
+        Json(AppliedPlan {
+            plan_id: plan.id,
+            currency: plan.currency,
+            versions: plan.versions.len(),
+        }),
     )
         .into_response())
 }

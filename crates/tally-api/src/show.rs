@@ -130,6 +130,13 @@ async fn summarize(
 }
 
 /// `GET /v1/costs`: cost grouped by `group_by` and `bucket`.
+#[utoipa::path(
+    get,
+    path = "/v1/costs",
+    tag = "summaries",
+    params(("from" = Option<String>, Query, description = "Start (RFC 3339, inclusive)"), ("to" = Option<String>, Query, description = "End (RFC 3339, exclusive)"), ("period" = Option<String>, Query, description = "A month (YYYY-MM) instead of from and to"), ("group_by" = Option<String>, Query, description = "Comma-separated: account, project, service, meter, resource, attr.NAME"), ("bucket" = Option<String>, Query, description = "Time bucket: none, hour, day or month"), ("project_id" = Option<String>, Query, description = "Only this project"), ("account_id" = Option<String>, Query, description = "Only this billing account's projects"), ("service" = Option<String>, Query, description = "Only this service"), ("meter" = Option<String>, Query, description = "Only this rated meter"), ("resource_id" = Option<String>, Query, description = "Only this resource"), ("offset" = Option<usize>, Query, description = "Rows skipped first"), ("limit" = Option<usize>, Query, description = "Most rows answered")),
+    responses((status = 200, description = "Cost (and quantity) per group and bucket", body = tally_show::summary::Summary), crate::openapi::Refusals)
+)]
 pub async fn costs(
     State(state): State<Arc<AppState>>,
     caller: Caller,
@@ -139,6 +146,13 @@ pub async fn costs(
 }
 
 /// `GET /v1/usage`: like costs, always per meter (quantities add up).
+#[utoipa::path(
+    get,
+    path = "/v1/usage",
+    tag = "summaries",
+    params(("from" = Option<String>, Query, description = "Start (RFC 3339, inclusive)"), ("to" = Option<String>, Query, description = "End (RFC 3339, exclusive)"), ("period" = Option<String>, Query, description = "A month (YYYY-MM) instead of from and to"), ("group_by" = Option<String>, Query, description = "Comma-separated: account, project, service, meter, resource, attr.NAME"), ("bucket" = Option<String>, Query, description = "Time bucket: none, hour, day or month"), ("project_id" = Option<String>, Query, description = "Only this project"), ("account_id" = Option<String>, Query, description = "Only this billing account's projects"), ("service" = Option<String>, Query, description = "Only this service"), ("meter" = Option<String>, Query, description = "Only this rated meter"), ("resource_id" = Option<String>, Query, description = "Only this resource"), ("offset" = Option<usize>, Query, description = "Rows skipped first"), ("limit" = Option<usize>, Query, description = "Most rows answered")),
+    responses((status = 200, description = "Quantity per meter, group and bucket", body = tally_show::summary::Summary), crate::openapi::Refusals)
+)]
 pub async fn usage(
     State(state): State<Arc<AppState>>,
     caller: Caller,
@@ -151,6 +165,13 @@ pub async fn usage(
 /// definition, plan rule and raw records (with their original payloads)
 /// behind the rated line(s) at those coordinates. 404 when there is none
 /// the caller may see.
+#[utoipa::path(
+    get,
+    path = "/v1/explain",
+    tag = "explain",
+    params(("project_id" = String, Query, description = "The project"), ("resource_id" = String, Query, description = "The resource"), ("meter" = String, Query, description = "The rated meter"), ("at" = String, Query, description = "An instant (RFC 3339) inside the line's period"), ("group" = Option<String>, Query, description = "Only the line of this group (JSON object)")),
+    responses((status = 200, description = "The lines at those coordinates and everything behind them", body = ExplanationView), crate::openapi::Refusals)
+)]
 pub async fn explain(
     State(state): State<Arc<AppState>>,
     caller: Caller,
@@ -194,13 +215,20 @@ pub async fn explain(
             "no current rated line at those coordinates: list lines with GET /v1/rated-lines",
         ));
     };
-    Ok(Json(explanation_json(e)).into_response())
+    Ok(Json(ExplanationView::from(e)).into_response())
 }
 
 /// `GET /v1/invoices/{id}/lines/{line_no}/explain`: the resources and
 /// current rated lines behind an invoice line, and the plan rules that
 /// priced them; each resource leads on to `GET /v1/explain`. 404 when the
 /// caller may not see the invoice or it has no such line.
+#[utoipa::path(
+    get,
+    path = "/v1/invoices/{id}/lines/{line_no}/explain",
+    tag = "explain",
+    params(("id" = String, Path, description = "The invoice"), ("line_no" = u32, Path, description = "The line number on the invoice")),
+    responses((status = 200, description = "The resources and rated lines behind the invoice line", body = tally_show::explain::InvoiceLineExplanation), crate::openapi::Refusals)
+)]
 pub async fn explain_invoice_line(
     State(state): State<Arc<AppState>>,
     caller: Caller,
@@ -224,19 +252,42 @@ pub async fn explain_invoice_line(
 /// An explanation as the API (and `tally explain`) shows it: raw records
 /// in the same form as `GET /v1/events`, payloads included.
 pub fn explanation_json(e: tally_show::explain::Explanation) -> serde_json::Value {
-    let mut body = serde_json::to_value(&e).expect("explanations serialize");
-    body["records"] = serde_json::to_value(
-        e.records
+    serde_json::to_value(ExplanationView::from(e)).expect("explanations serialize")
+}
+
+/// An explanation as the API answers it: the raw records shown like
+/// `GET /v1/events` shows them, payloads included.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub struct ExplanationView {
+    /// The lines, run, meter and rules.
+    #[serde(flatten)]
+    pub explanation: tally_show::explain::Explanation,
+    /// The raw records behind the lines, latest first.
+    pub records: Vec<crate::events::EventView>,
+}
+
+impl From<tally_show::explain::Explanation> for ExplanationView {
+    fn from(mut explanation: tally_show::explain::Explanation) -> Self {
+        let records = std::mem::take(&mut explanation.records)
             .into_iter()
             .map(crate::events::EventView::from)
-            .collect::<Vec<_>>(),
-    )
-    .expect("records serialize");
-    body
+            .collect();
+        ExplanationView {
+            explanation,
+            records,
+        }
+    }
 }
 
 /// `GET /v1/invoices/{id}/pdf`: the invoice as a PDF document (scoped
 /// like `GET /v1/invoices/{id}`).
+#[utoipa::path(
+    get,
+    path = "/v1/invoices/{id}/pdf",
+    tag = "invoices",
+    params(("id" = String, Path, description = "The invoice")),
+    responses((status = 200, description = "The invoice as a PDF", content_type = "application/pdf", body = Vec<u8>), crate::openapi::Refusals)
+)]
 pub async fn invoice_pdf(
     State(state): State<Arc<AppState>>,
     caller: Caller,
@@ -263,6 +314,13 @@ pub async fn invoice_pdf(
 }
 
 /// `GET /v1/exports/focus?period=YYYY-MM&format=csv|parquet`.
+#[utoipa::path(
+    get,
+    path = "/v1/exports/focus",
+    tag = "summaries",
+    params(("period" = String, Query, description = "The billing period (YYYY-MM)"), ("format" = Option<String>, Query, description = "csv (default) or parquet"), ("include_drafts" = Option<bool>, Query, description = "Include draft invoices (operators)")),
+    responses((status = 200, description = "FOCUS 1.2 rows of the period's invoices", content((String = "text/csv"), (Vec<u8> = "application/vnd.apache.parquet"))), crate::openapi::Refusals)
+)]
 pub async fn focus_export(
     State(state): State<Arc<AppState>>,
     caller: Caller,
@@ -321,7 +379,8 @@ pub async fn focus_export(
 }
 
 /// `?format=json|csv` of list endpoints.
-#[derive(Debug, Default, serde::Deserialize)]
+#[derive(Debug, Default, serde::Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct FormatParam {
     /// `json` (default) or `csv`.
     pub format: Option<String>,

@@ -20,6 +20,7 @@ use crate::{AccountScope, BillingError, decimal, instant};
 /// A billing account as an operator describes it (CLI flags, API body).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct AccountSpec {
     /// Operator-chosen id (`acme`): letters, digits, `-`, `_`, `.`.
     pub account_id: String,
@@ -74,6 +75,7 @@ fn inv() -> String {
 
 /// A stored billing account.
 #[derive(Debug, Clone, PartialEq, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Account {
     /// What the operator gave.
     #[serde(flatten)]
@@ -109,6 +111,7 @@ impl Account {
 /// A price plan in force for an account from an instant on, until an
 /// optional end (then the plan assigned before it resumes, or the default).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct PlanAssignment {
     /// The plan.
     pub plan_id: String,

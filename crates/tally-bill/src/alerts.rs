@@ -26,6 +26,7 @@ pub const MAX_ATTEMPTS: i64 = 8;
 
 /// A spending limit of an account (or one of its projects) per period.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Budget {
     /// Its id.
     pub budget_id: String,
@@ -122,6 +123,7 @@ pub async fn list_budgets(
 
 /// A raised alert.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Alert {
     /// Its id.
     pub alert_id: String,
@@ -335,6 +337,7 @@ pub async fn list_alerts(db: &Database, scope: &AccountScope) -> Result<Vec<Aler
 
 /// A webhook endpoint.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Webhook {
     /// Its id.
     pub webhook_id: String,
@@ -391,6 +394,7 @@ pub fn signature(secret: &str, body: &[u8]) -> String {
 
 /// One delivery in the log.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Delivery {
     /// Its id.
     pub delivery_id: String,

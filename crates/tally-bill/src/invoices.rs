@@ -51,6 +51,7 @@ impl Default for InvoiceSettings {
 
 /// What an invoice run did for one account.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct RunOutcome {
     /// The account.
     pub account_id: String,
@@ -66,6 +67,7 @@ pub struct RunOutcome {
 
 /// What an invoice run did.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct RunSummary {
     /// The period.
     pub period: String,
@@ -589,6 +591,7 @@ async fn write_drafts(
 
 /// An invoice as stored, with its settlement and credit notes.
 #[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct StoredInvoice {
     /// The document (status includes settlement: `paid`, `void`).
     #[serde(flatten)]
@@ -603,6 +606,7 @@ pub struct StoredInvoice {
 
 /// A credit note as issued.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct CreditNote {
     /// Its id.
     pub credit_note_id: String,

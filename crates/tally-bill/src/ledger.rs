@@ -75,6 +75,7 @@ pub async fn balance(
 
 /// An account's standing, derived from the ledger.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Balances {
     /// The account.
     pub account_id: String,
@@ -112,6 +113,7 @@ pub async fn balances(
 
 /// A stored transaction with its entries.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct PostedTransaction {
     /// Its id.
     pub txn_id: String,

@@ -147,6 +147,7 @@ impl AccountScope {
 
 /// What follows a rating run: prepaid drawdowns and budget checks.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct AfterRating {
     /// Drawdowns posted (or checked) per prepaid account and open period.
     pub drawdowns: Vec<prepaid::Drawdown>,

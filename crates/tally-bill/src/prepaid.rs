@@ -27,6 +27,7 @@ use crate::{AccountScope, BillingError, alerts, decimal, ledger};
 
 /// What one drawdown pass did for one account and period.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Drawdown {
     /// The account.
     pub account_id: String,

@@ -13,6 +13,7 @@ use tally_rate::plans::Owners;
 
 /// Rated usage of one project and meter that no account pays for.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct UnbilledUsage {
     /// The Keystone project.
     pub project_id: String,

@@ -45,6 +45,7 @@ pub enum BillingError {
 /// How an account pays.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub enum PaymentMode {
     /// Pays in advance: top-ups credit a balance that usage draws down.
     Prepaid,
@@ -216,6 +217,7 @@ impl BillingPeriod {
 
 /// A coupon granted to an account.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Coupon {
     /// Its code, printed on the invoice.
     pub code: String,
@@ -289,6 +291,7 @@ pub fn earliest_open_period(
 
 /// A credit note's amount split into net and tax.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct CreditSplit {
     /// The part that reverses revenue.
     pub net: Decimal,
@@ -321,6 +324,7 @@ pub fn split_credit(
 
 /// A party on an invoice: the operator (seller) or the account (buyer).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Party {
     /// Legal name (an account's contact may leave it to the account name).
     #[serde(default)]
@@ -338,6 +342,7 @@ pub struct Party {
 
 /// One printed line of an invoice document.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct DocumentLine {
     /// Line number, from 1.
     pub line_no: u32,
@@ -371,6 +376,7 @@ pub struct DocumentLine {
 /// Everything an invoice says, as issued: what `tally invoice show` prints
 /// and what the PDF and the dashboard render.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct InvoiceDocument {
     /// Tally's id of the invoice.
     pub invoice_id: String,
@@ -414,6 +420,7 @@ pub struct InvoiceDocument {
 
 /// A coupon as printed.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct DocumentDiscount {
     /// Code.
     pub code: String,
@@ -423,6 +430,7 @@ pub struct DocumentDiscount {
 
 /// A tax as printed.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct DocumentTax {
     /// Name.
     pub name: String,

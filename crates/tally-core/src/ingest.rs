@@ -9,6 +9,7 @@ use std::fmt;
 /// wire name never changes once released.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub enum RejectCode {
     /// The bytes are not JSON, or not the JSON shape expected.
     MalformedJson,
@@ -55,6 +56,7 @@ impl fmt::Display for RejectCode {
 
 /// One refused record of a batch: where it was, what it was, and what to fix.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Rejection {
     /// Zero-based position of the record in the request (or the file).
     pub index: u64,
@@ -72,6 +74,7 @@ pub struct Rejection {
 /// `accepted + duplicates + rejected.len()` equals the number of records the
 /// caller sent. Accepted records were durable before this was produced.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct IngestSummary {
     /// Records stored by this request.
     pub accepted: u64,

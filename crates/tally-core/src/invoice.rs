@@ -114,6 +114,7 @@ pub fn group_charges<'a>(lines: impl IntoIterator<Item = &'a crate::RatedLine>) 
 /// A discount (coupon) applied to a subtotal.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "type", content = "value", rename_all = "snake_case")]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub enum Discount {
     /// A percentage (0–100) of what remains after earlier discounts.
     Percent(Decimal),
@@ -123,6 +124,7 @@ pub enum Discount {
 
 /// A tax rate applied to the taxable base.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct TaxRate {
     /// Name shown on the invoice (`VAT 19%`).
     pub name: String,

@@ -17,6 +17,7 @@ use crate::{Currency, Money};
 /// What a transaction records.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub enum TransactionKind {
     /// An invoice was finalized.
     InvoiceFinalized,
@@ -34,6 +35,7 @@ pub enum TransactionKind {
 
 /// One side of a transaction.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct LedgerEntry {
     /// The ledger account (`receivable:acme`).
     pub account: String,
@@ -43,6 +45,7 @@ pub struct LedgerEntry {
 
 /// A balanced set of entries.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct LedgerTransaction {
     /// What it records.
     pub kind: TransactionKind,

@@ -17,6 +17,8 @@ pub mod invoice;
 pub mod ledger;
 pub mod metering;
 pub mod money;
+#[cfg(feature = "openapi")]
+pub mod openapi;
 pub mod pricing;
 pub mod rated;
 pub mod record;

@@ -81,6 +81,7 @@ pub enum MoneyError {
 
 /// An exact amount of money in one currency.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Money {
     /// The amount, unrounded unless a rounding rule was applied.
     pub amount: Decimal,

@@ -55,6 +55,7 @@ pub enum PricingError {
 /// previous tier's bound, inclusive of this one) cost `unit_price` each, and
 /// reaching the tier adds `flat_fee` once.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Tier {
     /// Upper bound of the tier; `None` for the last, unbounded tier.
     pub up_to: Option<Decimal>,
@@ -68,6 +69,7 @@ pub struct Tier {
 /// How a quantity is charged.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub enum Charge {
     /// Every unit at one price.
     PerUnit {
@@ -100,6 +102,7 @@ pub enum Charge {
 
 /// A charge with its free allowance and minimum, for one rating period.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct PriceRule {
     /// How the billable quantity is charged.
     pub charge: Charge,

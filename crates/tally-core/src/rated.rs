@@ -17,6 +17,7 @@ use crate::Attributes;
 
 /// One priced line: a resource, a rated meter, a period.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct RatedLine {
     /// The Keystone project that pays for it.
     pub project_id: String,
@@ -56,6 +57,7 @@ pub struct RatedLine {
     /// match against), the group values included. Shared: consecutive lines
     /// of a resource usually carry the same attributes.
     #[serde(with = "shared")]
+    #[cfg_attr(feature = "openapi", schema(value_type = BTreeMap<String, crate::AttributeValue>))]
     pub attributes: Arc<Attributes>,
     /// Why the line could not be priced, when it could not (amount is then 0).
     pub error: Option<String>,

@@ -13,6 +13,7 @@ use serde::{Deserialize, Serialize};
 /// and meter. The names and meanings follow Ceilometer's counter types.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub enum MeterKind {
     /// A level at an instant (a volume's size, an instance existing).
     Gauge,

@@ -173,6 +173,7 @@ pub struct PricePlan {
 
 /// How a plan priced one line (or why it did not).
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct LinePrice {
     /// Version number in force at the period start (0 when none is).
     pub plan_version: u32,

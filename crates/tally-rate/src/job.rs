@@ -136,6 +136,7 @@ impl RatingConfig {
 
 /// What one run produced, for the caller and the run catalog.
 #[derive(Debug, Clone, Default, PartialEq, serde::Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct RunTotals {
     /// Raw records inside the range that were read.
     pub records_read: u64,

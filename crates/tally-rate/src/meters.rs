@@ -75,6 +75,7 @@ impl Aggregation {
 /// A meter definition as listed to people and programs (`tally meters`,
 /// `GET /v1/meters`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct MeterSummary {
     /// The rated meter.
     pub name: String,

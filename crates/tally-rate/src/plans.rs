@@ -39,6 +39,7 @@ pub enum ConfigError {
 
 /// A plan document as stored.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct StoredPlan {
     /// The plan id.
     pub plan_id: String,

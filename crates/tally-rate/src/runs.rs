@@ -26,6 +26,7 @@ use crate::job::{self, LineSink, RatingConfig, RatingError, RatingRequest, RunTo
 
 /// A run as the catalog records it.
 #[derive(Debug, Clone, PartialEq, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct RatingRun {
     /// The run id.
     pub run_id: String,

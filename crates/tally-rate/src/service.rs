@@ -50,6 +50,8 @@ pub struct RatingService {
 
 /// Which lines to list.
 #[derive(Debug, Clone, Default, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::IntoParams))]
+#[cfg_attr(feature = "openapi", into_params(parameter_in = Query))]
 pub struct LineFilter {
     /// Period start at or after.
     pub from: Option<DateTime<Utc>>,
@@ -70,6 +72,7 @@ pub struct LineFilter {
 
 /// A page of lines.
 #[derive(Debug, Clone, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct LinePage {
     /// The lines, ordered by project, resource, meter, group and period.
     pub lines: Vec<RatedLine>,
@@ -82,6 +85,7 @@ pub struct LinePage {
 /// What `POST /v1/quote` prices.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct QuoteRequest {
     /// The rated meter.
     pub meter: String,
@@ -100,6 +104,7 @@ pub struct QuoteRequest {
 
 /// A quote.
 #[derive(Debug, Clone, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Quote {
     /// The plan that priced it.
     pub plan_id: String,

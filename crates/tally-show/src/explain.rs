@@ -16,7 +16,6 @@ use tally_core::billing::DocumentLine;
 use tally_core::{Identity, PriceRule, RatedLine, Role, UsageRecord};
 use tally_db::Database;
 use tally_rate::meters::MeterSummary;
-use tally_rate::plans::Owners;
 use tally_rate::runs::RatingRun;
 use tally_store::objects::RawObjects;
 use tally_store::{EventFilter, RawStore};
@@ -44,6 +43,7 @@ pub struct LineRef {
 
 /// The plan rule that priced a line.
 #[derive(Debug, Clone, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct PricedBy {
     /// The plan.
     pub plan_id: String,
@@ -63,6 +63,7 @@ pub struct PricedBy {
 
 /// Everything behind one rated line.
 #[derive(Debug, Clone, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Explanation {
     /// The current lines at those coordinates (one per group values).
     pub lines: Vec<RatedLine>,
@@ -92,7 +93,18 @@ pub async fn may_read_project(
         Role::Admin => true,
         Role::ProjectReader { project_id: p } => p == project_id,
         Role::AccountReader { account_id } => {
-            Owners::load(db).await?.owner_of(project_id) == Some(account_id.as_str())
+            // One project's question: ask the database, in the SQL the
+            // summaries scope by, rather than load every owner.
+            let sql = format!(
+                "SELECT count(*) FROM ({}) owned WHERE keystone_id = $2",
+                crate::summary::account_projects(1)
+            );
+            let n: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(sql))
+                .bind(account_id)
+                .bind(project_id)
+                .fetch_one(&db.pool)
+                .await?;
+            n > 0
         }
     })
 }
@@ -246,6 +258,7 @@ async fn priced_by(db: &Database, lines: &[RatedLine]) -> Result<Vec<PricedBy>, 
 /// One resource's part of an invoice line: the current rated lines of that
 /// resource in the line's service period.
 #[derive(Debug, Clone, PartialEq, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ResourceShare {
     /// The resource.
     pub resource_id: String,
@@ -262,6 +275,7 @@ pub struct ResourceShare {
 
 /// Everything behind one invoice line.
 #[derive(Debug, Clone, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct InvoiceLineExplanation {
     /// The invoice.
     pub invoice_id: String,

@@ -20,6 +20,7 @@ use crate::ShowError;
 
 /// One rule as shown.
 #[derive(Debug, Clone, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct RuleView {
     /// Position in its version (what rated lines name as `rules[N]`).
     pub index: usize,
@@ -38,6 +39,7 @@ pub struct RuleView {
 
 /// One version as shown.
 #[derive(Debug, Clone, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct VersionView {
     /// Version number.
     pub number: u32,
@@ -49,6 +51,7 @@ pub struct VersionView {
 
 /// A plan as shown.
 #[derive(Debug, Clone, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct PlanView {
     /// The plan id.
     pub plan_id: String,
@@ -114,11 +117,24 @@ pub async fn plan_view(
     identity: &Identity,
     plan_id: &str,
 ) -> Result<Option<PlanView>, ShowError> {
+    Ok(plan_views(db, identity, Some(plan_id)).await?.pop())
+}
+
+/// Every stored plan (or only `only`) as `identity` may see it. The
+/// owners and the meters' units are read once for all of them.
+pub async fn plan_views(
+    db: &Database,
+    identity: &Identity,
+    only: Option<&str>,
+) -> Result<Vec<PlanView>, ShowError> {
     let stored = tally_rate::plans::list_plans(db).await?;
-    let Some(meta) = stored.iter().find(|p| p.plan_id == plan_id) else {
-        return Ok(None);
-    };
-    let plan = tally_rate::plans::plan(db, plan_id).await?;
+    let stored: Vec<_> = stored
+        .iter()
+        .filter(|p| only.is_none_or(|id| p.plan_id == id))
+        .collect();
+    if stored.is_empty() {
+        return Ok(Vec::new());
+    }
     let owners = match identity.role {
         Role::AccountReader { .. } => Some(Owners::load(db).await?),
         _ => None,
@@ -131,52 +147,57 @@ pub async fn plan_view(
             .and_then(|o| o.owner_of(project))
             .is_some_and(|a| a == account_id),
     };
-    let currency = plan.currency.code().to_string();
     let units: BTreeMap<String, String> = tally_rate::plans::current_meters(db)
         .await?
         .summaries()
         .into_iter()
         .map(|m| (m.name, m.unit))
         .collect();
-    let versions = plan
-        .versions
-        .iter()
-        .map(|v| VersionView {
-            number: v.number,
-            effective_from: v.effective_from,
-            rules: v
-                .rules
-                .iter()
-                .filter_map(|r| {
-                    let projects: Vec<String> =
-                        r.projects.iter().filter(|p| readable(p)).cloned().collect();
-                    if !r.projects.is_empty() && projects.is_empty() {
-                        return None;
-                    }
-                    Some(RuleView {
-                        index: r.index,
-                        meter: r.meter.clone(),
-                        matches: r.matches.clone(),
-                        projects,
-                        description: describe(
-                            &r.rule,
-                            &currency,
-                            units.get(r.meter.as_str()).map_or("unit", String::as_str),
-                        ),
-                        price: r.rule.clone(),
+    let mut views = Vec::with_capacity(stored.len());
+    for meta in stored {
+        let plan = tally_rate::plans::plan(db, &meta.plan_id).await?;
+        let currency = plan.currency.code().to_string();
+        let versions = plan
+            .versions
+            .iter()
+            .map(|v| VersionView {
+                number: v.number,
+                effective_from: v.effective_from,
+                rules: v
+                    .rules
+                    .iter()
+                    .filter_map(|r| {
+                        let projects: Vec<String> =
+                            r.projects.iter().filter(|p| readable(p)).cloned().collect();
+                        if !r.projects.is_empty() && projects.is_empty() {
+                            return None;
+                        }
+                        Some(RuleView {
+                            index: r.index,
+                            meter: r.meter.clone(),
+                            matches: r.matches.clone(),
+                            projects,
+                            description: describe(
+                                &r.rule,
+                                &currency,
+                                units.get(r.meter.as_str()).map_or("unit", String::as_str),
+                            ),
+                            price: r.rule.clone(),
+                        })
                     })
-                })
-                .collect(),
-        })
-        .collect();
-    Ok(Some(PlanView {
-        plan_id: plan.id.clone(),
-        name: plan.name.clone(),
-        currency,
-        is_default: meta.is_default,
-        versions,
-        cloudkitty_meters: plan.cloudkitty.keys().cloned().collect(),
-    }))
+                    .collect(),
+            })
+            .collect();
+        views.push(PlanView {
+            plan_id: plan.id.clone(),
+            name: plan.name.clone(),
+            currency,
+            is_default: meta.is_default,
+            versions,
+            cloudkitty_meters: plan.cloudkitty.keys().cloned().collect(),
+        });
+    }
+    Ok(views)
 }
 
 #[cfg(test)]

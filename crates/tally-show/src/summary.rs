@@ -39,6 +39,7 @@ const DAY_US: i64 = 86_400_000_000;
 /// A time bucket.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub enum Bucket {
     /// No time bucket: one row per group over the whole range.
     #[default]
@@ -190,6 +191,7 @@ pub struct SummaryQuery {
 
 /// One row of a summary.
 #[derive(Debug, Clone, PartialEq, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct SummaryRow {
     /// The bucket's start, when bucketed.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -213,6 +215,7 @@ pub struct SummaryRow {
 
 /// A total per currency.
 #[derive(Debug, Clone, PartialEq, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct CurrencyTotal {
     /// The currency.
     pub currency: String,
@@ -222,6 +225,7 @@ pub struct CurrencyTotal {
 
 /// A page of a summary.
 #[derive(Debug, Clone, PartialEq, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Summary {
     /// The range added up (after rounding to days where it applies).
     pub from: DateTime<Utc>,
@@ -246,7 +250,7 @@ pub struct Summary {
 /// The projects an account owns, as SQL with one bind (`{a}`): directly,
 /// and through its domains unless another account owns the project
 /// directly (the order `Owners` resolves in).
-fn account_projects(a: usize) -> String {
+pub(crate) fn account_projects(a: usize) -> String {
     format!(
         "SELECT keystone_id FROM account_ownership WHERE kind = 'project' AND account_id = ${a} \
          UNION SELECT kp.project_id FROM keystone_projects kp JOIN account_ownership ao \

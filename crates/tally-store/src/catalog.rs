@@ -228,6 +228,7 @@ pub async fn all_paths(pool: &Pool) -> Result<Vec<String>, CatalogError> {
 
 /// Summary figures of the store.
 #[derive(Debug, Clone, Default, serde::Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct CatalogStats {
     /// Active segments.
     pub segments: i64,

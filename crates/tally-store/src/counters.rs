@@ -21,6 +21,7 @@ pub struct IngestCounters {
 
 /// A snapshot of [`IngestCounters`].
 #[derive(Debug, Clone, PartialEq, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct IngestCounts {
     /// Since when (the process start).
     pub since: DateTime<Utc>,

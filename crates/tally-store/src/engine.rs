@@ -189,6 +189,7 @@ pub struct EventPage {
 
 /// Figures about the store, for health and metrics.
 #[derive(Debug, Clone, Default, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct StoreStats {
     /// Active segments, their records and bytes.
     pub catalog: catalog::CatalogStats,

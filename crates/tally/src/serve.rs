@@ -141,6 +141,7 @@ pub async fn run(
         }),
         invoice_settings: cfg.invoice_settings(),
         sessions: tally_api::ui::Sessions::default(),
+        response_check: response_check()?,
     });
     spawn_webhook_deliveries(store.database().clone());
     tracing::info!(%addr, data_dir = %cfg.data_dir.display(), "tally listening");
@@ -188,4 +189,19 @@ fn spawn_webhook_deliveries(db: Database) {
             }
         }
     });
+}
+
+/// With `TALLY_CHECK_RESPONSES=1`, every JSON answer is checked against the
+/// OpenAPI document (a mismatch becomes a 500 that names it): for tests
+/// and staging, not production, as it costs a validation per answer.
+fn response_check() -> anyhow::Result<Option<Arc<tally_api::openapi::ResponseCheck>>> {
+    if std::env::var("TALLY_CHECK_RESPONSES").as_deref() != Ok("1") {
+        return Ok(None);
+    }
+    let check = tally_api::openapi::ResponseCheck::new()
+        .map_err(|e| anyhow::anyhow!("the OpenAPI document does not compile to validators: {e}"))?;
+    tracing::warn!(
+        "TALLY_CHECK_RESPONSES=1: every JSON answer is checked against the OpenAPI document"
+    );
+    Ok(Some(Arc::new(check)))
 }

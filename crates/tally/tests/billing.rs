@@ -1441,61 +1441,89 @@ async fn summaries_exports_explanations_and_audit(env: Env) {
     );
     assert_eq!(explain(dom_reader.clone(), "p-post").await.status(), 404);
 
-    // Tenant isolation: every read endpoint, asked by another account's
-    // reader and by another project's reader, with post's ids, answers
-    // 403, 404 or a page without post's data.
-    let endpoints = [
-        "/v1/accounts",
-        "/v1/accounts/post",
-        "/v1/accounts/post/balance",
-        "/v1/accounts/post/ledger",
-        "/v1/invoices",
-        "/v1/invoices?format=csv",
-        "/v1/invoices/post-2026-10",
-        "/v1/invoices/post-2026-10/pdf",
-        "/v1/costs?period=2026-10&group_by=account,project,resource",
-        "/v1/costs?period=2026-10&project_id=p-post&bucket=hour&from=2026-10-05T00:00:00Z&to=2026-10-06T00:00:00Z",
-        "/v1/usage?period=2026-10&account_id=post&group_by=resource",
-        "/v1/rated-lines",
-        "/v1/rated-lines?project_id=p-post",
-        "/v1/rated-lines?project_id=p-post&format=csv",
-        "/v1/events",
-        "/v1/events?project_id=p-post",
-        "/v1/explain?project_id=p-post&resource_id=vm-b&meter=vcpu.hours&at=2026-10-05T10:30:00Z",
-        "/v1/exports/focus?period=2026-10",
-        "/v1/exports/focus?period=2026-10&format=parquet",
-        "/v1/budgets",
-        "/v1/alerts",
-        "/v1/webhooks/deliveries",
-        "/v1/reports/unbilled?from=2026-10-01T00:00:00Z&to=2026-11-01T00:00:00Z",
-        "/v1/rating/runs",
-        "/v1/audit",
-        "/v1/ingest/status",
-        "/v1/invoices/post-2026-10/lines/1/explain",
-        "/v1/plans",
-        "/v1/plans/standard",
-    ];
+    // A plan as a tenant reads it: versions, rules and each price in words.
+    let plan: Value = client
+        .get(format!("{}/v1/plans/standard", server.url))
+        .bearer_auth(&pre_reader)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(plan["plan_id"], "standard", "{plan}");
+    assert_eq!(plan["currency"], "EUR");
+    let rule = &plan["versions"][0]["rules"][0];
+    assert_eq!(rule["meter"], "vcpu.hours");
+    assert_eq!(rule["description"], "0.01 EUR per vCPU-hour", "{rule}");
+    let missing = client
+        .get(format!("{}/v1/plans/no-such-plan", server.url))
+        .bearer_auth(&pre_reader)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(missing.status(), 404);
+
+    // Tenant isolation, generated from the OpenAPI document so that a new
+    // endpoint is covered as soon as it is documented: every operation,
+    // asked by another account's reader and by another project's reader
+    // with post's ids, answers 403, 404 or a page without post's data;
+    // no write succeeds; without a key, every protected operation is 401.
+    let doc: Value = client
+        .get(format!("{}/v1/openapi.json", server.url))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let requests = isolation_requests(&doc);
+    assert!(requests.len() >= 47, "{} operations", requests.len());
     let secrets = ["p-post", "vm-b", "Post GmbH", "post-2026-10", "81.84"];
-    for key in [&dom_reader, &pre_reader] {
-        for path in endpoints {
-            let resp = client
-                .get(format!("{}{path}", server.url))
-                .bearer_auth(key)
-                .send()
-                .await
-                .unwrap();
+    for key in [Some(&dom_reader), Some(&pre_reader), None] {
+        for r in &requests {
+            let mut request = client.request(
+                r.method.parse().unwrap(),
+                format!("{}{}", server.url, r.url),
+            );
+            if let Some(body) = &r.body {
+                request = request
+                    .header("content-type", r.content_type)
+                    .body(body.clone());
+            }
+            if let Some(key) = key {
+                request = request.bearer_auth(key);
+            }
+            let resp = request.send().await.unwrap();
             let status = resp.status().as_u16();
-            assert!([200, 403, 404].contains(&status), "{path}: {status}");
             let body = String::from_utf8_lossy(&resp.bytes().await.unwrap()).to_string();
+            let what = format!("{} {}", r.method, r.url);
+            if key.is_none() {
+                // Public operations need no key (metrics may be off: 404).
+                if r.public {
+                    assert_ne!(status, 401, "{what} without a key: {body}");
+                } else {
+                    assert_eq!(status, 401, "{what} without a key: {body}");
+                }
+                continue;
+            }
+            if r.method != "GET" {
+                assert!(
+                    [403, 404].contains(&status),
+                    "{what} by a reader: {status} {body}"
+                );
+            } else {
+                assert!([200, 403, 404].contains(&status), "{what}: {status} {body}");
+            }
             if status != 200 {
                 // A refusal may repeat the id the caller sent, nothing more.
-                assert!(body.contains("\"code\""), "{path}: {body}");
+                assert!(body.contains("\"code\""), "{what}: {body}");
                 continue;
             }
             for s in secrets {
                 assert!(
                     !body.contains(s),
-                    "{path} answered a reader {status} with another tenant's '{s}': {body}"
+                    "{what} answered a reader {status} with another tenant's '{s}': {body}"
                 );
             }
         }
@@ -1841,4 +1869,161 @@ fn amounts_by_bucket(summary: &Value) -> Vec<Decimal> {
         .iter()
         .map(|r| d(&r["amount"]))
         .collect()
+}
+
+/// One request of the isolation matrix.
+struct IsolationRequest {
+    method: String,
+    url: String,
+    body: Option<String>,
+    content_type: &'static str,
+    /// Needs no key (health, metrics, the document itself).
+    public: bool,
+}
+
+/// Every operation of the OpenAPI document as a request aimed at the
+/// `post` account's data: path and query parameters take post's ids (each
+/// GET with a `format` parameter is asked in every format it names), and
+/// request bodies are the smallest the schema accepts, so that a refusal
+/// comes from the caller's scope, not from a malformed body. A parameter
+/// this table does not know fails the test: give it a value aimed at post.
+fn isolation_requests(doc: &Value) -> Vec<IsolationRequest> {
+    let query_value = |name: &str| -> Option<&'static str> {
+        Some(match name {
+            "project_id" => "p-post",
+            "account_id" => "post",
+            "resource_id" => "vm-b",
+            "meter" => "vcpu.hours",
+            "at" => "2026-10-05T10:30:00Z",
+            "period" => "2026-10",
+            "from" => "2026-10-01T00:00:00Z",
+            "to" => "2026-11-01T00:00:00Z",
+            "group_by" => "account,project,resource",
+            "bucket" => "day",
+            // Pagination, formats and switches aim at no one's data.
+            "offset" | "limit" | "cursor" | "before" | "status" | "service" | "group"
+            | "include_drafts" | "default" | "id" | "currency" | "format" => return None,
+            other => panic!("the isolation matrix has no value for query parameter '{other}'"),
+        })
+    };
+    let mut out = Vec::new();
+    for (path, item) in doc["paths"].as_object().unwrap() {
+        for (method, op) in item.as_object().unwrap() {
+            let params = op["parameters"].as_array().cloned().unwrap_or_default();
+            let mut url = path.clone();
+            let mut query = Vec::new();
+            let mut formats = vec![None];
+            for p in &params {
+                let name = p["name"].as_str().unwrap();
+                match p["in"].as_str().unwrap() {
+                    "path" => {
+                        let value = match (name, path.as_str()) {
+                            ("id", p) if p.starts_with("/v1/accounts/") => "post",
+                            ("id", p) if p.starts_with("/v1/invoices/") => "post-2026-10",
+                            ("id", p) if p.starts_with("/v1/plans/") => "standard",
+                            ("line_no", _) => "1",
+                            (other, p) => panic!(
+                                "the isolation matrix has no value for path parameter '{other}' of {p}"
+                            ),
+                        };
+                        url = url.replace(&format!("{{{name}}}"), value);
+                    }
+                    "query" => {
+                        if name == "format" && method == "get" {
+                            let described = p["description"].as_str().unwrap_or("");
+                            for f in ["csv", "parquet"] {
+                                if described.contains(f) {
+                                    formats.push(Some(f));
+                                }
+                            }
+                        }
+                        if let Some(v) = query_value(name) {
+                            query.push(format!("{name}={v}"));
+                        }
+                    }
+                    other => panic!("parameter in {other}"),
+                }
+            }
+            let (body, content_type) = match op.pointer("/requestBody/content") {
+                Some(content) => {
+                    let (media, spec) = content.as_object().unwrap().iter().next().unwrap();
+                    let body = if media.contains("json") {
+                        minimal_body(doc, &spec["schema"]).to_string()
+                    } else {
+                        "x".to_string()
+                    };
+                    let media: &'static str = if media.contains("json") {
+                        "application/json"
+                    } else {
+                        "text/plain"
+                    };
+                    (Some(body), media)
+                }
+                None => (None, "application/json"),
+            };
+            let public = op["security"].as_array().is_some_and(|s| {
+                s.iter()
+                    .all(|r| r.as_object().is_some_and(|o| o.is_empty()))
+            });
+            for format in formats {
+                let mut q = query.clone();
+                if let Some(f) = format {
+                    q.push(format!("format={f}"));
+                }
+                out.push(IsolationRequest {
+                    method: method.to_uppercase(),
+                    url: if q.is_empty() {
+                        url.clone()
+                    } else {
+                        format!("{url}?{}", q.join("&"))
+                    },
+                    body: body.clone(),
+                    content_type,
+                    public,
+                });
+            }
+        }
+    }
+    out
+}
+
+/// The smallest JSON value `schema` accepts: required properties only,
+/// each the simplest value of its type.
+fn minimal_body(doc: &Value, schema: &Value) -> Value {
+    if let Some(r) = schema["$ref"].as_str() {
+        let name = r.rsplit('/').next().unwrap();
+        return minimal_body(doc, &doc["components"]["schemas"][name]);
+    }
+    for key in ["allOf", "oneOf", "anyOf"] {
+        if let Some(first) = schema[key].as_array().and_then(|a| a.first()) {
+            return minimal_body(doc, first);
+        }
+    }
+    let kind = match &schema["type"] {
+        Value::Array(kinds) => kinds
+            .iter()
+            .find(|k| *k != "null")
+            .and_then(Value::as_str)
+            .unwrap_or("null"),
+        v => v.as_str().unwrap_or("object"),
+    };
+    match kind {
+        "object" => {
+            let mut o = serde_json::Map::new();
+            for name in schema["required"].as_array().into_iter().flatten() {
+                let name = name.as_str().unwrap();
+                o.insert(name.into(), minimal_body(doc, &schema["properties"][name]));
+            }
+            Value::Object(o)
+        }
+        "array" => Value::Array(Vec::new()),
+        "integer" => 1.into(),
+        "number" => 1.into(),
+        "boolean" => false.into(),
+        "string" => match schema["format"].as_str() {
+            Some("date-time") => "2026-10-01T00:00:00Z".into(),
+            _ => "1".into(),
+        },
+        _ => Value::Null,
+    }
 }

@@ -772,18 +772,9 @@ pub async fn plans(
 ) -> Result<Response, ApiError> {
     let page = signed_in_or_login!(state, headers);
     let svc = billing_service(&state)?;
-    let stored = tally_rate::plans::list_plans(&svc.db)
+    let plans = tally_show::plans::plan_views(&svc.db, &page.identity, None)
         .await
-        .map_err(crate::rating::config_error)?;
-    let mut plans = Vec::new();
-    for p in &stored {
-        if let Some(view) = tally_show::plans::plan_view(&svc.db, &page.identity, &p.plan_id)
-            .await
-            .map_err(show_error)?
-        {
-            plans.push(view);
-        }
-    }
+        .map_err(show_error)?;
     render(
         "plans.html",
         minijinja::context! {

@@ -19,6 +19,9 @@ pub fn tally(data_dir: &Path) -> Command {
     let mut c = Command::new(tally_bin());
     c.arg("--data-dir").arg(data_dir);
     c.env_remove("TALLY_API_KEY").env("TALLY_LOG", "warn");
+    // Every server a test starts checks each JSON answer against the
+    // OpenAPI document: a drifted schema fails the test that met it.
+    c.env("TALLY_CHECK_RESPONSES", "1");
     c
 }
 
