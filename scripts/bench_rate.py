@@ -59,6 +59,31 @@ print(con.execute("SELECT count(*) FROM read_parquet('%(out)s')").fetchone()[0])
 """
 
 
+def generated_month(tally, bench_dir, instances, minutes, keep):
+    """A data directory holding October 2026 of `instances` instances polled
+    every `minutes` minutes (gen | ingest, no file kept); with `keep`, one
+    generated earlier is reused. Returns (directory, records)."""
+    data = os.path.join(bench_dir, f"rate-{instances}x{minutes}")
+    marker = os.path.join(data, "bench-generated")
+    if not (keep and os.path.exists(marker)):
+        shutil.rmtree(data, ignore_errors=True)
+        print(f"==> generating {instances} instances, polled every {minutes} min, into {data}", file=sys.stderr)
+        start = time.monotonic()
+        gen = subprocess.Popen([tally, "gen", "--instances", instances, "--days", "31",
+                                "--interval-minutes", minutes, "--seed", "42", "--start", "2026-10-01"],
+                               stdout=subprocess.PIPE)
+        ingest = subprocess.run([tally, "--data-dir", data, "ingest", "--output", "json", "-"],
+                                stdin=gen.stdout, stdout=subprocess.PIPE, check=True)
+        gen.stdout.close()
+        gen.wait()
+        accepted = json.loads(ingest.stdout)["accepted"]
+        print(f"    {accepted} records in {time.monotonic() - start:.0f} s", file=sys.stderr)
+        with open(marker, "w") as f:
+            f.write(str(accepted))
+    with open(marker) as f:
+        return data, int(f.read())
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--tally", required=True)
@@ -70,25 +95,7 @@ def main():
     results = {"date": datetime.date.today().isoformat(), "machine": machine(), "runs": []}
     for size in a.sizes.split():
         instances, minutes = size.split(":")
-        data = os.path.join(a.dir, f"rate-{instances}x{minutes}")
-        marker = os.path.join(data, "bench-generated")
-        if not (a.keep and os.path.exists(marker)):
-            shutil.rmtree(data, ignore_errors=True)
-            print(f"==> generating {instances} instances, polled every {minutes} min, into {data}", file=sys.stderr)
-            start = time.monotonic()
-            gen = subprocess.Popen([a.tally, "gen", "--instances", instances, "--days", "31",
-                                    "--interval-minutes", minutes, "--seed", "42", "--start", "2026-10-01"],
-                                   stdout=subprocess.PIPE)
-            ingest = subprocess.run([a.tally, "--data-dir", data, "ingest", "--output", "json", "-"],
-                                    stdin=gen.stdout, stdout=subprocess.PIPE, check=True)
-            gen.stdout.close()
-            gen.wait()
-            accepted = json.loads(ingest.stdout)["accepted"]
-            print(f"    {accepted} records in {time.monotonic() - start:.0f} s", file=sys.stderr)
-            with open(marker, "w") as f:
-                f.write(str(accepted))
-        with open(marker) as f:
-            records = int(f.read())
+        data, records = generated_month(a.tally, a.dir, instances, minutes, a.keep)
         plan = os.path.join(a.dir, "bench-plan.toml")
         with open(plan, "w") as f:
             f.write(plan_toml())

@@ -5,13 +5,13 @@ import argparse
 import datetime
 import json
 import os
-import shutil
 import subprocess
 import sys
+import threading
 import time
 
 from bench_ingest import machine
-from bench_rate import plan_toml
+from bench_rate import generated_month, plan_toml
 
 ACCOUNTS = 100
 
@@ -32,25 +32,8 @@ def main():
     a = ap.parse_args()
     os.makedirs(a.dir, exist_ok=True)
     instances, minutes = a.size.split(":")
-    data = os.path.join(a.dir, f"rate-{instances}x{minutes}")
-    generated = os.path.join(data, "bench-generated")
-    if not os.path.exists(generated):
-        shutil.rmtree(data, ignore_errors=True)
-        print(f"==> generating {instances} instances, polled every {minutes} min, into {data}", file=sys.stderr)
-        start = time.monotonic()
-        gen = subprocess.Popen([a.tally, "gen", "--instances", instances, "--days", "31",
-                                "--interval-minutes", minutes, "--seed", "42", "--start", "2026-10-01"],
-                               stdout=subprocess.PIPE)
-        ingest = subprocess.run([a.tally, "--data-dir", data, "ingest", "--output", "json", "-"],
-                                stdin=gen.stdout, stdout=subprocess.PIPE, check=True)
-        gen.stdout.close()
-        gen.wait()
-        accepted = json.loads(ingest.stdout)["accepted"]
-        print(f"    {accepted} records in {time.monotonic() - start:.0f} s", file=sys.stderr)
-        with open(generated, "w") as f:
-            f.write(str(accepted))
-    with open(generated) as f:
-        records = int(f.read())
+    # The large month of scripts/bench-rate, reused when it is there.
+    data, records = generated_month(a.tally, a.dir, instances, minutes, keep=True)
 
     prepared = os.path.join(data, "bench-show-prepared")
     if not os.path.exists(prepared):
@@ -92,7 +75,6 @@ def main():
     if url is None:
         sys.exit("tally serve did not start")
     # Keep draining the server's log so it never blocks on a full pipe.
-    import threading
     threading.Thread(target=lambda: [None for _ in server.stderr], daemon=True).start()
     with open(os.path.join(data, "admin-key")) as f:
         admin = f.read().strip()

@@ -31,6 +31,41 @@ fn bad(field: &str, e: impl std::fmt::Display) -> ApiError {
     ApiError::bad_request("invalid_request", format!("{field}: {e}"))
 }
 
+/// The query parameters of `GET /v1/costs` and `GET /v1/usage`, for the
+/// OpenAPI document. The handlers read the query as a map, because
+/// attribute filters (`attr.flavor_name=m1.small`) have open names; each
+/// field here is one of the fixed names [`summary_query`] accepts.
+#[derive(utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+#[allow(dead_code)]
+pub struct SummaryParams {
+    /// Start (RFC 3339, inclusive).
+    from: Option<String>,
+    /// End (RFC 3339, exclusive).
+    to: Option<String>,
+    /// A month (YYYY-MM) instead of from and to.
+    period: Option<String>,
+    /// Comma-separated: account, project, service, meter, resource,
+    /// attr.NAME.
+    group_by: Option<String>,
+    /// Time bucket: none, hour, day or month.
+    bucket: Option<String>,
+    /// Only this project.
+    project_id: Option<String>,
+    /// Only this billing account's projects.
+    account_id: Option<String>,
+    /// Only this service.
+    service: Option<String>,
+    /// Only this rated meter.
+    meter: Option<String>,
+    /// Only this resource.
+    resource_id: Option<String>,
+    /// Rows skipped first.
+    offset: Option<usize>,
+    /// Most rows answered.
+    limit: Option<usize>,
+}
+
 /// Reads a summary query from the query string. Attribute filters are
 /// `attr.NAME=VALUE`.
 pub fn summary_query(
@@ -134,7 +169,7 @@ async fn summarize(
     get,
     path = "/v1/costs",
     tag = "summaries",
-    params(("from" = Option<String>, Query, description = "Start (RFC 3339, inclusive)"), ("to" = Option<String>, Query, description = "End (RFC 3339, exclusive)"), ("period" = Option<String>, Query, description = "A month (YYYY-MM) instead of from and to"), ("group_by" = Option<String>, Query, description = "Comma-separated: account, project, service, meter, resource, attr.NAME"), ("bucket" = Option<String>, Query, description = "Time bucket: none, hour, day or month"), ("project_id" = Option<String>, Query, description = "Only this project"), ("account_id" = Option<String>, Query, description = "Only this billing account's projects"), ("service" = Option<String>, Query, description = "Only this service"), ("meter" = Option<String>, Query, description = "Only this rated meter"), ("resource_id" = Option<String>, Query, description = "Only this resource"), ("offset" = Option<usize>, Query, description = "Rows skipped first"), ("limit" = Option<usize>, Query, description = "Most rows answered")),
+    params(SummaryParams),
     responses((status = 200, description = "Cost (and quantity) per group and bucket", body = tally_show::summary::Summary), crate::openapi::Refusals)
 )]
 pub async fn costs(
@@ -150,7 +185,7 @@ pub async fn costs(
     get,
     path = "/v1/usage",
     tag = "summaries",
-    params(("from" = Option<String>, Query, description = "Start (RFC 3339, inclusive)"), ("to" = Option<String>, Query, description = "End (RFC 3339, exclusive)"), ("period" = Option<String>, Query, description = "A month (YYYY-MM) instead of from and to"), ("group_by" = Option<String>, Query, description = "Comma-separated: account, project, service, meter, resource, attr.NAME"), ("bucket" = Option<String>, Query, description = "Time bucket: none, hour, day or month"), ("project_id" = Option<String>, Query, description = "Only this project"), ("account_id" = Option<String>, Query, description = "Only this billing account's projects"), ("service" = Option<String>, Query, description = "Only this service"), ("meter" = Option<String>, Query, description = "Only this rated meter"), ("resource_id" = Option<String>, Query, description = "Only this resource"), ("offset" = Option<usize>, Query, description = "Rows skipped first"), ("limit" = Option<usize>, Query, description = "Most rows answered")),
+    params(SummaryParams),
     responses((status = 200, description = "Quantity per meter, group and bucket", body = tally_show::summary::Summary), crate::openapi::Refusals)
 )]
 pub async fn usage(

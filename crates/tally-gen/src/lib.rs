@@ -128,6 +128,19 @@ struct Simple {
     label: &'static str,
 }
 
+/// An instance as it is during one slot.
+struct InstanceSlot {
+    id: String,
+    project: usize,
+    zone: &'static str,
+    created: DateTime<Utc>,
+    deleted: Option<DateTime<Utc>>,
+    /// Its flavor at the slot's start.
+    flavor: usize,
+    /// A resize inside the slot: when, and to which flavor.
+    resize: Option<(DateTime<Utc>, usize)>,
+}
+
 struct Project {
     id: String,
     domain: String,
@@ -390,35 +403,67 @@ impl Generator {
         payload
     }
 
+    /// The current slot's start and end.
+    fn slot_bounds(&self) -> (DateTime<Utc>, DateTime<Utc>) {
+        let interval = Duration::minutes(i64::from(self.cfg.interval_minutes.max(1)));
+        let start = self.cfg.start + interval * self.slot as i32;
+        (start, start + interval)
+    }
+
+    /// Instance `i` during the current slot, if it exists then.
+    fn instance_in_slot(&self, i: usize) -> Option<InstanceSlot> {
+        let (slot_start, slot_end) = self.slot_bounds();
+        let inst = &self.instances[i];
+        if !(inst.created < slot_end && inst.deleted.is_none_or(|d| d > slot_start)) {
+            return None;
+        }
+        Some(InstanceSlot {
+            id: inst.id.clone(),
+            project: inst.project,
+            zone: inst.zone,
+            created: inst.created,
+            deleted: inst.deleted,
+            flavor: match inst.resized_to {
+                Some((at, f)) if at <= slot_start => f,
+                _ => inst.flavor,
+            },
+            resize: inst
+                .resized_to
+                .filter(|(at, _)| *at >= slot_start && *at < slot_end),
+        })
+    }
+
+    /// The volumes, floating IPs, images or containers (`k` 0 to 3).
+    fn simple_set(&self, k: usize) -> &[Simple] {
+        match k {
+            0 => &self.volumes,
+            1 => &self.floating_ips,
+            2 => &self.images,
+            _ => &self.containers,
+        }
+    }
+
     fn fill_slot(&mut self) {
         if self.cfg.shape == Shape::OpenStack {
             return self.fill_slot_openstack();
         }
-        let interval = Duration::minutes(i64::from(self.cfg.interval_minutes.max(1)));
-        let slot_start = self.cfg.start + interval * self.slot as i32;
-        let slot_end = slot_start + interval;
+        let (slot_start, slot_end) = self.slot_bounds();
         let alive = |created: DateTime<Utc>, deleted: Option<DateTime<Utc>>| {
             created < slot_end && deleted.is_none_or(|d| d > slot_start)
         };
         for i in 0..self.instances.len() {
-            let inst = &self.instances[i];
-            if !alive(inst.created, inst.deleted) {
+            let Some(InstanceSlot {
+                id,
+                project,
+                zone,
+                created,
+                deleted,
+                flavor: flavor_now,
+                resize,
+            }) = self.instance_in_slot(i)
+            else {
                 continue;
-            }
-            let (id, project, zone, created, deleted) = (
-                inst.id.clone(),
-                inst.project,
-                inst.zone,
-                inst.created,
-                inst.deleted,
-            );
-            let flavor_now = match inst.resized_to {
-                Some((at, f)) if at <= slot_start => f,
-                _ => inst.flavor,
             };
-            let resize = inst
-                .resized_to
-                .filter(|(at, _)| *at >= slot_start && *at < slot_end);
             let f = &FLAVORS[flavor_now];
             let attrs = |status: &str, event: &str, f: &Flavor| {
                 format!(
@@ -512,19 +557,8 @@ impl Generator {
             ("storage.objects.size", "B", "storage_policy"),
         ];
         for (k, (meter, unit, label_name)) in simple_sets.iter().enumerate() {
-            let n = match k {
-                0 => self.volumes.len(),
-                1 => self.floating_ips.len(),
-                2 => self.images.len(),
-                _ => self.containers.len(),
-            };
-            for i in 0..n {
-                let r = match k {
-                    0 => &self.volumes[i],
-                    1 => &self.floating_ips[i],
-                    2 => &self.images[i],
-                    _ => &self.containers[i],
-                };
+            for i in 0..self.simple_set(k).len() {
+                let r = &self.simple_set(k)[i];
                 if !alive(r.created, r.deleted) {
                     continue;
                 }
@@ -574,26 +608,23 @@ impl Generator {
 impl Generator {
     fn fill_slot_openstack(&mut self) {
         use serde_json::json;
-        let interval = Duration::minutes(i64::from(self.cfg.interval_minutes.max(1)));
-        let slot_start = self.cfg.start + interval * self.slot as i32;
-        let slot_end = slot_start + interval;
+        let (slot_start, slot_end) = self.slot_bounds();
         let alive = |created: DateTime<Utc>, deleted: Option<DateTime<Utc>>| {
             created < slot_end && deleted.is_none_or(|d| d > slot_start)
         };
         for i in 0..self.instances.len() {
-            let inst = &self.instances[i];
-            if !alive(inst.created, inst.deleted) {
+            let Some(InstanceSlot {
+                id,
+                project,
+                created,
+                deleted,
+                flavor: flavor_now,
+                resize,
+                ..
+            }) = self.instance_in_slot(i)
+            else {
                 continue;
-            }
-            let (id, project, created, deleted) =
-                (inst.id.clone(), inst.project, inst.created, inst.deleted);
-            let flavor_now = match inst.resized_to {
-                Some((at, f)) if at <= slot_start => f,
-                _ => inst.flavor,
             };
-            let resize = inst
-                .resized_to
-                .filter(|(at, _)| *at >= slot_start && *at < slot_end);
             let publisher = format!("compute.compute-{}", &id[..2]);
             let f = &FLAVORS[flavor_now];
             if created >= slot_start {
@@ -691,19 +722,8 @@ impl Generator {
             }
         }
         for k in 0..4 {
-            let n = match k {
-                0 => self.volumes.len(),
-                1 => self.floating_ips.len(),
-                2 => self.images.len(),
-                _ => self.containers.len(),
-            };
-            for i in 0..n {
-                let r = match k {
-                    0 => &self.volumes[i],
-                    1 => &self.floating_ips[i],
-                    2 => &self.images[i],
-                    _ => &self.containers[i],
-                };
+            for i in 0..self.simple_set(k).len() {
+                let r = &self.simple_set(k)[i];
                 if !alive(r.created, r.deleted) {
                     continue;
                 }
