@@ -180,35 +180,57 @@ async fn consume(store: &RawStore, config: &AmqpConfig) -> Result<(), ConsumerEr
         .await?;
     tracing::info!(queue = %config.queue, exchanges = ?config.exchanges, "consuming notifications");
     let wait = Duration::from_millis(config.batch_wait_ms.max(1));
-    loop {
-        // A batch: the first message whenever it comes, then whatever
-        // arrives within the wait, up to the batch size.
-        let Some(first) = consumer.next().await else {
-            return Err(ConsumerError::Cancelled);
-        };
-        let mut batch = vec![first?];
-        let deadline = tokio::time::Instant::now() + wait;
-        while batch.len() < config.batch_max {
-            match tokio::time::timeout_at(deadline, consumer.next()).await {
-                Ok(Some(d)) => batch.push(d?),
-                Ok(None) => return Err(ConsumerError::Cancelled),
-                Err(_) => break,
+    // Two stages in one task: the next batch is gathered and decoded while
+    // the previous one is made durable (an fdatasync, off this thread), and
+    // batches are stored and acknowledged strictly in order, so a multiple
+    // ack never covers a message that is not durable yet.
+    let (decoded_tx, mut decoded_rx) = tokio::sync::mpsc::channel::<DecodedBatch>(1);
+    let gather = async move {
+        loop {
+            // A batch: the first message whenever it comes, then whatever
+            // arrives within the wait, up to the batch size.
+            let Some(first) = consumer.next().await else {
+                return Err(ConsumerError::Cancelled);
+            };
+            let mut batch = vec![first?];
+            let deadline = tokio::time::Instant::now() + wait;
+            while batch.len() < config.batch_max {
+                match tokio::time::timeout_at(deadline, consumer.next()).await {
+                    Ok(Some(d)) => batch.push(d?),
+                    Ok(None) => return Err(ConsumerError::Cancelled),
+                    Err(_) => break,
+                }
+            }
+            if decoded_tx.send(decode_batch(store, &batch)).await.is_err() {
+                // The writing stage stopped; its error ends the session.
+                return Ok(());
             }
         }
-        handle_batch(store, &channel, config, batch).await?;
-    }
+    };
+    let write = async {
+        while let Some(decoded) = decoded_rx.recv().await {
+            commit_batch(store, &channel, config, decoded).await?;
+        }
+        Ok::<(), ConsumerError>(())
+    };
+    tokio::try_join!(gather, write)?;
+    Ok(())
 }
 
-async fn handle_batch(
-    store: &RawStore,
-    channel: &lapin::Channel,
-    config: &AmqpConfig,
-    batch: Vec<lapin::message::Delivery>,
-) -> Result<(), ConsumerError> {
+/// A batch of deliveries, decoded.
+struct DecodedBatch {
+    records: Vec<tally_core::UsageRecord>,
+    /// Messages that cannot be read, with why.
+    dead: Vec<(Bytes, tally_collect::ElementError)>,
+    /// The last delivery's tag: acknowledging it acknowledges the batch.
+    last_tag: Option<u64>,
+}
+
+fn decode_batch(store: &RawStore, batch: &[lapin::message::Delivery]) -> DecodedBatch {
     let received_at = Utc::now().trunc_subsecs(6);
     let mut records = Vec::new();
     let mut dead = Vec::new();
-    for d in &batch {
+    for d in batch {
         let bytes = Bytes::copy_from_slice(&d.data);
         match OpenStackDecoder.decode(&bytes, received_at) {
             Ok(r) if r.is_empty() => {
@@ -232,13 +254,26 @@ async fn handle_batch(
             }
         }
     }
+    DecodedBatch {
+        records,
+        dead,
+        last_tag: batch.last().map(|d| d.delivery_tag),
+    }
+}
+
+async fn commit_batch(
+    store: &RawStore,
+    channel: &lapin::Channel,
+    config: &AmqpConfig,
+    batch: DecodedBatch,
+) -> Result<(), ConsumerError> {
     // Durable first, acknowledged after: a crash in between redelivers the
     // batch, and the store's dedupe counts it once.
-    if let Err(e) = store.append(records).await {
-        if let Some(last) = batch.last() {
+    if let Err(e) = store.append(batch.records).await {
+        if let Some(last) = batch.last_tag {
             channel
                 .basic_nack(
-                    last.delivery_tag,
+                    last,
                     BasicNackOptions {
                         multiple: true,
                         requeue: true,
@@ -248,7 +283,7 @@ async fn handle_batch(
         }
         return Err(e.into());
     }
-    for (bytes, e) in dead {
+    for (bytes, e) in batch.dead {
         let mut headers = FieldTable::default();
         headers.insert(
             "x-tally-reason".into(),
@@ -272,9 +307,9 @@ async fn handle_batch(
             .await?
             .await?;
     }
-    if let Some(last) = batch.last() {
+    if let Some(last) = batch.last_tag {
         channel
-            .basic_ack(last.delivery_tag, BasicAckOptions { multiple: true })
+            .basic_ack(last, BasicAckOptions { multiple: true })
             .await?;
     }
     Ok(())
