@@ -13,12 +13,13 @@
 //! and before its end. The next run starts from the latest snapshot at or
 //! before its own start and reads only the records after it.
 //!
-//! A snapshot is only as good as the records it saw. A flush committed
-//! after the snapshot was taken with a record older than its instant (late
-//! usage, an import of history) makes it **stale**, and stale snapshots are
-//! never used: the run falls back to an older snapshot, or to the whole
-//! history when there is none. Compactions rewrite records without adding
-//! any, so they never make a snapshot stale.
+//! A snapshot is only as good as the records it saw. It keeps how many
+//! flushes with records before its instant the catalog held when it was
+//! taken; flushes are never deleted, so when there are more now, records
+//! arrived late (late usage, an import of history) that it did not see: it
+//! is **stale**, and stale snapshots are never used. The run falls back to
+//! an older snapshot, or to the whole history when there is none.
+//! Compactions rewrite records without adding any, so they are not counted.
 //!
 //! A resource whose records say it was deleted is left out of the snapshot
 //! at the range's end: nothing of it carries further.
@@ -33,7 +34,7 @@ use arrow::array::{
 use arrow::compute::cast;
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use bytes::Bytes;
-use chrono::{DateTime, Duration, Utc};
+use chrono::{DateTime, Utc};
 use parquet::arrow::ArrowWriter;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use parquet::basic::{Compression, ZstdLevel};
@@ -44,12 +45,6 @@ use tally_store::objects::RawObjects;
 use crate::aggregate::RawUsage;
 use crate::job::RatingError;
 use crate::shuffle::resource_key;
-
-/// How long before a run reads the segment catalog its snapshots count as
-/// taken. A flush stamps its commit time just before its transaction, so a
-/// flush stamped a little before the run may still have been invisible to
-/// it; the margin makes such a flush mark the snapshot stale.
-const COMMIT_MARGIN: Duration = Duration::seconds(60);
 
 /// A usable snapshot found for a run.
 #[derive(Debug, Clone, PartialEq)]
@@ -83,6 +78,21 @@ fn meters_text(meters: &[String]) -> String {
     meters.join(",")
 }
 
+/// Flushes (compactions aside) holding records before `as_of`, now. Read
+/// before the segment catalog, so every flush counted is one the run reads.
+pub async fn flushes_before(db: &Database, as_of: DateTime<Utc>) -> Result<i64, RatingError> {
+    Ok(sqlx::query_scalar(
+        "SELECT count(*) FROM raw_flushes WHERE origin <> 'compaction' AND min_time_us < $1",
+    )
+    .bind(as_of.timestamp_micros())
+    .fetch_one(&db.pool)
+    .await?)
+}
+
+/// The staleness test of a snapshot row `s`, in SQL.
+const FRESH: &str = "s.flushes_before = (SELECT count(*) FROM raw_flushes f \
+     WHERE f.origin <> 'compaction' AND f.min_time_us < s.as_of_us)";
+
 /// The latest snapshot at or before `at` that is not stale and covers every
 /// raw meter in `meters`.
 pub async fn usable_snapshot(
@@ -90,17 +100,14 @@ pub async fn usable_snapshot(
     at: DateTime<Utc>,
     meters: &[String],
 ) -> Result<Option<CarrySnapshot>, RatingError> {
-    let rows: Vec<(String, i64, String)> = sqlx::query_as(
+    let sql = format!(
         "SELECT s.path, s.as_of_us, s.meters FROM rating_carry_snapshots s \
-         WHERE s.as_of_us <= $1 AND NOT EXISTS ( \
-           SELECT 1 FROM raw_flushes f WHERE f.origin <> 'compaction' \
-             AND f.created_at_us >= s.created_at_us \
-             AND (f.min_time_us IS NULL OR f.min_time_us < s.as_of_us)) \
-         ORDER BY s.as_of_us DESC, s.created_at_us DESC",
-    )
-    .bind(at.timestamp_micros())
-    .fetch_all(&db.pool)
-    .await?;
+         WHERE s.as_of_us <= $1 AND {FRESH} ORDER BY s.as_of_us DESC, s.created_at_us DESC"
+    );
+    let rows: Vec<(String, i64, String)> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
+        .bind(at.timestamp_micros())
+        .fetch_all(&db.pool)
+        .await?;
     let wanted: BTreeSet<&str> = meters.iter().map(String::as_str).collect();
     for (path, as_of_us, covered) in rows {
         let covered: BTreeSet<&str> = covered.split(',').filter(|m| !m.is_empty()).collect();
@@ -268,13 +275,17 @@ pub fn decode(
 }
 
 /// Writes a snapshot of `rows` as of `as_of` and records it; `taken` is
-/// when the run read the segment catalog. Then forgets the snapshots it
-/// makes useless: older ones of the same instant, and stale ones.
+/// when the run read the segment catalog, and `flushes` what
+/// [`flushes_before`] counted for `as_of` just before. Then forgets the
+/// snapshots it makes useless: older ones of the same instant, and stale
+/// ones.
+#[allow(clippy::too_many_arguments)]
 pub async fn save(
     db: &Database,
     raw: &RawObjects,
     as_of: DateTime<Utc>,
     taken: DateTime<Utc>,
+    flushes: i64,
     meters: &[String],
     rows: &[CarriedRecord],
     segment_paths: &[String],
@@ -286,27 +297,26 @@ pub async fn save(
         uuid::Uuid::new_v4().simple()
     );
     raw.put(&path, bytes).await.map_err(files_err)?;
-    let created = taken - COMMIT_MARGIN;
     sqlx::query(
-        "INSERT INTO rating_carry_snapshots (path, as_of_us, created_at_us, meters, row_count) VALUES ($1, $2, $3, $4, $5)",
+        "INSERT INTO rating_carry_snapshots (path, as_of_us, created_at_us, flushes_before, meters, row_count) VALUES ($1, $2, $3, $4, $5, $6)",
     )
     .bind(&path)
     .bind(as_of.timestamp_micros())
-    .bind(created.timestamp_micros())
+    .bind(taken.timestamp_micros())
+    .bind(flushes)
     .bind(meters_text(meters))
     .bind(rows.len() as i64)
     .execute(&db.pool)
     .await?;
-    let useless: Vec<String> = sqlx::query_scalar(
+    let sql = format!(
         "SELECT s.path FROM rating_carry_snapshots s WHERE \
            EXISTS (SELECT 1 FROM rating_carry_snapshots n WHERE n.as_of_us = s.as_of_us \
                    AND n.meters = s.meters AND n.created_at_us > s.created_at_us) \
-           OR EXISTS (SELECT 1 FROM raw_flushes f WHERE f.origin <> 'compaction' \
-                   AND f.created_at_us >= s.created_at_us \
-                   AND (f.min_time_us IS NULL OR f.min_time_us < s.as_of_us))",
-    )
-    .fetch_all(&db.pool)
-    .await?;
+           OR NOT ({FRESH})"
+    );
+    let useless: Vec<String> = sqlx::query_scalar(sqlx::AssertSqlSafe(sql))
+        .fetch_all(&db.pool)
+        .await?;
     for old in useless {
         sqlx::query("DELETE FROM rating_carry_snapshots WHERE path = $1")
             .bind(&old)
@@ -323,7 +333,7 @@ pub async fn save(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use chrono::TimeZone;
+    use chrono::{Duration, TimeZone};
     use tally_core::MeterKind;
 
     fn record(meter: &str, hour: u32, volume: i64, segment: u32) -> CarriedRecord {

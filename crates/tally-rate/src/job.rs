@@ -152,6 +152,9 @@ pub struct RunTotals {
     /// precision (lines of account plans in other currencies are counted
     /// in `lines` but not summed here: amounts of two currencies never add).
     pub amount: Decimal,
+    /// The instant of the carry snapshot the run started from; absent when
+    /// it read the whole history before its range (or carries nothing).
+    pub carried_from: Option<DateTime<Utc>>,
 }
 
 impl RunTotals {
@@ -205,10 +208,16 @@ where
     // Taken before the catalog is read: what the snapshots this run leaves
     // can have seen.
     let taken = Utc::now();
-    let snapshot = if carried.is_empty() {
-        None
+    let (snapshot, flushes) = if carried.is_empty() {
+        (None, (0, 0))
     } else {
-        carry::usable_snapshot(db, window.from, &carried).await?
+        (
+            carry::usable_snapshot(db, window.from, &carried).await?,
+            (
+                carry::flushes_before(db, window.from).await?,
+                carry::flushes_before(db, window.to).await?,
+            ),
+        )
     };
     // Records before the range matter only as carried state: after the
     // snapshot's instant when there is one, else the whole history.
@@ -365,20 +374,30 @@ where
         return Err(e);
     }
     if !carried.is_empty() {
-        let mut snapshots = vec![(window.to, at_to)];
+        let mut snapshots = vec![(window.to, flushes.1, at_to)];
         if snapshot.as_ref().is_none_or(|s| s.as_of != window.from) {
-            snapshots.push((window.from, at_from));
+            snapshots.push((window.from, flushes.0, at_from));
         }
-        for (as_of, rows) in snapshots {
+        for (as_of, count, rows) in snapshots {
             // Without a snapshot the next run reads more history, but rates
             // the same: a failure here costs time, not money.
-            if let Err(e) =
-                carry::save(db, raw, as_of, taken, &carried, &rows, &segment_paths).await
+            if let Err(e) = carry::save(
+                db,
+                raw,
+                as_of,
+                taken,
+                count,
+                &carried,
+                &rows,
+                &segment_paths,
+            )
+            .await
             {
                 tracing::warn!(error = %e, %as_of, "could not save a carry snapshot");
             }
         }
     }
+    totals.carried_from = snapshot.map(|s| s.as_of);
     Ok((totals, segment_paths.to_vec(), sinks))
 }
 

@@ -88,6 +88,7 @@ struct RunRow {
     segments: String,
     files: String,
     message: Option<String>,
+    carried_from_us: Option<i64>,
 }
 
 impl From<RunRow> for RatingRun {
@@ -108,6 +109,7 @@ impl From<RunRow> for RatingRun {
                 unpriced_lines: r.unpriced_lines as u64,
                 error_lines: r.error_lines as u64,
                 amount: r.amount.parse().unwrap_or_default(),
+                carried_from: r.carried_from_us.map(instant),
             },
             currency: r.currency,
             segments: serde_json::from_str(&r.segments).unwrap_or_default(),
@@ -120,7 +122,7 @@ impl From<RunRow> for RatingRun {
 
 macro_rules! run_columns {
     () => {
-        "run_id, from_us, to_us, period_seconds, plan_id, status, started_at_us, finished_at_us, records_read, duplicates, line_count, unpriced_lines, error_lines, amount, currency, segments, files, message"
+        "run_id, from_us, to_us, period_seconds, plan_id, status, started_at_us, finished_at_us, records_read, duplicates, line_count, unpriced_lines, error_lines, amount, currency, segments, files, message, carried_from_us"
     };
 }
 
@@ -412,7 +414,8 @@ pub async fn run_and_commit(
     let json = |v: &Vec<String>| serde_json::to_string(v).expect("strings serialize");
     sqlx::query(
         "UPDATE rating_runs SET status = 'complete', finished_at_us = $1, records_read = $2, duplicates = $3, \
-         line_count = $4, unpriced_lines = $5, error_lines = $6, amount = $7, segments = $8, files = $9 WHERE run_id = $10",
+         line_count = $4, unpriced_lines = $5, error_lines = $6, amount = $7, segments = $8, files = $9, \
+         carried_from_us = $10 WHERE run_id = $11",
     )
     .bind(finished.timestamp_micros())
     .bind(totals.records_read as i64)
@@ -423,6 +426,7 @@ pub async fn run_and_commit(
     .bind(totals.amount.normalize().to_string())
     .bind(json(&segments))
     .bind(json(&files))
+    .bind(totals.carried_from.map(|t| t.timestamp_micros()))
     .bind(&run_id)
     .execute(&mut *tx)
     .await?;

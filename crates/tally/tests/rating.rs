@@ -602,21 +602,24 @@ async fn serve_puts_a_meters_file_in_force_and_refuses_a_bad_one() {
     );
 }
 
-/// The volume-hours of `vol-1` rated between `from` and `to`.
-fn volume_hours(data: &Path, from: &str, to: &str) -> Decimal {
+/// The volume-hours of `vol-1` rated between `from` and `to`, and the
+/// instant of the carry snapshot the run started from (null: it read the
+/// whole history).
+fn volume_hours(data: &Path, from: &str, to: &str) -> (Decimal, Value) {
     let run = common::tally_json(data, &["rate", "--from", from, "--to", to]);
     assert_eq!(run["status"], "complete", "{run}");
     let lines = common::tally_json(
         data,
         &["lines", "--from", from, "--to", to, "--limit", "1000"],
     );
-    lines["lines"]
+    let hours = lines["lines"]
         .as_array()
         .unwrap()
         .iter()
         .filter(|l| l["meter"] == "volume.gib_hours")
         .map(|l| d(&l["quantity"]))
-        .sum()
+        .sum::<Decimal>();
+    (hours, run["carried_from"].clone())
 }
 
 #[test]
@@ -635,28 +638,35 @@ fn a_gauge_carries_from_any_age_and_late_history_is_not_hidden_by_a_snapshot() {
     common::ingest_file(&data, &first);
 
     // Rated from the whole history (no snapshot yet), then from the
-    // snapshot the first run left: the only record is 19 days old.
+    // snapshot the first run left at its end: the only record is 19 days
+    // old and is not read again.
+    let whole = volume_hours(&data, "2026-10-01T00:00:00Z", "2026-10-02T00:00:00Z");
+    assert_eq!(whole, (Decimal::from(2400), Value::Null));
+    let carried = volume_hours(&data, "2026-10-20T10:00:00Z", "2026-10-20T11:00:00Z");
+    assert_eq!(carried.0, Decimal::from(100));
     assert_eq!(
-        volume_hours(&data, "2026-10-01T00:00:00Z", "2026-10-02T00:00:00Z"),
-        Decimal::from(2400)
-    );
-    assert_eq!(
-        volume_hours(&data, "2026-10-20T10:00:00Z", "2026-10-20T11:00:00Z"),
-        Decimal::from(100)
+        carried.1, "2026-10-02T00:00:00Z",
+        "started from the snapshot"
     );
 
-    // A resize on 10 October arrives late, after snapshots of 20 October
-    // were taken without it: they are stale, and the re-rating sees 200.
+    // A resize on 10 October arrives late, after the snapshots of 20
+    // October were taken without it: they are stale, and the re-rating
+    // starts from the 2 October one and sees 200.
     let late = write(
         dir.path(),
         "late.ndjson",
         &(volume("v2", "2026-10-10T00:00:00Z", "200", ssd) + "\n"),
     );
     common::ingest_file(&data, &late);
+    let resized = volume_hours(&data, "2026-10-20T10:00:00Z", "2026-10-20T11:00:00Z");
+    assert_eq!(resized.0, Decimal::from(200));
     assert_eq!(
-        volume_hours(&data, "2026-10-20T10:00:00Z", "2026-10-20T11:00:00Z"),
-        Decimal::from(200)
+        resized.1, "2026-10-02T00:00:00Z",
+        "the 20 October snapshots are stale"
     );
+    // That run's own snapshots saw the resize: the next run uses them.
+    let again = volume_hours(&data, "2026-10-20T11:00:00Z", "2026-10-20T12:00:00Z");
+    assert_eq!(again, (Decimal::from(200), "2026-10-20T11:00:00Z".into()));
 
     // Deleted on 15 October: nothing carries past it, from a snapshot or not.
     let deleted = write(
@@ -671,15 +681,15 @@ fn a_gauge_carries_from_any_age_and_late_history_is_not_hidden_by_a_snapshot() {
     );
     common::ingest_file(&data, &deleted);
     assert_eq!(
-        volume_hours(&data, "2026-10-14T00:00:00Z", "2026-10-16T00:00:00Z"),
+        volume_hours(&data, "2026-10-14T00:00:00Z", "2026-10-16T00:00:00Z").0,
         Decimal::from(4800)
     );
     assert_eq!(
-        volume_hours(&data, "2026-10-20T10:00:00Z", "2026-10-20T11:00:00Z"),
+        volume_hours(&data, "2026-10-20T10:00:00Z", "2026-10-20T11:00:00Z").0,
         Decimal::ZERO
     );
     assert_eq!(
-        volume_hours(&data, "2026-10-16T00:00:00Z", "2026-10-17T00:00:00Z"),
+        volume_hours(&data, "2026-10-16T00:00:00Z", "2026-10-17T00:00:00Z").0,
         Decimal::ZERO
     );
 }
