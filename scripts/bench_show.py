@@ -64,6 +64,8 @@ def main():
     project = prep["projects"][0]
     reader = json.loads(tally(a, data, "admin", "key", "create", "--role", "account-reader",
                               "--account", "bench-000", "--output", "json"))["key"]
+    admin = json.loads(tally(a, data, "admin", "key", "create", "--role", "admin",
+                             "--output", "json"))["key"]
 
     server = subprocess.Popen([a.tally, "--data-dir", data, "serve", "--listen", "127.0.0.1:0"],
                               stderr=subprocess.PIPE, text=True, env={**os.environ, "TALLY_LOG": "warn"})
@@ -76,8 +78,6 @@ def main():
         sys.exit("tally serve did not start")
     # Keep draining the server's log so it never blocks on a full pipe.
     threading.Thread(target=lambda: [None for _ in server.stderr], daemon=True).start()
-    with open(os.path.join(data, "admin-key")) as f:
-        admin = f.read().strip()
     month = "period=2026-10"
     common = ["--seconds", a.seconds, "--concurrency", a.concurrency]
     try:

@@ -540,8 +540,14 @@ pub async fn summarize(
     }
     let select: String = columns.iter().map(|c| format!(", u.{c}")).collect();
     let sql = format!(
+        // Whole units and fractions are summed apart: a month of a large
+        // cloud's bytes in millionths overflows a 64-bit sum, while each
+        // part fits. Both databases truncate integer division toward zero
+        // and give `%` the dividend's sign, so whole × scale + fraction is
+        // the exact total.
         "SELECT (u.from_us / {DAY_US}) * {DAY_US} AS day{select}, u.unit, u.currency, \
-         CAST(SUM(u.quantity_micro) AS BIGINT), CAST(SUM(u.amount_nano) AS BIGINT), \
+         CAST(SUM(u.quantity_micro / {Q}) AS BIGINT), CAST(SUM(u.quantity_micro % {Q}) AS BIGINT), \
+         CAST(SUM(u.amount_nano / {A}) AS BIGINT), CAST(SUM(u.amount_nano % {A}) AS BIGINT), \
          CAST(SUM(u.line_count) AS BIGINT), CAST(SUM(u.error_count) AS BIGINT) \
          FROM usage_rollups u JOIN rated_coverage c \
          ON c.run_id = u.run_id AND u.from_us >= c.from_us AND u.to_us <= c.to_us \
@@ -554,6 +560,8 @@ pub async fn summarize(
          GROUP BY day{select}, u.unit, u.currency",
         scope = account_projects(5),
         account = account_projects(9),
+        Q = 10i64.pow(QUANTITY_SCALE),
+        A = 10i64.pow(AMOUNT_SCALE),
     );
     let (all, project, account) = scope_binds(identity);
     // Only whitelisted column names and numbered placeholders are
@@ -590,10 +598,15 @@ pub async fn summarize(
         let resource_id = text(columns.contains("resource_id"))?;
         let unit: String = row.try_get(i)?;
         let currency: String = row.try_get(i + 1)?;
-        let quantity: i64 = row.try_get(i + 2)?;
-        let amount: i64 = row.try_get(i + 3)?;
-        let lines: i64 = row.try_get(i + 4)?;
-        let errors: i64 = row.try_get(i + 5)?;
+        let whole_and_fraction = |at: usize, scale: u32| -> Result<Decimal, sqlx::Error> {
+            let whole: i64 = row.try_get(at)?;
+            let fraction: i64 = row.try_get(at + 1)?;
+            Ok(Decimal::from(whole) + from_scaled(fraction, scale))
+        };
+        let quantity = whole_and_fraction(i + 2, QUANTITY_SCALE)?;
+        let amount = whole_and_fraction(i + 4, AMOUNT_SCALE)?;
+        let lines: i64 = row.try_get(i + 6)?;
+        let errors: i64 = row.try_get(i + 7)?;
         let day: i64 = row.try_get(0)?;
         let attrs: Option<BTreeMap<String, String>> = attributes
             .as_deref()
@@ -606,8 +619,8 @@ pub async fn summarize(
             attributes: attrs.as_ref().unwrap_or(&empty),
             unit: &unit,
             currency: &currency,
-            quantity: from_scaled(quantity, QUANTITY_SCALE),
-            amount: from_scaled(amount, AMOUNT_SCALE),
+            quantity: quantity.normalize(),
+            amount: amount.normalize(),
             lines,
             errors,
         });

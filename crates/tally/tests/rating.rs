@@ -693,3 +693,47 @@ fn a_gauge_carries_from_any_age_and_late_history_is_not_hidden_by_a_snapshot() {
         Decimal::ZERO
     );
 }
+
+#[test]
+fn a_month_of_bytes_sums_exactly_past_64_bits_of_millionths() {
+    // Two days of 5 TB each on a meter rated by the default definition (a
+    // sum of raw bytes): each day's cell holds 5e18 millionths, and their
+    // sum passes what a 64-bit integer holds.
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let events = [
+        ev(
+            "b1",
+            "network.incoming.bytes",
+            "nic-1",
+            "p1",
+            "2026-10-01T10:00:00Z",
+            "5000000000000",
+            "{}",
+        ),
+        ev(
+            "b2",
+            "network.incoming.bytes",
+            "nic-1",
+            "p1",
+            "2026-10-02T10:00:00Z",
+            "5000000000000.5",
+            "{}",
+        ),
+    ];
+    let file = write(dir.path(), "bytes.ndjson", &(events.join("\n") + "\n"));
+    common::ingest_file(&data, &file);
+    let run = common::tally_json(&data, &["rate", "--period", "2026-10"]);
+    assert_eq!(run["status"], "complete", "{run}");
+    let costs = common::tally_json(
+        &data,
+        &["costs", "--period", "2026-10", "--group-by", "meter"],
+    );
+    let row = &costs["rows"][0];
+    assert_eq!(row["meter"], "network.incoming.bytes", "{costs}");
+    assert_eq!(
+        d(&row["quantity"]),
+        "10000000000000.5".parse().unwrap(),
+        "{costs}"
+    );
+}
