@@ -247,6 +247,18 @@ impl<'a> Metering<'a> {
         records: Vec<RawUsage>,
         carry: Vec<RawUsage>,
     ) -> (Vec<MeteredLine>, u64) {
+        let (lines, duplicates, _) = self.meter_resource_until(records, carry);
+        (lines, duplicates)
+    }
+
+    /// [`Metering::meter_resource`], also saying when the resource was
+    /// deleted, if its records say so (the rating job then carries nothing
+    /// of it into the next range).
+    pub fn meter_resource_until(
+        &self,
+        records: Vec<RawUsage>,
+        carry: Vec<RawUsage>,
+    ) -> (Vec<MeteredLine>, u64, Option<DateTime<Utc>>) {
         let read = records.len();
         let records = dedupe(records, &carry);
         let duplicates = (read - records.len()) as u64;
@@ -274,7 +286,7 @@ impl<'a> Metering<'a> {
         lines.sort_by(|a, b| {
             (&a.meter, &a.group, a.period.start).cmp(&(&b.meter, &b.group, b.period.start))
         });
-        (lines, duplicates)
+        (lines, duplicates, ended)
     }
 
     fn meter_definition(

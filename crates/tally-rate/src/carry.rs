@@ -212,6 +212,11 @@ pub fn decode(
         .map_err(files_err)?
         .build()
         .map_err(files_err)?;
+    let mut index: std::collections::HashMap<String, u32> = segment_paths
+        .iter()
+        .enumerate()
+        .map(|(i, p)| (p.clone(), i as u32))
+        .collect();
     let mut out = Vec::new();
     for batch in reader {
         let batch = batch.map_err(files_err)?;
@@ -234,14 +239,15 @@ pub fn decode(
             .iter()
             .map(|p| {
                 let p = p.unwrap_or("");
-                let index = match segment_paths.iter().position(|s| s == p) {
-                    Some(i) => i,
+                Some(match index.get(p) {
+                    Some(&i) => i,
                     None => {
+                        let i = segment_paths.len() as u32;
                         segment_paths.push(p.to_string());
-                        segment_paths.len() - 1
+                        index.insert(p.to_string(), i);
+                        i
                     }
-                };
-                Some(index as u32)
+                })
             })
             .collect();
         let (projects, resources) = (strings("project_id")?, strings("resource_id")?);

@@ -799,25 +799,22 @@ impl<'a, S: LineSink> Consumer<'a, S> {
         Ok((self.totals, self.sink, self.carried))
     }
 
-    /// Records what of this resource carries past the range's start and end.
-    fn keep_carried(&mut self, rows: &ResourceRows) {
-        if self.carried_meters.is_empty() {
-            return;
+    /// What of this resource may carry past the range's start and its end:
+    /// the carried-in records, and the last record of each carried meter.
+    /// `None` when it carries nothing (no carried meters, or deleted before
+    /// the range).
+    fn carried_state(&self, rows: &ResourceRows) -> Option<(Vec<RawUsage>, Vec<RawUsage>)> {
+        if self.carried_meters.is_empty()
+            || rows.carry.values().any(|r| marks_deletion(&r.attributes))
+        {
+            return None;
         }
-        let carried = |meter: &str| self.carried_meters.iter().any(|m| m == meter);
-        let entry = |record: &RawUsage| CarriedRecord {
-            project: rows.project.clone(),
-            resource: rows.resource.clone(),
-            record: record.clone(),
+        // `carried_meters` is sorted.
+        let carried = |meter: &str| {
+            self.carried_meters
+                .binary_search_by(|m| m.as_str().cmp(meter))
+                .is_ok()
         };
-        let deleted_before = rows.carry.values().any(|r| marks_deletion(&r.attributes));
-        if deleted_before {
-            return;
-        }
-        self.carried.at_from.extend(rows.carry.values().map(&entry));
-        if rows.records.iter().any(|r| marks_deletion(&r.attributes)) {
-            return;
-        }
         let mut last: BTreeMap<&str, &RawUsage> =
             rows.carry.iter().map(|(m, r)| (&**m, r)).collect();
         for r in rows.records.iter().filter(|r| carried(&r.meter)) {
@@ -828,13 +825,29 @@ impl<'a, S: LineSink> Consumer<'a, S> {
                 }
             }
         }
-        self.carried.at_to.extend(last.into_values().map(entry));
+        Some((
+            rows.carry.values().cloned().collect(),
+            last.into_values().cloned().collect(),
+        ))
     }
 
     async fn finish_resource(&mut self, rows: ResourceRows) -> Result<(), RatingError> {
-        self.keep_carried(&rows);
+        let carried = self.carried_state(&rows);
         let carry: Vec<RawUsage> = rows.carry.into_values().collect();
-        let (metered, duplicates) = self.metering.meter_resource(rows.records, carry);
+        // Metering finds the deletion anyway: the snapshot at the range's
+        // end asks it rather than scanning the records again.
+        let (metered, duplicates, ended) = self.metering.meter_resource_until(rows.records, carry);
+        if let Some((at_from, at_to)) = carried {
+            let entry = |record: RawUsage| CarriedRecord {
+                project: rows.project.clone(),
+                resource: rows.resource.clone(),
+                record,
+            };
+            self.carried.at_from.extend(at_from.into_iter().map(entry));
+            if ended.is_none() {
+                self.carried.at_to.extend(at_to.into_iter().map(entry));
+            }
+        }
         self.totals.duplicates += duplicates;
         if metered.is_empty() {
             return Ok(());
