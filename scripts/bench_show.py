@@ -86,17 +86,22 @@ def main():
                                    "--target", f"costs by account (operator)=/v1/costs?{month}&group_by=account",
                                    "--target", f"costs by day (operator)=/v1/costs?{month}&bucket=day",
                                    "--target", f"usage of one project by meter=/v1/usage?{month}&project_id={project}",
-                                   "--target", "overview page (operator)=/ui",
-                                   "--target", "accounts page (operator)=/ui/accounts"],
+                                   "--target", f"overview page (operator)=/ui?{month}",
+                                   "--target", f"accounts page (operator)=/ui/accounts?{month}"],
                                   stdout=subprocess.PIPE, text=True)
         tenant = subprocess.run([a.load, "--url", url, "--key", reader, *common,
                                  "--target", f"costs by project per day (account reader)=/v1/costs?{month}&group_by=project&bucket=day",
-                                 "--target", "account page (account reader)=/ui/accounts/bench-000",
-                                 "--target", f"project page (account reader)=/ui/projects/{project}"],
+                                 "--target", f"account page (account reader)=/ui/accounts/bench-000?{month}",
+                                 "--target", f"project page (account reader)=/ui/projects/{project}?{month}"],
                                 stdout=subprocess.PIPE, text=True)
     finally:
         server.terminate()
-        server.wait()
+        try:
+            server.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            print("tally serve did not stop within 60 s of SIGTERM: killed", file=sys.stderr)
+            server.kill()
+            server.wait()
     print(f"# {datetime.date.today().isoformat()}, {machine()}")
     print(f"# {records} raw records, {prep['lines']} rated lines, {len(prep['projects'])} projects, "
           f"{ACCOUNTS} accounts; {a.concurrency} requests in flight, {a.seconds} s per target")

@@ -163,6 +163,8 @@ pub async fn ensure_current(db: &Database, rated: &RawObjects) -> Result<usize, 
         for (f, t) in pieces {
             let instant = |us| DateTime::from_timestamp_micros(us).unwrap_or_default();
             build_from_files(db, rated, run_id, &files, instant(f), instant(t)).await?;
+            // These cells now count: the levels above them must see them.
+            crate::levels::mark(db, f, t).await?;
         }
         sqlx::query("INSERT INTO usage_rollup_runs (run_id) VALUES ($1) ON CONFLICT DO NOTHING")
             .bind(run_id)

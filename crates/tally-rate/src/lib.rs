@@ -13,6 +13,7 @@ pub mod aggregate;
 pub mod carry;
 pub mod cells;
 pub mod job;
+pub mod levels;
 pub mod lines;
 pub mod meters;
 pub mod plans;

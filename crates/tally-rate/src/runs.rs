@@ -358,6 +358,10 @@ pub async fn run_and_commit(
     let finished = Utc::now();
     let (from_us, to_us) = (window.from.timestamp_micros(), window.to.timestamp_micros());
     let mut tx = db.begin_write().await?;
+    // The days whose current usage changes are marked for the summary
+    // levels in the same transaction that changes coverage.
+    crate::levels::lock(&mut tx, db.backend).await?;
+    crate::levels::mark_in(&mut tx, from_us, to_us).await?;
     let overlapping: Vec<(String, i64, i64)> = sqlx::query_as(
         "SELECT run_id, from_us, to_us FROM rated_coverage WHERE to_us > $1 AND from_us < $2",
     )
@@ -437,6 +441,11 @@ pub async fn run_and_commit(
         if let Err(e) = cells::ensure_current(db, rated).await {
             tracing::warn!(error = %e, "could not rebuild the cells of runs cut mid-day");
         }
+    }
+    // Also done by every summary before it answers; doing it now keeps
+    // that first summary fast.
+    if let Err(e) = crate::levels::refresh(db).await {
+        tracing::warn!(error = %e, "could not recompute the summary levels");
     }
     if let Err(e) = delete_superseded(db, rated, finished - config.superseded_grace).await {
         // The run is committed; leftover files only cost disk and are

@@ -251,6 +251,12 @@ pub struct Summary {
 /// and through its domains unless another account owns the project
 /// directly (the order `Owners` resolves in).
 pub(crate) fn account_projects(a: usize) -> String {
+    account_projects_of(&a.to_string())
+}
+
+/// [`account_projects`] with the bind's number as text (so that it can be
+/// a template's `{n}`).
+fn account_projects_of(a: &str) -> String {
     format!(
         "SELECT keystone_id FROM account_ownership WHERE kind = 'project' AND account_id = ${a} \
          UNION SELECT kp.project_id FROM keystone_projects kp JOIN account_ownership ao \
@@ -259,13 +265,113 @@ pub(crate) fn account_projects(a: usize) -> String {
     )
 }
 
-/// The three binds of the scope condition `($n OR project_id = $n+1 OR
-/// project_id IN (projects of account $n+2))`.
-fn scope_binds(identity: &Identity) -> (bool, Option<String>, Option<String>) {
-    match &identity.role {
-        Role::Admin => (true, None, None),
-        Role::ProjectReader { project_id } => (false, Some(project_id.clone()), None),
-        Role::AccountReader { account_id } => (false, None, Some(account_id.clone())),
+/// A value bound to a numbered placeholder.
+enum Bind {
+    Int(i64),
+    Text(String),
+}
+
+/// Which rows a day or month summary adds up: the coarsest level that
+/// still holds every dimension and filter of the query (see tally-rate's
+/// `levels.rs`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Level {
+    /// Daily cells per resource of the current runs (`usage_rollups`
+    /// through the coverage join): needed for resources.
+    Resource,
+    /// Current usage per project × meter × day.
+    ProjectDays,
+    /// Current usage per project × meter × UTC month: whole months without
+    /// a day bucket.
+    ProjectMonths,
+    /// Current usage per meter × day of the whole cloud: operators'
+    /// questions about no project in particular.
+    CloudDays,
+}
+
+impl Level {
+    /// `from` and `to` are already whole UTC days.
+    fn for_query(
+        identity: &Identity,
+        query: &SummaryQuery,
+        from: DateTime<Utc>,
+        to: DateTime<Utc>,
+    ) -> Level {
+        if query.group_by.contains(&Dimension::Resource) || query.resource_id.is_some() {
+            return Level::Resource;
+        }
+        let needs_project = query
+            .group_by
+            .iter()
+            .any(|d| matches!(d, Dimension::Project | Dimension::Account))
+            || query.project_id.is_some()
+            || query.account_id.is_some()
+            || identity.role != Role::Admin;
+        let whole_months = matches!(query.bucket, Bucket::Total | Bucket::Month)
+            && month_start(from) == from
+            && month_start(to) == to;
+        match (needs_project, whole_months) {
+            (true, true) => Level::ProjectMonths,
+            (true, false) => Level::ProjectDays,
+            (false, _) => Level::CloudDays,
+        }
+    }
+
+    /// The rows read. `by_project`: the query names its projects (a scope,
+    /// a project or an account), so the resource cells are best read
+    /// through their project index first, each then checked against its
+    /// run's coverage; SQLite takes `CROSS JOIN` as that order (PostgreSQL
+    /// plans it as an inner join). Without it, reading the coverage first
+    /// and each run's cells by its index is better.
+    fn from(self, by_project: bool) -> &'static str {
+        match self {
+            Level::Resource if by_project => "usage_rollups u CROSS JOIN rated_coverage c",
+            Level::Resource => "usage_rollups u JOIN rated_coverage c ON TRUE",
+            Level::ProjectDays => "usage_project_days u",
+            Level::ProjectMonths => "usage_project_months u",
+            Level::CloudDays => "usage_cloud_days u",
+        }
+    }
+
+    /// The range condition on binds $1 (from) and $2 (to) (and, for the
+    /// resource cells, the coverage join's).
+    fn range(self) -> &'static str {
+        match self {
+            Level::Resource => {
+                "c.run_id = u.run_id AND u.from_us >= c.from_us AND u.to_us <= c.to_us \
+                 AND u.from_us >= $1 AND u.to_us <= $2"
+            }
+            Level::ProjectDays | Level::CloudDays => "u.day_us >= $1 AND u.day_us < $2",
+            Level::ProjectMonths => "u.month_us >= $1 AND u.month_us < $2",
+        }
+    }
+
+    /// The start of a row's day (or month).
+    fn start(self) -> String {
+        match self {
+            Level::Resource => format!("(u.from_us / {DAY_US}) * {DAY_US}"),
+            Level::ProjectDays | Level::CloudDays => "u.day_us".into(),
+            Level::ProjectMonths => "u.month_us".into(),
+        }
+    }
+
+    /// Four sums: quantity's whole units and millionths, amount's whole
+    /// units and billionths. Resource cells hold one integer in
+    /// millionths (billionths) that a month of a large cloud's bytes would
+    /// overflow when summed, so whole units and fractions are summed apart;
+    /// both databases truncate integer division toward zero and give `%`
+    /// the dividend's sign, so whole × scale + fraction is the exact total.
+    fn sums(self) -> String {
+        let (q, a) = (10i64.pow(QUANTITY_SCALE), 10i64.pow(AMOUNT_SCALE));
+        match self {
+            Level::Resource => format!(
+                "CAST(SUM(u.quantity_micro / {q}) AS BIGINT), CAST(SUM(u.quantity_micro % {q}) AS BIGINT), \
+                 CAST(SUM(u.amount_nano / {a}) AS BIGINT), CAST(SUM(u.amount_nano % {a}) AS BIGINT)"
+            ),
+            _ => "CAST(SUM(u.quantity_whole) AS BIGINT), CAST(SUM(u.quantity_micro) AS BIGINT), \
+                  CAST(SUM(u.amount_whole) AS BIGINT), CAST(SUM(u.amount_nano) AS BIGINT)"
+                .into(),
+        }
     }
 }
 
@@ -531,6 +637,8 @@ pub async fn summarize(
 
     let (from, to) = (floor_day(from), ceil_day(to));
     tally_rate::cells::ensure_current(db, rated).await?;
+    tally_rate::levels::refresh(db).await?;
+    let level = Level::for_query(identity, query, from, to);
     let mut columns: BTreeSet<&str> = query.group_by.iter().map(Dimension::column).collect();
     if query.service.is_some() {
         columns.insert("meter");
@@ -539,44 +647,62 @@ pub async fn summarize(
         columns.insert("attributes");
     }
     let select: String = columns.iter().map(|c| format!(", u.{c}")).collect();
+    // Only the conditions that apply are written, each a plain comparison,
+    // so that the database can use its indexes (an `(unset OR column =
+    // value)` form makes it read every row of the range).
+    let mut binds: Vec<Bind> = vec![
+        Bind::Int(from.timestamp_micros()),
+        Bind::Int(to.timestamp_micros()),
+    ];
+    let mut conditions = vec![level.range().to_string()];
+    let mut condition = |sql: &str, value: &str| {
+        binds.push(Bind::Text(value.to_string()));
+        conditions.push(sql.replace("{n}", &binds.len().to_string()));
+    };
+    match &identity.role {
+        Role::Admin => {}
+        Role::ProjectReader { project_id } => condition("u.project_id = ${n}", project_id),
+        Role::AccountReader { account_id } => condition(
+            &format!("u.project_id IN ({})", account_projects_of("{n}")),
+            account_id,
+        ),
+    }
+    if let Some(p) = &query.project_id {
+        condition("u.project_id = ${n}", p);
+    }
+    if let Some(m) = &query.meter {
+        condition("u.meter = ${n}", m);
+    }
+    if let Some(r) = &query.resource_id {
+        condition("u.resource_id = ${n}", r);
+    }
+    if let Some(a) = &query.account_id {
+        condition(
+            &format!("u.project_id IN ({})", account_projects_of("{n}")),
+            a,
+        );
+    }
+    let by_project =
+        identity.role != Role::Admin || query.project_id.is_some() || query.account_id.is_some();
     let sql = format!(
-        // Whole units and fractions are summed apart: a month of a large
-        // cloud's bytes in millionths overflows a 64-bit sum, while each
-        // part fits. Both databases truncate integer division toward zero
-        // and give `%` the dividend's sign, so whole × scale + fraction is
-        // the exact total.
-        "SELECT (u.from_us / {DAY_US}) * {DAY_US} AS day{select}, u.unit, u.currency, \
-         CAST(SUM(u.quantity_micro / {Q}) AS BIGINT), CAST(SUM(u.quantity_micro % {Q}) AS BIGINT), \
-         CAST(SUM(u.amount_nano / {A}) AS BIGINT), CAST(SUM(u.amount_nano % {A}) AS BIGINT), \
+        "SELECT {start} AS day{select}, u.unit, u.currency, {sums}, \
          CAST(SUM(u.line_count) AS BIGINT), CAST(SUM(u.error_count) AS BIGINT) \
-         FROM usage_rollups u JOIN rated_coverage c \
-         ON c.run_id = u.run_id AND u.from_us >= c.from_us AND u.to_us <= c.to_us \
-         WHERE u.from_us >= $1 AND u.to_us <= $2 \
-         AND ($3 OR u.project_id = $4 OR u.project_id IN ({scope})) \
-         AND (CAST($6 AS TEXT) IS NULL OR u.project_id = $6) \
-         AND (CAST($7 AS TEXT) IS NULL OR u.meter = $7) \
-         AND (CAST($8 AS TEXT) IS NULL OR u.resource_id = $8) \
-         AND (CAST($9 AS TEXT) IS NULL OR u.project_id IN ({account})) \
-         GROUP BY day{select}, u.unit, u.currency",
-        scope = account_projects(5),
-        account = account_projects(9),
-        Q = 10i64.pow(QUANTITY_SCALE),
-        A = 10i64.pow(AMOUNT_SCALE),
+         FROM {from} WHERE {conditions} GROUP BY day{select}, u.unit, u.currency",
+        start = level.start(),
+        sums = level.sums(),
+        from = level.from(by_project),
+        conditions = conditions.join(" AND "),
     );
-    let (all, project, account) = scope_binds(identity);
     // Only whitelisted column names and numbered placeholders are
     // formatted into this text.
-    let mut rows = sqlx::query(sqlx::AssertSqlSafe(sql))
-        .bind(from.timestamp_micros())
-        .bind(to.timestamp_micros())
-        .bind(all)
-        .bind(project)
-        .bind(account)
-        .bind(query.project_id.clone())
-        .bind(query.meter.clone())
-        .bind(query.resource_id.clone())
-        .bind(query.account_id.clone())
-        .fetch(&db.pool);
+    let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
+    for b in binds {
+        q = match b {
+            Bind::Int(i) => q.bind(i),
+            Bind::Text(t) => q.bind(t),
+        };
+    }
+    let mut rows = q.fetch(&db.pool);
     use futures::TryStreamExt as _;
     use sqlx::Row as _;
     let empty = BTreeMap::new();

@@ -1095,9 +1095,83 @@ fn amounts_by(summary: &Value, key: &str) -> Vec<(String, Decimal)> {
         .collect()
 }
 
+/// Every summary level (per project × day, per project × month, per cloud
+/// × day) answers as the resource cells do: each question is asked again
+/// with `resource` added to its grouping, which only the resource cells
+/// can answer, and those rows are added back up per row of the first
+/// answer. Amounts and quantities must agree exactly.
+fn assert_levels_agree(env: &Env, period: &str) {
+    let questions = [
+        ("service", "total"),
+        ("meter", "day"),
+        ("project,meter", "day"),
+        ("account", "month"),
+        ("project,meter", "total"),
+    ];
+    for (group_by, bucket) in questions {
+        let ask = |group_by: &str| {
+            env.json(&[
+                "costs",
+                "--period",
+                period,
+                "--group-by",
+                group_by,
+                "--bucket",
+                bucket,
+                "--limit",
+                "10000",
+            ])
+        };
+        let key = |row: &Value| -> Vec<String> {
+            std::iter::once(row["bucket_start"].to_string())
+                .chain(group_by.split(',').map(|dim| {
+                    let k = if dim == "service" || dim == "meter" {
+                        dim.to_string()
+                    } else {
+                        format!("{dim}_id")
+                    };
+                    row[&k].to_string()
+                }))
+                .chain(std::iter::once(row["currency"].to_string()))
+                .collect()
+        };
+        let coarse = ask(group_by);
+        let fine = ask(&format!("{group_by},resource"));
+        let mut added: std::collections::BTreeMap<Vec<String>, (Decimal, Decimal)> =
+            Default::default();
+        for row in fine["rows"].as_array().unwrap() {
+            let e = added.entry(key(row)).or_default();
+            e.0 += d(&row["amount"]);
+            if !row["quantity"].is_null() {
+                e.1 += d(&row["quantity"]);
+            }
+        }
+        let rows = coarse["rows"].as_array().unwrap();
+        assert!(!rows.is_empty(), "{group_by} by {bucket}: no rows");
+        assert_eq!(
+            rows.len(),
+            added.len(),
+            "{group_by} by {bucket}: {coarse} against {fine}"
+        );
+        for row in rows {
+            let (amount, quantity) = added[&key(row)];
+            assert_eq!(d(&row["amount"]), amount, "{group_by} by {bucket}: {row}");
+            if group_by.contains("meter") {
+                assert_eq!(
+                    d(&row["quantity"]),
+                    quantity,
+                    "{group_by} by {bucket}: {row}"
+                );
+            }
+        }
+        assert_eq!(coarse["totals"], fine["totals"], "{group_by} by {bucket}");
+    }
+}
+
 async fn summaries_exports_explanations_and_audit(env: Env) {
     three_accounts(&env);
     // Per account: the unowned project's usage has no account ('').
+    assert_levels_agree(&env, "2026-10");
     let by_account = env.json(&["costs", "--period", "2026-10", "--group-by", "account"]);
     assert_eq!(
         amounts_by(&by_account, "account_id"),
@@ -1153,6 +1227,7 @@ async fn summaries_exports_explanations_and_audit(env: Env) {
     ]);
     let again = env.json(&["costs", "--period", "2026-10", "--group-by", "account"]);
     assert_eq!(again["rows"], by_account["rows"]);
+    assert_levels_agree(&env, "2026-10");
     let cut_day = env.json(&[
         "costs",
         "--from",
