@@ -1937,6 +1937,57 @@ async fn summaries_exports_explanations_and_audit(env: Env) {
 }
 on_both_backends!(summaries_exports_explanations_and_audit);
 
+/// The summary levels follow a re-rating that changes money: a late resize
+/// of vm-a (2 → 8 vCPUs at noon on 10 October) re-rated from 06:00 to 18:00
+/// adds 6 h × 6 vCPUs × 0.01 = 0.36 to every level at once (the cloud's
+/// day, the project's month, the account's month), and each level still
+/// agrees with the resource cells.
+async fn summary_levels_follow_a_re_rating(env: Env) {
+    three_accounts(&env);
+    assert_levels_agree(&env, "2026-10");
+    env.ingest(&[vcpus_at(
+        "late-1",
+        "vm-a",
+        "p-pre",
+        8,
+        "2026-10-10T12:00:00Z",
+    )]);
+    env.ok(&[
+        "rate",
+        "--from",
+        "2026-10-10T06:00:00Z",
+        "--to",
+        "2026-10-10T18:00:00Z",
+    ]);
+    let total = |args: &[&str]| {
+        let s = env.json(&[&["costs"], args].concat());
+        d(&s["totals"][0]["amount"])
+    };
+    // The cloud level (an operator's day and month).
+    assert_eq!(total(&["--period", "2026-10"]), dec("82.20"));
+    assert_eq!(
+        total(&[
+            "--from",
+            "2026-10-10T00:00:00Z",
+            "--to",
+            "2026-10-11T00:00:00Z"
+        ]),
+        dec("3.00")
+    );
+    // The project month and the account month.
+    assert_eq!(
+        total(&["--period", "2026-10", "--project", "p-pre"]),
+        dec("15.24")
+    );
+    let by_account = env.json(&["costs", "--period", "2026-10", "--group-by", "account"]);
+    assert_eq!(
+        amounts_by(&by_account, "account_id")[2],
+        ("pre".into(), dec("15.24"))
+    );
+    assert_levels_agree(&env, "2026-10");
+}
+on_both_backends!(summary_levels_follow_a_re_rating);
+
 fn amounts_by_bucket(summary: &Value) -> Vec<Decimal> {
     summary["rows"]
         .as_array()
