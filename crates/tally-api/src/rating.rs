@@ -213,8 +213,8 @@ pub async fn list_lines(
     let page = svc.lines(&identity, &filter).await.map_err(service_error)?;
     if csv {
         let mut body = Vec::new();
-        tally_show::csv_export::rated_lines(&page.lines, &mut body)
-            .map_err(crate::show::show_error)?;
+        let lines: Vec<_> = page.lines.into_iter().map(|l| l.line).collect();
+        tally_show::csv_export::rated_lines(&lines, &mut body).map_err(crate::show::show_error)?;
         return Ok(crate::show::csv_response(body, "rated-lines.csv"));
     }
     Ok(Json(page).into_response())

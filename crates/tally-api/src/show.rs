@@ -204,7 +204,7 @@ pub async fn usage(
     get,
     path = "/v1/explain",
     tag = "explain",
-    params(("project_id" = String, Query, description = "The project"), ("resource_id" = String, Query, description = "The resource"), ("meter" = String, Query, description = "The rated meter"), ("at" = String, Query, description = "An instant (RFC 3339) inside the line's period"), ("group" = Option<String>, Query, description = "Only the line of this group (JSON object)")),
+    params(("line_id" = Option<String>, Query, description = "The line's id, as rated-line listings give it (instead of the four coordinates)"), ("project_id" = Option<String>, Query, description = "The project"), ("resource_id" = Option<String>, Query, description = "The resource"), ("meter" = Option<String>, Query, description = "The rated meter"), ("at" = Option<String>, Query, description = "An instant (RFC 3339) inside the line's period")),
     responses((status = 200, description = "The lines at those coordinates and everything behind them", body = ExplanationView), crate::openapi::Refusals)
 )]
 pub async fn explain(
@@ -213,25 +213,17 @@ pub async fn explain(
     Query(params): Query<HashMap<String, String>>,
 ) -> Result<Response, ApiError> {
     let svc = billing_service(&state)?;
-    let field = |k: &str| {
-        params
-            .get(k)
-            .cloned()
-            .ok_or_else(|| bad(k, "required: give project_id, resource_id, meter and at"))
-    };
-    let at_text = field("at")?;
-    let line = tally_show::explain::LineRef {
-        project_id: field("project_id")?,
-        resource_id: field("resource_id")?,
-        meter: field("meter")?,
-        at: DateTime::parse_from_rfc3339(&at_text)
-            .map_err(|e| {
-                bad(
-                    "at",
-                    format!("'{at_text}' is not an RFC 3339 instant ({e})"),
-                )
-            })?
-            .to_utc(),
+    let line = if let Some(id) = params.get("line_id") {
+        let (project_id, resource_id, meter, at) =
+            tally_core::parse_line_id(id).map_err(|e| bad("line_id", e))?;
+        tally_show::explain::LineRef {
+            project_id,
+            resource_id,
+            meter,
+            at,
+        }
+    } else {
+        coordinates(&params)?
     };
     let found = tally_show::explain::explain_line(
         &svc.db,
@@ -251,6 +243,32 @@ pub async fn explain(
         ));
     };
     Ok(Json(ExplanationView::from(e)).into_response())
+}
+
+/// The line `GET /v1/explain` names by its four coordinates.
+fn coordinates(params: &HashMap<String, String>) -> Result<tally_show::explain::LineRef, ApiError> {
+    let field = |k: &str| {
+        params.get(k).cloned().ok_or_else(|| {
+            bad(
+                k,
+                "required: give line_id, or project_id, resource_id, meter and at",
+            )
+        })
+    };
+    let at_text = field("at")?;
+    Ok(tally_show::explain::LineRef {
+        project_id: field("project_id")?,
+        resource_id: field("resource_id")?,
+        meter: field("meter")?,
+        at: DateTime::parse_from_rfc3339(&at_text)
+            .map_err(|e| {
+                bad(
+                    "at",
+                    format!("'{at_text}' is not an RFC 3339 instant ({e})"),
+                )
+            })?
+            .to_utc(),
+    })
 }
 
 /// `GET /v1/invoices/{id}/lines/{line_no}/explain`: the resources and

@@ -31,6 +31,6 @@ pub use identity::{Identity, Role};
 pub use ingest::{IngestSummary, RejectCode, Rejection};
 pub use money::{Currency, Money, MoneyError, ROUNDING_RULE, rounded_amount};
 pub use pricing::{Charge, PriceRule, Priced, PricingError, Tier, TierCharge};
-pub use rated::RatedLine;
+pub use rated::{RatedLine, line_id, parse_line_id};
 pub use record::{AttributeValue, Attributes, MeterKind, RecordKey, UsageRecord};
 pub use volume::{VolumeError, parse_volume_text};

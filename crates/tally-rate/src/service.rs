@@ -70,12 +70,24 @@ pub struct LineFilter {
     pub limit: Option<usize>,
 }
 
+/// A rated line with its id, which `tally explain ID` and
+/// `GET /v1/explain?line_id=ID` take.
+#[derive(Debug, Clone, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct IdentifiedLine {
+    /// The line's id (`tally_core::line_id`): its coordinates.
+    pub line_id: String,
+    /// The line.
+    #[serde(flatten)]
+    pub line: RatedLine,
+}
+
 /// A page of lines.
 #[derive(Debug, Clone, Serialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct LinePage {
     /// The lines, ordered by project, resource, meter, group and period.
-    pub lines: Vec<RatedLine>,
+    pub lines: Vec<IdentifiedLine>,
     /// Lines matching the filter in all.
     pub total: usize,
     /// Sum of the matching lines' amounts, full precision.
@@ -287,11 +299,14 @@ impl RatingService {
             }
         })
         .await?;
-        let lines: Vec<RatedLine> = heap
+        let lines: Vec<IdentifiedLine> = heap
             .into_sorted_vec()
             .into_iter()
             .skip(filter.offset)
-            .map(|l| l.0)
+            .map(|l| IdentifiedLine {
+                line_id: l.0.line_id(),
+                line: l.0,
+            })
             .collect();
         let amount = amount.normalize();
         Ok(LinePage {

@@ -36,6 +36,7 @@ pub fn rated_lines(lines: &[RatedLine], out: impl Write) -> Result<(), ShowError
         "rule",
         "raw_count",
         "error",
+        "line_id",
     ])
     .map_err(err)?;
     for l in lines {
@@ -58,6 +59,7 @@ pub fn rated_lines(lines: &[RatedLine], out: impl Write) -> Result<(), ShowError
             l.rule.clone(),
             l.raw_count.to_string(),
             l.error.clone().unwrap_or_default(),
+            l.line_id(),
         ])
         .map_err(err)?;
     }

@@ -267,12 +267,20 @@ pub async fn lines(cfg: Config, args: LinesArgs) -> anyhow::Result<()> {
                 other => other.to_string(),
             };
             println!(
-                "{:<20}  {:<20}  {:<24}  {:<22}  {:>14}  {:<10}  {:>14}  {:<4}  rule",
-                "period start", "project", "resource", "meter", "quantity", "unit", "amount", "cur"
+                "{:<20}  {:<20}  {:<24}  {:<22}  {:>14}  {:<10}  {:>14}  {:<4}  {:<16}  line id (tally explain ID)",
+                "period start",
+                "project",
+                "resource",
+                "meter",
+                "quantity",
+                "unit",
+                "amount",
+                "cur",
+                "rule"
             );
             for l in page["lines"].as_array().into_iter().flatten() {
                 println!(
-                    "{:<20}  {:<20}  {:<24}  {:<22}  {:>14}  {:<10}  {:>14}  {:<4}  {}",
+                    "{:<20}  {:<20}  {:<24}  {:<22}  {:>14}  {:<10}  {:>14}  {:<4}  {:<16}  {}",
                     s(l, "period_start"),
                     s(l, "project_id"),
                     s(l, "resource_id"),
@@ -282,6 +290,7 @@ pub async fn lines(cfg: Config, args: LinesArgs) -> anyhow::Result<()> {
                     trim(&s(l, "amount")),
                     s(l, "currency"),
                     s(l, "rule"),
+                    s(l, "line_id"),
                 );
             }
             println!("{} lines, amount {}", s(&page, "total"), s(&page, "amount"));

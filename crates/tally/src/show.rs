@@ -363,18 +363,23 @@ pub async fn run_export(cfg: Config, command: ExportCommand) -> anyhow::Result<(
 /// Arguments of `tally explain`.
 #[derive(clap::Args, Debug)]
 pub struct ExplainArgs {
+    /// The line's id, as `tally lines` lists it
+    /// (PROJECT~RESOURCE~METER~YYYYMMDDTHHMMSSZ); or name the line with
+    /// --project, --resource, --meter and --at.
+    #[arg(required_unless_present_all = ["project", "resource", "meter", "at"], conflicts_with_all = ["project", "resource", "meter", "at"])]
+    pub line_id: Option<String>,
     /// The line's project.
     #[arg(long)]
-    pub project: String,
+    pub project: Option<String>,
     /// The line's resource.
     #[arg(long)]
-    pub resource: String,
+    pub resource: Option<String>,
     /// The line's rated meter.
     #[arg(long)]
-    pub meter: String,
+    pub meter: Option<String>,
     /// Any instant inside the line's rating period (RFC 3339).
     #[arg(long)]
-    pub at: DateTime<Utc>,
+    pub at: Option<DateTime<Utc>>,
     #[command(flatten)]
     pub remote: client::ServerArgs,
     /// Output format.
@@ -385,14 +390,33 @@ pub struct ExplainArgs {
 /// Runs `tally explain`: the run, meter, plan rule and raw records behind a
 /// rated line.
 pub async fn run_explain(cfg: Config, args: ExplainArgs) -> anyhow::Result<()> {
-    let at = args.at.to_rfc3339();
+    let line = match &args.line_id {
+        Some(id) => {
+            let (project_id, resource_id, meter, at) =
+                tally_core::parse_line_id(id).map_err(|e| anyhow::anyhow!(e))?;
+            tally_show::explain::LineRef {
+                project_id,
+                resource_id,
+                meter,
+                at,
+            }
+        }
+        // clap requires all four when no id is given.
+        None => tally_show::explain::LineRef {
+            project_id: args.project.clone().unwrap_or_default(),
+            resource_id: args.resource.clone().unwrap_or_default(),
+            meter: args.meter.clone().unwrap_or_default(),
+            at: args.at.unwrap_or_default(),
+        },
+    };
+    let at = line.at.to_rfc3339();
     let body: serde_json::Value = match args.remote.connect(&cfg)? {
         Some(server) => {
             server
                 .json(server.request(reqwest::Method::GET, "/v1/explain").query(&[
-                    ("project_id", args.project.as_str()),
-                    ("resource_id", args.resource.as_str()),
-                    ("meter", args.meter.as_str()),
+                    ("project_id", line.project_id.as_str()),
+                    ("resource_id", line.resource_id.as_str()),
+                    ("meter", line.meter.as_str()),
                     ("at", at.as_str()),
                 ]))
                 .await?
@@ -411,12 +435,6 @@ pub async fn run_explain(cfg: Config, args: ExplainArgs) -> anyhow::Result<()> {
             let rated = cfg.rated_store()?;
             let lookback = cfg.rating_config()?.carry_lookback;
             let store = tally_store::RawStore::open(cfg.store_config(), db.clone()).await?;
-            let line = tally_show::explain::LineRef {
-                project_id: args.project.clone(),
-                resource_id: args.resource.clone(),
-                meter: args.meter.clone(),
-                at: args.at,
-            };
             let found = tally_show::explain::explain_line(
                 &db,
                 &rated,
@@ -430,7 +448,7 @@ pub async fn run_explain(cfg: Config, args: ExplainArgs) -> anyhow::Result<()> {
             let e = found?.with_context(|| {
                 format!(
                     "no current rated line of {} {} {} at {at}: list them with `tally lines`",
-                    args.project, args.resource, args.meter
+                    line.project_id, line.resource_id, line.meter
                 )
             })?;
             tally_api::show::explanation_json(e)

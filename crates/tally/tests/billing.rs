@@ -1515,6 +1515,68 @@ async fn summaries_exports_explanations_and_audit(env: Env) {
             .contains(r#""volume":4"#)
     );
     assert_eq!(explain(dom_reader.clone(), "p-post").await.status(), 404);
+    // The same line by the id a listing gives it, through the API and the
+    // CLI's positional LINE_ID.
+    let listed: Value = client
+        .get(format!("{}/v1/rated-lines", server.url))
+        .query(&[
+            ("project_id", "p-post"),
+            ("from", "2026-10-05T10:00:00Z"),
+            ("to", "2026-10-05T11:00:00Z"),
+        ])
+        .bearer_auth(&server.key)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let line_id = listed["lines"][0]["line_id"].as_str().unwrap().to_string();
+    assert_eq!(line_id, "p-post~vm-b~vcpu.hours~20261005T100000Z");
+    let by_id: Value = client
+        .get(format!("{}/v1/explain", server.url))
+        .query(&[("line_id", line_id.as_str())])
+        .bearer_auth(&server.key)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(by_id["lines"], e["lines"]);
+    let cli = env.json(&[
+        "explain",
+        &line_id,
+        "--server",
+        server.url.as_str(),
+        "--api-key",
+        server.key.as_str(),
+    ]);
+    assert_eq!(cli["lines"], e["lines"]);
+    let resp = client
+        .get(format!("{}/v1/explain", server.url))
+        .query(&[("line_id", "p-post~vm-b~vcpu.hours")])
+        .bearer_auth(&server.key)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 400);
+    let refused: Value = resp.json().await.unwrap();
+    assert!(
+        refused["message"].as_str().unwrap().contains("line_id"),
+        "{refused}"
+    );
+    assert_eq!(
+        client
+            .get(format!("{}/v1/explain", server.url))
+            .query(&[("line_id", line_id.as_str())])
+            .bearer_auth(&dom_reader)
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        404
+    );
 
     // A plan as a tenant reads it: versions, rules and each price in words.
     let plan: Value = client
