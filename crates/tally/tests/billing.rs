@@ -2083,6 +2083,7 @@ fn isolation_requests(doc: &Value) -> Vec<IsolationRequest> {
             "resource_id" => "vm-b",
             "meter" => "vcpu.hours",
             "at" => "2026-10-05T10:30:00Z",
+            "line_id" => "p-post~vm-b~vcpu.hours~20261005T100000Z",
             "period" => "2026-10",
             "from" => "2026-10-01T00:00:00Z",
             "to" => "2026-11-01T00:00:00Z",
