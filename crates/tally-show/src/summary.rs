@@ -684,11 +684,19 @@ pub async fn summarize(
     }
     let by_project =
         identity.role != Role::Admin || query.project_id.is_some() || query.account_id.is_some();
+    // Without a time bucket, rows are not split by day: a month of a
+    // resource's cells is one group, not 31 (the grouper ignores the start
+    // of a row then).
+    let (start, by_day) = if query.bucket == Bucket::Total {
+        (format!("MIN({})", level.start()), "")
+    } else {
+        (level.start(), "day, ")
+    };
+    let grouped: String = columns.iter().map(|c| format!("u.{c}, ")).collect();
     let sql = format!(
         "SELECT {start} AS day{select}, u.unit, u.currency, {sums}, \
          CAST(SUM(u.line_count) AS BIGINT), CAST(SUM(u.error_count) AS BIGINT) \
-         FROM {from} WHERE {conditions} GROUP BY day{select}, u.unit, u.currency",
-        start = level.start(),
+         FROM {from} WHERE {conditions} GROUP BY {by_day}{grouped}u.unit, u.currency",
         sums = level.sums(),
         from = level.from(by_project),
         conditions = conditions.join(" AND "),
