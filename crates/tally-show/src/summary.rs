@@ -409,6 +409,9 @@ struct Item<'a> {
     resource_id: &'a str,
     attributes: &'a BTreeMap<String, String>,
     unit: &'a str,
+    /// The greatest unit among the cells behind the item (the same as
+    /// `unit` when they share one).
+    last_unit: &'a str,
     currency: &'a str,
     quantity: Decimal,
     amount: Decimal,
@@ -462,8 +465,10 @@ impl Grouper<'_> {
             .or_default();
         acc.amount += item.amount;
         acc.quantity += item.quantity;
-        if !acc.units.contains(item.unit) {
-            acc.units.insert(item.unit.to_string());
+        for unit in [item.unit, item.last_unit] {
+            if !acc.units.contains(unit) {
+                acc.units.insert(unit.to_string());
+            }
         }
         acc.lines += item.lines;
         acc.errors += item.errors;
@@ -624,6 +629,7 @@ pub async fn summarize(
                 resource_id: &l.resource_id,
                 attributes: &attributes,
                 unit: &l.unit,
+                last_unit: &l.unit,
                 currency: &l.currency,
                 quantity: l.quantity,
                 amount: l.amount,
@@ -694,9 +700,13 @@ pub async fn summarize(
     };
     let grouped: String = columns.iter().map(|c| format!("u.{c}, ")).collect();
     let sql = format!(
-        "SELECT {start} AS day{select}, u.unit, u.currency, {sums}, \
+        // Units are not grouped by: a row of several units shows no
+        // quantity, so the least and greatest unit say all that is needed
+        // (and a cost by project reads one row per project, not one per
+        // unit).
+        "SELECT {start} AS day{select}, MIN(u.unit), MAX(u.unit), u.currency, {sums}, \
          CAST(SUM(u.line_count) AS BIGINT), CAST(SUM(u.error_count) AS BIGINT) \
-         FROM {from} WHERE {conditions} GROUP BY {by_day}{grouped}u.unit, u.currency",
+         FROM {from} WHERE {conditions} GROUP BY {by_day}{grouped}u.currency",
         sums = level.sums(),
         from = level.from(by_project),
         conditions = conditions.join(" AND "),
@@ -731,6 +741,8 @@ pub async fn summarize(
         let project_id = text(columns.contains("project_id"))?;
         let resource_id = text(columns.contains("resource_id"))?;
         let unit: String = row.try_get(i)?;
+        let last_unit: String = row.try_get(i + 1)?;
+        let i = i + 1;
         let currency: String = row.try_get(i + 1)?;
         let whole_and_fraction = |at: usize, scale: u32| -> Result<Decimal, sqlx::Error> {
             let whole: i64 = row.try_get(at)?;
@@ -752,6 +764,7 @@ pub async fn summarize(
             resource_id: resource_id.as_deref().unwrap_or(""),
             attributes: attrs.as_ref().unwrap_or(&empty),
             unit: &unit,
+            last_unit: &last_unit,
             currency: &currency,
             quantity: quantity.normalize(),
             amount: amount.normalize(),
