@@ -2,7 +2,8 @@
 //! × day (`usage_project_days`), per project × meter × UTC month
 //! (`usage_project_months`) and per meter × day over the whole cloud
 //! (`usage_cloud_days`), each keeping the cells' unit, currency and
-//! attributes.
+//! attributes; and per project × month with every meter together
+//! (`usage_project_month_totals`, the least and greatest unit kept).
 //!
 //! The resource cells (`usage_rollups`, see `cells.rs`) are per run and
 //! count only through the coverage join, which keeps re-rating atomic but
@@ -211,6 +212,20 @@ pub async fn refresh(db: &Database) -> Result<usize, RatingError> {
              SELECT {month}, project_id, meter, unit, currency, attributes, {quantity}, {amount}, {counts} \
              FROM usage_project_days WHERE day_us >= {month} AND day_us < {next} \
              GROUP BY project_id, meter, unit, currency, attributes",
+            quantity = q(Some("quantity_whole"), "quantity_micro"),
+            amount = a(Some("amount_whole"), "amount_nano"),
+        )))
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query("DELETE FROM usage_project_month_totals WHERE month_us = $1")
+            .bind(month)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "INSERT INTO usage_project_month_totals (month_us, project_id, currency, unit_min, unit_max, {columns}) \
+             SELECT {month}, project_id, currency, MIN(unit), MAX(unit), {quantity}, {amount}, {counts} \
+             FROM usage_project_months WHERE month_us = {month} \
+             GROUP BY project_id, currency",
             quantity = q(Some("quantity_whole"), "quantity_micro"),
             amount = a(Some("amount_whole"), "amount_nano"),
         )))

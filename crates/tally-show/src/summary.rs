@@ -284,6 +284,9 @@ enum Level {
     /// Current usage per project × meter × UTC month: whole months without
     /// a day bucket.
     ProjectMonths,
+    /// Current usage per project × UTC month, every meter together: whole
+    /// months asked only by project or account.
+    ProjectMonthTotals,
     /// Current usage per meter × day of the whole cloud: operators'
     /// questions about no project in particular.
     CloudDays,
@@ -311,7 +314,20 @@ impl Level {
             && month_start(from) == from
             && month_start(to) == to;
         match (needs_project, whole_months) {
-            (true, true) => Level::ProjectMonths,
+            (true, true) => {
+                let by_project_only = query
+                    .group_by
+                    .iter()
+                    .all(|d| matches!(d, Dimension::Project | Dimension::Account))
+                    && query.meter.is_none()
+                    && query.service.is_none()
+                    && query.attributes.is_empty();
+                if by_project_only {
+                    Level::ProjectMonthTotals
+                } else {
+                    Level::ProjectMonths
+                }
+            }
             (true, false) => Level::ProjectDays,
             (false, _) => Level::CloudDays,
         }
@@ -329,6 +345,7 @@ impl Level {
             Level::Resource => "usage_rollups u JOIN rated_coverage c ON TRUE",
             Level::ProjectDays => "usage_project_days u",
             Level::ProjectMonths => "usage_project_months u",
+            Level::ProjectMonthTotals => "usage_project_month_totals u",
             Level::CloudDays => "usage_cloud_days u",
         }
     }
@@ -342,7 +359,9 @@ impl Level {
                  AND u.from_us >= $1 AND u.to_us <= $2"
             }
             Level::ProjectDays | Level::CloudDays => "u.day_us >= $1 AND u.day_us < $2",
-            Level::ProjectMonths => "u.month_us >= $1 AND u.month_us < $2",
+            Level::ProjectMonths | Level::ProjectMonthTotals => {
+                "u.month_us >= $1 AND u.month_us < $2"
+            }
         }
     }
 
@@ -351,7 +370,15 @@ impl Level {
         match self {
             Level::Resource => format!("(u.from_us / {DAY_US}) * {DAY_US}"),
             Level::ProjectDays | Level::CloudDays => "u.day_us".into(),
-            Level::ProjectMonths => "u.month_us".into(),
+            Level::ProjectMonths | Level::ProjectMonthTotals => "u.month_us".into(),
+        }
+    }
+
+    /// The least and greatest unit of a group.
+    fn units(self) -> &'static str {
+        match self {
+            Level::ProjectMonthTotals => "MIN(u.unit_min), MAX(u.unit_max)",
+            _ => "MIN(u.unit), MAX(u.unit)",
         }
     }
 
@@ -704,10 +731,11 @@ pub async fn summarize(
         // quantity, so the least and greatest unit say all that is needed
         // (and a cost by project reads one row per project, not one per
         // unit).
-        "SELECT {start} AS day{select}, MIN(u.unit), MAX(u.unit), u.currency, {sums}, \
+        "SELECT {start} AS day{select}, {units}, u.currency, {sums}, \
          CAST(SUM(u.line_count) AS BIGINT), CAST(SUM(u.error_count) AS BIGINT) \
          FROM {from} WHERE {conditions} GROUP BY {by_day}{grouped}u.currency",
         sums = level.sums(),
+        units = level.units(),
         from = level.from(by_project),
         conditions = conditions.join(" AND "),
     );

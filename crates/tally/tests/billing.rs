@@ -1106,6 +1106,7 @@ fn assert_levels_agree(env: &Env, period: &str) {
         ("meter", "day"),
         ("project,meter", "day"),
         ("account", "month"),
+        ("project", "total"),
         ("project,meter", "total"),
     ];
     for (group_by, bucket) in questions {
