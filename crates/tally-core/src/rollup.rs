@@ -11,7 +11,7 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, Datelike, TimeZone, Utc};
 use rust_decimal::prelude::ToPrimitive;
 use rust_decimal::{Decimal, RoundingStrategy};
 
@@ -25,7 +25,7 @@ pub const QUANTITY_SCALE: u32 = 6;
 pub const ROLLUP_ROUNDING_RULE: &str = "half-even per daily cell (amount 1e-9, quantity 1e-6)";
 
 /// Microseconds in a UTC day.
-const DAY_US: i64 = 86_400_000_000;
+pub const DAY_US: i64 = 86_400_000_000;
 
 /// A cell's value does not fit the database's 64-bit integers.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -107,6 +107,18 @@ pub const LOCATION_ATTRIBUTES: [&str; 2] = ["region", "availability_zone"];
 /// The start (µs) of the UTC day holding `t`.
 pub fn day_start_us(t: DateTime<Utc>) -> i64 {
     t.timestamp_micros().div_euclid(DAY_US) * DAY_US
+}
+
+/// The first instant of the UTC calendar month holding `t`: summaries'
+/// month buckets and the month summary level start there.
+pub fn utc_month_start(t: DateTime<Utc>) -> DateTime<Utc> {
+    let midnight = t
+        .date_naive()
+        .with_day(1)
+        .expect("day 1 exists")
+        .and_hms_opt(0, 0, 0)
+        .expect("midnight exists");
+    Utc.from_utc_datetime(&midnight)
 }
 
 /// Converts an exact value to an integer of `scale` decimal places.

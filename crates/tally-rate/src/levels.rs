@@ -24,15 +24,12 @@
 //! amounts are kept as a whole part plus a fraction (millionths,
 //! billionths), added apart so that nothing overflows 64 bits.
 
-use chrono::{DateTime, Datelike, NaiveDate, TimeZone, Utc};
+use chrono::{DateTime, Duration};
 use sqlx::Any;
-use tally_core::rollup::{AMOUNT_SCALE, QUANTITY_SCALE};
+use tally_core::rollup::{AMOUNT_SCALE, DAY_US, QUANTITY_SCALE, utc_month_start};
 use tally_db::{Backend, Database};
 
 use crate::job::RatingError;
-
-/// Microseconds in a UTC day.
-pub const DAY_US: i64 = 86_400_000_000;
 
 /// The key of the advisory lock that serializes marking and refreshing on
 /// PostgreSQL ("tallylvl" in ASCII).
@@ -99,39 +96,29 @@ pub fn days_overlapping(from_us: i64, to_us: i64) -> Vec<i64> {
 
 /// The first instant of the UTC month holding `day_us`, and of the next.
 fn month_of(day_us: i64) -> (i64, i64) {
-    let t = DateTime::from_timestamp_micros(day_us).unwrap_or_default();
-    let first = |y: i32, m: u32| {
-        Utc.from_utc_datetime(
-            &NaiveDate::from_ymd_opt(y, m, 1)
-                .expect("day 1 exists")
-                .and_hms_opt(0, 0, 0)
-                .expect("midnight exists"),
-        )
-        .timestamp_micros()
-    };
-    let (y, m) = (t.year(), t.month());
-    let next = if m == 12 { (y + 1, 1) } else { (y, m + 1) };
-    (first(y, m), first(next.0, next.1))
+    let month = utc_month_start(DateTime::from_timestamp_micros(day_us).unwrap_or_default());
+    let next = utc_month_start(month + Duration::days(32));
+    (month.timestamp_micros(), next.timestamp_micros())
 }
 
-/// The SQL of one whole-and-fraction pair summed from a column in
-/// `scale`-ths (`column` alone) or from a pair already split
-/// (`column_whole`, `column_frac`): whole = Σ whole + Σ frac / 10^scale,
-/// fraction = Σ frac mod 10^scale. Both engines truncate integer division
-/// toward zero and give `%` the dividend's sign, so whole × 10^scale +
-/// fraction is the exact sum.
-fn split_sum(whole: Option<&str>, fraction: &str, scale: u32) -> String {
+/// The SQL of the exact sum of a value in `scale`-ths as two BIGINT
+/// columns, whole units and the fraction, taken from one column in
+/// `scale`-ths (`whole` = `None`: the resource cells) or from a pair
+/// already split (the levels). A 64-bit sum of a month of a large cloud's
+/// bytes in millionths overflows; its parts do not. Whole = Σ whole +
+/// Σ fraction / 10^scale, fraction = Σ fraction mod 10^scale: both engines
+/// truncate integer division toward zero and give `%` the dividend's sign,
+/// so whole × 10^scale + fraction is the exact sum.
+pub fn exact_sum_sql(whole: Option<&str>, fraction: &str, scale: u32) -> String {
     let s = 10i64.pow(scale);
-    match whole {
-        None => format!(
-            "CAST(SUM({fraction} / {s}) AS BIGINT) + CAST(SUM({fraction} % {s}) AS BIGINT) / {s}, \
-             CAST(SUM({fraction} % {s}) AS BIGINT) % {s}"
-        ),
-        Some(w) => format!(
-            "CAST(SUM({w}) AS BIGINT) + CAST(SUM({fraction}) AS BIGINT) / {s}, \
-             CAST(SUM({fraction}) AS BIGINT) % {s}"
-        ),
-    }
+    let (whole, fraction) = match whole {
+        None => (format!("{fraction} / {s}"), format!("{fraction} % {s}")),
+        Some(w) => (w.to_string(), fraction.to_string()),
+    };
+    format!(
+        "CAST(SUM({whole}) AS BIGINT) + CAST(SUM({fraction}) AS BIGINT) / {s}, \
+         CAST(SUM({fraction}) AS BIGINT) % {s}"
+    )
 }
 
 /// Recomputes the levels of every dirty day (and of the months holding
@@ -155,8 +142,8 @@ pub async fn refresh(db: &Database) -> Result<usize, RatingError> {
         return Ok(0);
     };
     let dirty = "SELECT day_us FROM usage_summary_dirty";
-    let q = |w: Option<&str>, f: &str| split_sum(w, f, QUANTITY_SCALE);
-    let a = |w: Option<&str>, f: &str| split_sum(w, f, AMOUNT_SCALE);
+    let q = |w: Option<&str>, f: &str| exact_sum_sql(w, f, QUANTITY_SCALE);
+    let a = |w: Option<&str>, f: &str| exact_sum_sql(w, f, AMOUNT_SCALE);
     let columns =
         "quantity_whole, quantity_micro, amount_whole, amount_nano, line_count, error_count";
     let counts = "CAST(SUM(line_count) AS BIGINT), CAST(SUM(error_count) AS BIGINT)";
@@ -245,6 +232,7 @@ pub async fn refresh(db: &Database) -> Result<usize, RatingError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use chrono::{TimeZone, Utc};
 
     #[test]
     fn days_overlapping_a_range_include_partial_days() {

@@ -15,10 +15,10 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::str::FromStr;
 
-use chrono::{DateTime, Datelike, Duration, NaiveDate, TimeZone, Utc};
+use chrono::{DateTime, Duration, Utc};
 use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
-use tally_core::rollup::{AMOUNT_SCALE, QUANTITY_SCALE, from_scaled};
+use tally_core::rollup::{AMOUNT_SCALE, DAY_US, QUANTITY_SCALE, from_scaled, utc_month_start};
 use tally_core::service::service_of;
 use tally_core::{Identity, RatedLine, Role};
 use tally_db::Database;
@@ -33,8 +33,6 @@ pub const MAX_HOURLY_DAYS: i64 = 31;
 pub const DEFAULT_LIMIT: usize = 1000;
 /// Most rows one page holds.
 pub const MAX_LIMIT: usize = 10_000;
-
-const DAY_US: i64 = 86_400_000_000;
 
 /// A time bucket.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -251,12 +249,6 @@ pub struct Summary {
 /// and through its domains unless another account owns the project
 /// directly (the order `Owners` resolves in).
 pub(crate) fn account_projects(a: usize) -> String {
-    account_projects_of(&a.to_string())
-}
-
-/// [`account_projects`] with the bind's number as text (so that it can be
-/// a template's `{n}`).
-fn account_projects_of(a: &str) -> String {
     format!(
         "SELECT keystone_id FROM account_ownership WHERE kind = 'project' AND account_id = ${a} \
          UNION SELECT kp.project_id FROM keystone_projects kp JOIN account_ownership ao \
@@ -269,6 +261,12 @@ fn account_projects_of(a: &str) -> String {
 enum Bind {
     Int(i64),
     Text(String),
+}
+
+/// Whether the rows read are limited to named projects: a tenant's scope,
+/// a project or an account.
+fn names_projects(identity: &Identity, query: &SummaryQuery) -> bool {
+    identity.role != Role::Admin || query.project_id.is_some() || query.account_id.is_some()
 }
 
 /// Which rows a day or month summary adds up: the coarsest level that
@@ -307,12 +305,10 @@ impl Level {
             .group_by
             .iter()
             .any(|d| matches!(d, Dimension::Project | Dimension::Account))
-            || query.project_id.is_some()
-            || query.account_id.is_some()
-            || identity.role != Role::Admin;
+            || names_projects(identity, query);
         let whole_months = matches!(query.bucket, Bucket::Total | Bucket::Month)
-            && month_start(from) == from
-            && month_start(to) == to;
+            && utc_month_start(from) == from
+            && utc_month_start(to) == to;
         match (needs_project, whole_months) {
             (true, true) => {
                 let by_project_only = query
@@ -382,23 +378,21 @@ impl Level {
         }
     }
 
-    /// Four sums: quantity's whole units and millionths, amount's whole
-    /// units and billionths. Resource cells hold one integer in
-    /// millionths (billionths) that a month of a large cloud's bytes would
-    /// overflow when summed, so whole units and fractions are summed apart;
-    /// both databases truncate integer division toward zero and give `%`
-    /// the dividend's sign, so whole × scale + fraction is the exact total.
+    /// Four exact sums (`tally_rate::levels::exact_sum_sql`): quantity's
+    /// whole units and millionths, amount's whole units and billionths.
     fn sums(self) -> String {
-        let (q, a) = (10i64.pow(QUANTITY_SCALE), 10i64.pow(AMOUNT_SCALE));
-        match self {
-            Level::Resource => format!(
-                "CAST(SUM(u.quantity_micro / {q}) AS BIGINT), CAST(SUM(u.quantity_micro % {q}) AS BIGINT), \
-                 CAST(SUM(u.amount_nano / {a}) AS BIGINT), CAST(SUM(u.amount_nano % {a}) AS BIGINT)"
+        use tally_rate::levels::exact_sum_sql;
+        let (quantity, amount) = match self {
+            Level::Resource => (
+                exact_sum_sql(None, "u.quantity_micro", QUANTITY_SCALE),
+                exact_sum_sql(None, "u.amount_nano", AMOUNT_SCALE),
             ),
-            _ => "CAST(SUM(u.quantity_whole) AS BIGINT), CAST(SUM(u.quantity_micro) AS BIGINT), \
-                  CAST(SUM(u.amount_whole) AS BIGINT), CAST(SUM(u.amount_nano) AS BIGINT)"
-                .into(),
-        }
+            _ => (
+                exact_sum_sql(Some("u.quantity_whole"), "u.quantity_micro", QUANTITY_SCALE),
+                exact_sum_sql(Some("u.amount_whole"), "u.amount_nano", AMOUNT_SCALE),
+            ),
+        };
+        format!("{quantity}, {amount}")
     }
 }
 
@@ -467,7 +461,7 @@ impl Grouper<'_> {
             Bucket::Day => Some(item.start_us.div_euclid(DAY_US) * DAY_US),
             Bucket::Month => {
                 let t = DateTime::from_timestamp_micros(item.start_us).unwrap_or_default();
-                Some(month_start(t).timestamp_micros())
+                Some(utc_month_start(t).timestamp_micros())
             }
         };
         let dims = q
@@ -556,16 +550,6 @@ impl Grouper<'_> {
     }
 }
 
-/// The first instant of `t`'s UTC month.
-pub fn month_start(t: DateTime<Utc>) -> DateTime<Utc> {
-    Utc.from_utc_datetime(
-        &NaiveDate::from_ymd_opt(t.year(), t.month(), 1)
-            .expect("day 1 exists")
-            .and_hms_opt(0, 0, 0)
-            .expect("midnight exists"),
-    )
-}
-
 fn floor_day(t: DateTime<Utc>) -> DateTime<Utc> {
     DateTime::from_timestamp_micros(t.timestamp_micros().div_euclid(DAY_US) * DAY_US).unwrap_or(t)
 }
@@ -580,10 +564,10 @@ fn range(
     query: &SummaryQuery,
     now: DateTime<Utc>,
 ) -> Result<(DateTime<Utc>, DateTime<Utc>), ShowError> {
-    let from = query.from.unwrap_or_else(|| month_start(now));
+    let from = query.from.unwrap_or_else(|| utc_month_start(now));
     let to = query.to.unwrap_or_else(|| {
-        let m = month_start(now);
-        month_start(m + Duration::days(32))
+        let m = utc_month_start(now);
+        utc_month_start(m + Duration::days(32))
     });
     if to <= from {
         return Err(ShowError::Invalid(format!(
@@ -688,35 +672,30 @@ pub async fn summarize(
         Bind::Int(to.timestamp_micros()),
     ];
     let mut conditions = vec![level.range().to_string()];
-    let mut condition = |sql: &str, value: &str| {
+    // Each condition is given the number of its bind.
+    let mut condition = |sql: fn(usize) -> String, value: &str| {
         binds.push(Bind::Text(value.to_string()));
-        conditions.push(sql.replace("{n}", &binds.len().to_string()));
+        conditions.push(sql(binds.len()));
     };
+    let project_is = |n| format!("u.project_id = ${n}");
+    let in_account = |n| format!("u.project_id IN ({})", account_projects(n));
     match &identity.role {
         Role::Admin => {}
-        Role::ProjectReader { project_id } => condition("u.project_id = ${n}", project_id),
-        Role::AccountReader { account_id } => condition(
-            &format!("u.project_id IN ({})", account_projects_of("{n}")),
-            account_id,
-        ),
+        Role::ProjectReader { project_id } => condition(project_is, project_id),
+        Role::AccountReader { account_id } => condition(in_account, account_id),
     }
     if let Some(p) = &query.project_id {
-        condition("u.project_id = ${n}", p);
+        condition(project_is, p);
     }
     if let Some(m) = &query.meter {
-        condition("u.meter = ${n}", m);
+        condition(|n| format!("u.meter = ${n}"), m);
     }
     if let Some(r) = &query.resource_id {
-        condition("u.resource_id = ${n}", r);
+        condition(|n| format!("u.resource_id = ${n}"), r);
     }
     if let Some(a) = &query.account_id {
-        condition(
-            &format!("u.project_id IN ({})", account_projects_of("{n}")),
-            a,
-        );
+        condition(in_account, a);
     }
-    let by_project =
-        identity.role != Role::Admin || query.project_id.is_some() || query.account_id.is_some();
     // Without a time bucket, rows are not split by day: a month of a
     // resource's cells is one group, not 31 (the grouper ignores the start
     // of a row then).
@@ -736,7 +715,7 @@ pub async fn summarize(
          FROM {from} WHERE {conditions} GROUP BY {by_day}{grouped}u.currency",
         sums = level.sums(),
         units = level.units(),
-        from = level.from(by_project),
+        from = level.from(names_projects(identity, query)),
         conditions = conditions.join(" AND "),
     );
     // Only whitelisted column names and numbered placeholders are

@@ -1518,33 +1518,37 @@ async fn summaries_exports_explanations_and_audit(env: Env) {
     assert_eq!(explain(dom_reader.clone(), "p-post").await.status(), 404);
     // The same line by the id a listing gives it, through the API and the
     // CLI's positional LINE_ID.
-    let listed: Value = client
-        .get(format!("{}/v1/rated-lines", server.url))
-        .query(&[
-            ("project_id", "p-post"),
-            ("from", "2026-10-05T10:00:00Z"),
-            ("to", "2026-10-05T11:00:00Z"),
-        ])
-        .bearer_auth(&server.key)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let get = |path: &str, query: Vec<(&str, String)>, key: &str| {
+        client
+            .get(format!("{}{path}", server.url))
+            .query(&query)
+            .bearer_auth(key)
+            .send()
+    };
+    let listed: Value = get(
+        "/v1/rated-lines",
+        vec![
+            ("project_id", "p-post".into()),
+            ("from", "2026-10-05T10:00:00Z".into()),
+            ("to", "2026-10-05T11:00:00Z".into()),
+        ],
+        &server.key,
+    )
+    .await
+    .unwrap()
+    .json()
+    .await
+    .unwrap();
     let line_id = listed["lines"][0]["line_id"].as_str().unwrap().to_string();
     assert_eq!(line_id, "p-post~vm-b~vcpu.hours~20261005T100000Z");
-    let by_id: Value = client
-        .get(format!("{}/v1/explain", server.url))
-        .query(&[("line_id", line_id.as_str())])
-        .bearer_auth(&server.key)
-        .send()
+    let by_id = |id: &str, key: &str| get("/v1/explain", vec![("line_id", id.to_string())], key);
+    let explained: Value = by_id(&line_id, &server.key)
         .await
         .unwrap()
         .json()
         .await
         .unwrap();
-    assert_eq!(by_id["lines"], e["lines"]);
+    assert_eq!(explained["lines"], e["lines"]);
     let cli = env.json(&[
         "explain",
         &line_id,
@@ -1554,30 +1558,14 @@ async fn summaries_exports_explanations_and_audit(env: Env) {
         server.key.as_str(),
     ]);
     assert_eq!(cli["lines"], e["lines"]);
-    let resp = client
-        .get(format!("{}/v1/explain", server.url))
-        .query(&[("line_id", "p-post~vm-b~vcpu.hours")])
-        .bearer_auth(&server.key)
-        .send()
-        .await
-        .unwrap();
+    let resp = by_id("p-post~vm-b~vcpu.hours", &server.key).await.unwrap();
     assert_eq!(resp.status(), 400);
     let refused: Value = resp.json().await.unwrap();
     assert!(
         refused["message"].as_str().unwrap().contains("line_id"),
         "{refused}"
     );
-    assert_eq!(
-        client
-            .get(format!("{}/v1/explain", server.url))
-            .query(&[("line_id", line_id.as_str())])
-            .bearer_auth(&dom_reader)
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        404
-    );
+    assert_eq!(by_id(&line_id, &dom_reader).await.unwrap().status(), 404);
 
     // A plan as a tenant reads it: versions, rules and each price in words.
     let plan: Value = client

@@ -1,7 +1,8 @@
 -- Coarser levels of the current daily cells, so that summaries that need
 -- neither resources nor single runs add up far fewer rows: per project ×
--- meter × day, per project × meter × calendar month (UTC), and per meter ×
--- day over the whole cloud. Unlike `usage_rollups`, these hold only what
+-- meter × day, per project × meter × calendar month (UTC), per project ×
+-- month with every meter together, and per meter × day over the whole
+-- cloud. Unlike `usage_rollups`, these hold only what
 -- is current (no run id, no coverage join): they are recomputed, for the
 -- days a rating commit or a cell rebuild marks in `usage_summary_dirty`,
 -- before any summary answers (tally-rate's `levels.rs`).
@@ -43,6 +44,26 @@ CREATE TABLE usage_project_months (
 );
 CREATE INDEX usage_project_months_by_month ON usage_project_months (month_us);
 CREATE INDEX usage_project_months_by_project ON usage_project_months (project_id, month_us);
+
+-- Each project's month with every meter together, for questions grouped
+-- by project or account only (a month's cost per account reads one row
+-- per project). Units are not kept apart: the least and greatest unit say
+-- whether the row has one quantity.
+CREATE TABLE usage_project_month_totals (
+    month_us        BIGINT NOT NULL,
+    project_id      TEXT NOT NULL,
+    currency        TEXT NOT NULL,
+    unit_min        TEXT NOT NULL,
+    unit_max        TEXT NOT NULL,
+    quantity_whole  BIGINT NOT NULL,
+    quantity_micro  BIGINT NOT NULL,
+    amount_whole    BIGINT NOT NULL,
+    amount_nano     BIGINT NOT NULL,
+    line_count      BIGINT NOT NULL,
+    error_count     BIGINT NOT NULL
+);
+CREATE INDEX usage_project_month_totals_by_month ON usage_project_month_totals (month_us);
+CREATE INDEX usage_project_month_totals_by_project ON usage_project_month_totals (project_id, month_us);
 
 CREATE TABLE usage_cloud_days (
     day_us          BIGINT NOT NULL,
