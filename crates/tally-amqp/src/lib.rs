@@ -201,7 +201,7 @@ async fn consume(store: &RawStore, config: &AmqpConfig) -> Result<(), ConsumerEr
                     Err(_) => break,
                 }
             }
-            if decoded_tx.send(decode_batch(store, &batch)).await.is_err() {
+            if decoded_tx.send(decode_batch(store, batch)).await.is_err() {
                 // The writing stage stopped; its error ends the session.
                 return Ok(());
             }
@@ -226,12 +226,15 @@ struct DecodedBatch {
     last_tag: Option<u64>,
 }
 
-fn decode_batch(store: &RawStore, batch: &[lapin::message::Delivery]) -> DecodedBatch {
+fn decode_batch(store: &RawStore, batch: Vec<lapin::message::Delivery>) -> DecodedBatch {
     let received_at = Utc::now().trunc_subsecs(6);
-    let mut records = Vec::new();
+    let last_tag = batch.last().map(|d| d.delivery_tag);
+    // A Nova notification becomes up to four records.
+    let mut records = Vec::with_capacity(batch.len() * 4);
     let mut dead = Vec::new();
     for d in batch {
-        let bytes = Bytes::copy_from_slice(&d.data);
+        // The delivery's buffer becomes the records' shared payload as it is.
+        let bytes = Bytes::from(d.data);
         match OpenStackDecoder.decode(&bytes, received_at) {
             Ok(r) if r.is_empty() => {
                 let event_type = openstack::ignored(&bytes)
@@ -257,7 +260,7 @@ fn decode_batch(store: &RawStore, batch: &[lapin::message::Delivery]) -> Decoded
     DecodedBatch {
         records,
         dead,
-        last_tag: batch.last().map(|d| d.delivery_tag),
+        last_tag,
     }
 }
 

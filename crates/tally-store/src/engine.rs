@@ -1024,6 +1024,7 @@ fn writer_loop(
     let interval = shared.config.flush_interval;
     let mut stop_reply = None;
     let mut seal_replies: Vec<oneshot::Sender<()>> = Vec::new();
+    let mut body = Vec::new();
     loop {
         let wait = interval
             .saturating_sub(opened.elapsed())
@@ -1048,7 +1049,7 @@ fn writer_loop(
             }
         }
         if !group.is_empty() {
-            commit_group(&shared, &mut wal, group);
+            commit_group(&shared, &mut wal, &mut body, group);
         }
         let due = wal.records > 0
             && (wal.len >= shared.config.wal_rotate_bytes || opened.elapsed() >= interval);
@@ -1116,7 +1117,14 @@ fn poison(shared: &Shared, reason: String) {
     *shared.poisoned.lock().expect("poison lock") = Some(reason);
 }
 
-fn commit_group(shared: &Shared, wal: &mut WalFile, mut group: Vec<PendingAppend>) {
+/// `body` is the frame buffer, reused from group to group: a fresh one of a
+/// few megabytes per group cost the kernel's page zeroing on every commit.
+fn commit_group(
+    shared: &Shared,
+    wal: &mut WalFile,
+    body: &mut Vec<u8>,
+    mut group: Vec<PendingAppend>,
+) {
     if let Some(reason) = shared.poisoned.lock().expect("poison lock").clone() {
         for p in group {
             let _ = p.reply.send(Err(StoreError::Poisoned(reason.clone())));
@@ -1143,14 +1151,19 @@ fn commit_group(shared: &Shared, wal: &mut WalFile, mut group: Vec<PendingAppend
     let count: usize = group.iter().map(|p| p.records.len()).sum();
     let mut result = Ok(());
     if count > 0 {
-        let mut body = Vec::with_capacity(count * 512);
+        body.clear();
+        let mut encoder = codec::FrameEncoder::new();
         for r in group.iter().flat_map(|p| p.records.iter()) {
-            codec::encode(r, &mut body);
+            encoder.push(r, body);
         }
         let started = Instant::now();
-        result = wal.append(count as u32, &body).and_then(|_| wal.sync());
+        result = wal.append(count as u32, body).and_then(|_| wal.sync());
         metrics::histogram!("tally_wal_fsync_seconds").record(started.elapsed().as_secs_f64());
         metrics::histogram!("tally_wal_group_records").record(count as f64);
+        // An unusually large import group should not pin its buffer.
+        if body.capacity() > 64 << 20 {
+            *body = Vec::new();
+        }
     }
     match result {
         Ok(()) => {
