@@ -67,48 +67,83 @@ def main():
     admin = json.loads(tally(a, data, "admin", "key", "create", "--role", "admin",
                              "--output", "json"))["key"]
 
-    server = subprocess.Popen([a.tally, "--data-dir", data, "serve", "--listen", "127.0.0.1:0"],
-                              stderr=subprocess.PIPE, text=True, env={**os.environ, "TALLY_LOG": "warn"})
-    url = None
-    for line in server.stderr:
-        if line.startswith("tally listening on "):
-            url = line.split()[3]
-            break
-    if url is None:
-        sys.exit("tally serve did not start")
-    # Keep draining the server's log so it never blocks on a full pipe.
-    threading.Thread(target=lambda: [None for _ in server.stderr], daemon=True).start()
+    lists = os.path.join(a.dir, "bench-show-lists")
+    os.makedirs(lists, exist_ok=True)
+    with open(os.path.join(lists, "projects"), "w") as f:
+        f.write("\n".join(prep["projects"]) + "\n")
+    with open(os.path.join(lists, "accounts"), "w") as f:
+        f.write("\n".join(f"bench-{i:03}" for i in range(ACCOUNTS)) + "\n")
+    reader_projects = prep["projects"][0::ACCOUNTS]
+    with open(os.path.join(lists, "reader-projects"), "w") as f:
+        f.write("\n".join(reader_projects) + "\n")
     month = "period=2026-10"
     common = ["--seconds", a.seconds, "--concurrency", a.concurrency]
-    try:
-        operator = subprocess.run([a.load, "--url", url, "--key", admin, *common,
-                                   "--target", f"costs by service (operator)=/v1/costs?{month}&group_by=service",
-                                   "--target", f"costs by account (operator)=/v1/costs?{month}&group_by=account",
-                                   "--target", f"costs by day (operator)=/v1/costs?{month}&bucket=day",
-                                   "--target", f"usage of one project by meter=/v1/usage?{month}&project_id={project}",
-                                   "--target", f"overview page (operator)=/ui?{month}",
-                                   "--target", f"accounts page (operator)=/ui/accounts?{month}"],
-                                  stdout=subprocess.PIPE, text=True)
-        tenant = subprocess.run([a.load, "--url", url, "--key", reader, *common,
-                                 "--target", f"costs by project per day (account reader)=/v1/costs?{month}&group_by=project&bucket=day",
-                                 "--target", f"account page (account reader)=/ui/accounts/bench-000?{month}",
-                                 "--target", f"project page (account reader)=/ui/projects/{project}?{month}"],
-                                stdout=subprocess.PIPE, text=True)
-    finally:
-        server.terminate()
+    operator_targets = [
+        f"costs by service (operator)=/v1/costs?{month}&group_by=service",
+        f"costs by account (operator)=/v1/costs?{month}&group_by=account",
+        f"costs by day (operator)=/v1/costs?{month}&bucket=day",
+        f"usage of one project by meter=/v1/usage?{month}&project_id={project}",
+        f"usage by meter, every project in turn (operator)=/v1/usage?{month}&project_id={{project}}",
+        f"overview page (operator)=/ui?{month}",
+        f"accounts page (operator)=/ui/accounts?{month}",
+        f"account page, every account in turn (operator)=/ui/accounts/{{account}}?{month}",
+        f"project page, every project in turn (operator)=/ui/projects/{{project}}?{month}",
+    ]
+    tenant_targets = [
+        f"costs by project per day (account reader)=/v1/costs?{month}&group_by=project&bucket=day",
+        f"account page (account reader)=/ui/accounts/bench-000?{month}",
+        f"project page (account reader)=/ui/projects/{project}?{month}",
+        f"project page, each of its projects in turn (account reader)=/ui/projects/{{project}}?{month}",
+    ]
+
+    def measure(label, extra_env):
+        """Serves the directory with extra_env and loads every target."""
+        server = subprocess.Popen([a.tally, "--data-dir", data, "serve", "--listen", "127.0.0.1:0"],
+                                  stderr=subprocess.PIPE, text=True,
+                                  env={**os.environ, "TALLY_LOG": "warn", **extra_env})
+        url = None
+        for line in server.stderr:
+            if line.startswith("tally listening on "):
+                url = line.split()[3]
+                break
+        if url is None:
+            sys.exit("tally serve did not start")
+        # Keep draining the server's log so it never blocks on a full pipe.
+        threading.Thread(target=lambda: [None for _ in server.stderr], daemon=True).start()
+        print(f"==> {label}", file=sys.stderr)
         try:
-            server.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            print("tally serve did not stop within 60 s of SIGTERM: killed", file=sys.stderr)
-            server.kill()
-            server.wait()
+            each = ["--each", f"project={lists}/projects", "--each", f"account={lists}/accounts"]
+            operator = subprocess.run([a.load, "--url", url, "--key", admin, *common, *each,
+                                       *[x for t in operator_targets for x in ("--target", t)]],
+                                      stdout=subprocess.PIPE, text=True)
+            tenant = subprocess.run([a.load, "--url", url, "--key", reader, *common,
+                                     "--each", f"project={lists}/reader-projects",
+                                     *[x for t in tenant_targets for x in ("--target", t)]],
+                                    stdout=subprocess.PIPE, text=True)
+        finally:
+            server.terminate()
+            try:
+                server.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                print("tally serve did not stop within 60 s of SIGTERM: killed", file=sys.stderr)
+                server.kill()
+                server.wait()
+        if operator.returncode or tenant.returncode:
+            print(operator.stdout + tenant.stdout)
+            sys.exit(f"{label}: a target answered errors (see above)")
+        return f"## {label}\n\n{operator.stdout}" + "\n".join(tenant.stdout.splitlines()[2:])
+
+    # Every answer computed, then with the answers the server remembers
+    # (each target's first asks of each URL are computed there too).
+    computed = measure("every answer computed ([show] summary_cache_rows = 0)",
+                       {"TALLY_SHOW__SUMMARY_CACHE_ROWS": "0"})
+    remembered = measure("answers remembered until the data changes (the default)", {})
     print(f"# {datetime.date.today().isoformat()}, {machine()}")
     print(f"# {records} raw records, {prep['lines']} rated lines, {len(prep['projects'])} projects, "
           f"{ACCOUNTS} accounts; {a.concurrency} requests in flight, {a.seconds} s per target")
-    print(operator.stdout)
-    print("\n".join(tenant.stdout.splitlines()[2:]))
-    if operator.returncode or tenant.returncode:
-        sys.exit("a target answered errors (see above)")
+    print(computed)
+    print()
+    print(remembered)
 
 
 if __name__ == "__main__":

@@ -69,6 +69,8 @@ pub struct AppState {
     pub invoice_settings: tally_bill::invoices::InvoiceSettings,
     /// Signed-in dashboard sessions.
     pub sessions: ui::Sessions,
+    /// Summary answers remembered for the API and the dashboard.
+    pub summaries: tally_show::summary_cache::SummaryCache,
     /// When set, JSON answers are checked against the OpenAPI document.
     pub response_check: Option<Arc<openapi::ResponseCheck>>,
 }

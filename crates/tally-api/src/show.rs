@@ -158,10 +158,12 @@ async fn summarize(
 ) -> Result<Response, ApiError> {
     let svc = billing_service(state)?;
     let query = summary_query(params, usage)?;
-    let s = summary::summarize(&svc.db, &svc.rated, &caller.0, &query, Utc::now())
+    let s = state
+        .summaries
+        .summarize(&svc.db, &svc.rated, &caller.0, &query, Utc::now())
         .await
         .map_err(show_error)?;
-    Ok(Json(s).into_response())
+    Ok(Json(&*s).into_response())
 }
 
 /// `GET /v1/costs`: cost grouped by `group_by` and `bucket`.

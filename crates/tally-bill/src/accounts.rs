@@ -355,6 +355,32 @@ pub async fn list_accounts(
     complete(db, specs).await
 }
 
+/// The accounts in scope, each with how many projects and domains it owns,
+/// without listing them: a list of a large cloud's accounts would
+/// otherwise read every ownership row.
+pub async fn list_accounts_with_owned_count(
+    db: &Database,
+    scope: &AccountScope,
+) -> Result<Vec<(AccountSpec, i64)>, BillingError> {
+    let (all, one) = scope.binds();
+    let rows = sqlx::query(
+        "SELECT account_id, name, currency, payment_mode, billing_day, timezone, taxes, \
+         minimum_commitment, low_balance, payment_terms_days, series, contact, created_at_us, \
+         (SELECT COUNT(*) FROM account_ownership o WHERE o.account_id = a.account_id) AS owned \
+         FROM billing_accounts a WHERE ($1 OR account_id = $2) ORDER BY account_id",
+    )
+    .bind(all)
+    .bind(one)
+    .fetch_all(&db.pool)
+    .await?;
+    rows.iter()
+        .map(|row| {
+            let (spec, _) = spec_from_row(row)?;
+            Ok((spec, row.try_get::<i64, _>("owned")?))
+        })
+        .collect()
+}
+
 /// What an account can own.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Owned {

@@ -70,7 +70,23 @@ pub async fn mark_in(
         }
         q.execute(&mut **tx).await?;
     }
+    // What counts changes in this transaction: remembered summary answers
+    // of the old state must not be served after it commits.
+    sqlx::query("UPDATE summary_version SET version = version + 1")
+        .execute(&mut **tx)
+        .await?;
     Ok(())
+}
+
+/// The current value of the counter that moves whenever a summary's
+/// answer may change (rated usage counted, or project ownership): the
+/// key under which an answer may be remembered.
+pub async fn summary_version(db: &Database) -> Result<i64, RatingError> {
+    Ok(
+        sqlx::query_scalar("SELECT version FROM summary_version WHERE id = 1")
+            .fetch_one(&db.pool)
+            .await?,
+    )
 }
 
 /// Marks every UTC day overlapping `[from_us, to_us)` in a transaction of

@@ -290,6 +290,26 @@ impl Owners {
         Ok(o)
     }
 
+    /// The account that pays for one project, asked of the database in the
+    /// order [`Owners::owner_of`] resolves (direct ownership, then the
+    /// project's domain): a page about one project need not load every
+    /// owner of the cloud.
+    pub async fn owner_of_one(
+        db: &Database,
+        project_id: &str,
+    ) -> Result<Option<String>, ConfigError> {
+        let owner: Option<(i64, String)> = sqlx::query_as(
+            "SELECT 0, account_id FROM account_ownership WHERE kind = 'project' AND keystone_id = $1 \
+             UNION ALL SELECT 1, ao.account_id FROM keystone_projects kp JOIN account_ownership ao \
+             ON ao.kind = 'domain' AND ao.keystone_id = kp.domain_id WHERE kp.project_id = $1 \
+             ORDER BY 1 LIMIT 1",
+        )
+        .bind(project_id)
+        .fetch_optional(&db.pool)
+        .await?;
+        Ok(owner.map(|(_, account)| account))
+    }
+
     /// Every project whose owner can be named: owned directly, or known to
     /// be in an owned domain.
     pub fn projects(&self) -> impl Iterator<Item = &str> {

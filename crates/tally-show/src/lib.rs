@@ -2,7 +2,10 @@
 //!
 //! - [`summary`]: cost and usage grouped by account, project, service,
 //!   meter, resource or any attribute, per day or month, from the daily
-//!   cells rating runs write (`usage_rollups`).
+//!   cells rating runs write (`usage_rollups`) and the levels above them.
+//! - [`summary_cache`]: summary answers remembered until the rated usage
+//!   or the ownership behind them changes (the database's
+//!   `summary_version`).
 //! - [`charts`]: SVG bar charts for the dashboard.
 //! - [`csv_export`]: rated lines and invoices as CSV.
 //! - [`explain`]: the run, meter, plan rule and raw records behind a
@@ -23,6 +26,7 @@ pub mod focus;
 pub mod pdf;
 pub mod plans;
 pub mod summary;
+pub mod summary_cache;
 
 /// Errors a caller of the show module can see.
 #[derive(Debug, thiserror::Error)]

@@ -35,7 +35,7 @@ pub const DEFAULT_LIMIT: usize = 1000;
 pub const MAX_LIMIT: usize = 10_000;
 
 /// A time bucket.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub enum Bucket {
@@ -66,7 +66,7 @@ impl FromStr for Bucket {
 }
 
 /// What rows are grouped by.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Dimension {
     /// The billing account that owns the project ('' when none does).
     Account,
@@ -158,7 +158,7 @@ pub fn parse_group_by(text: &str) -> Result<Vec<Dimension>, ShowError> {
 }
 
 /// What to add up.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
 pub struct SummaryQuery {
     /// Start of the range (rounded down to midnight UTC for day and month
     /// buckets and totals).
@@ -560,7 +560,7 @@ fn ceil_day(t: DateTime<Utc>) -> DateTime<Utc> {
 }
 
 /// The range of a query: the given one, else the current UTC month.
-fn range(
+pub(crate) fn range(
     query: &SummaryQuery,
     now: DateTime<Utc>,
 ) -> Result<(DateTime<Utc>, DateTime<Utc>), ShowError> {

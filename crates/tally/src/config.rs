@@ -37,6 +37,26 @@ pub struct Config {
     pub amqp: tally_amqp::AmqpConfig,
     /// The server and key the CLI asks instead of the data directory.
     pub client: ClientSection,
+    /// What the API and dashboard show.
+    pub show: ShowSection,
+}
+
+/// `[show]`: summaries and the dashboard.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct ShowSection {
+    /// Summary answers `tally serve` remembers until the rated usage or
+    /// the ownership behind them changes, counted in rows (an answer
+    /// weighs its rows plus one); 0 computes every answer afresh.
+    pub summary_cache_rows: u64,
+}
+
+impl Default for ShowSection {
+    fn default() -> Self {
+        ShowSection {
+            summary_cache_rows: 200_000,
+        }
+    }
 }
 
 /// `[client]`: a running server the CLI asks by default (as if every
@@ -169,6 +189,7 @@ impl Default for Config {
             billing: BillingSection::default(),
             amqp: tally_amqp::AmqpConfig::default(),
             client: ClientSection::default(),
+            show: ShowSection::default(),
         }
     }
 }

@@ -141,6 +141,7 @@ pub async fn run(
         }),
         invoice_settings: cfg.invoice_settings(),
         sessions: tally_api::ui::Sessions::default(),
+        summaries: tally_show::summary_cache::SummaryCache::new(cfg.show.summary_cache_rows),
         response_check: response_check()?,
     });
     spawn_webhook_deliveries(store.database().clone());

@@ -1777,6 +1777,17 @@ async fn summaries_exports_explanations_and_audit(env: Env) {
     for external in ["<script", "<link", "src=", "https://"] {
         assert!(!html.contains(external), "the page requests {external}");
     }
+    // The accounts page counts what each account owns (dom: its domain).
+    let html = page("/ui/accounts?period=2026-10", Some(&admin_session))
+        .await
+        .text()
+        .await
+        .unwrap()
+        .replace("&#x2f;", "/");
+    assert!(
+        html.contains("<td>Domain Corp</td><td>EUR</td><td class=\"num\">1</td>"),
+        "{html}"
+    );
     let dom_session = sign_in(dom_reader.clone()).await;
     let html = page("/ui?period=2026-10", Some(&dom_session))
         .await
@@ -2038,6 +2049,134 @@ async fn summary_levels_follow_a_re_rating(env: Env) {
     assert_levels_agree(&env, "2026-10");
 }
 on_both_backends!(summary_levels_follow_a_re_rating);
+
+/// A page about one project asks the database for its owner alone; the
+/// answer must be the one every owner loaded at once gives: direct
+/// ownership first, then the project's domain (recorded or mapped).
+async fn one_projects_owner_is_resolved_as_all_owners_are(env: Env) {
+    three_accounts(&env);
+    // A project owned directly although its domain is owned too.
+    env.ok(&["account", "map-project", "p-post", "--domain", "dom"]);
+    let db = env.connect().await;
+    let all = tally_rate::plans::Owners::load(&db).await.unwrap();
+    for project in ["p-pre", "p-post", "d-1", "d-2", "d-3", "p-orphan", "nobody"] {
+        let one = tally_rate::plans::Owners::owner_of_one(&db, project)
+            .await
+            .unwrap();
+        assert_eq!(one.as_deref(), all.owner_of(project), "{project}");
+    }
+    assert_eq!(all.owner_of("p-post"), Some("post"));
+    assert_eq!(all.owner_of("d-3"), Some("dom"));
+}
+on_both_backends!(one_projects_owner_is_resolved_as_all_owners_are);
+
+/// A server remembers summary answers; a rating commit or a change of
+/// ownership (through any process) must make it answer afresh, for the
+/// operator and for a tenant alike.
+async fn remembered_summaries_follow_rating_and_ownership(env: Env) {
+    three_accounts(&env);
+    let server = common::Server::start_with(env.path(), &[("TALLY_DATABASE_URL", &env.database)]);
+    let pre_reader = env.reader_key("account-reader", "pre");
+    let client = common::client();
+    let url = |p: &str| format!("{}{p}", server.url);
+    let costs = |key: String, query: &'static str| {
+        let client = client.clone();
+        let url = url(&format!("/v1/costs?{query}"));
+        async move {
+            let resp = client.get(url).bearer_auth(key).send().await.unwrap();
+            assert_eq!(resp.status(), 200);
+            resp.json::<Value>().await.unwrap()
+        }
+    };
+    let from_memory = || {
+        let client = client.clone();
+        let url = url("/metrics");
+        async move {
+            let text = client.get(url).send().await.unwrap().text().await.unwrap();
+            text.lines()
+                .find(|l| l.starts_with("tally_summary_answers_total{from=\"memory\"}"))
+                .and_then(|l| l.rsplit(' ').next())
+                .map_or(0, |n| n.parse::<u64>().unwrap())
+        }
+    };
+    let admin = server.key.clone();
+    let by_account = "period=2026-10&group_by=account";
+    let before = costs(admin.clone(), by_account).await;
+    assert_eq!(
+        amounts_by(&before, "account_id")[2],
+        ("pre".into(), dec("14.88"))
+    );
+    let remembered = from_memory().await;
+    assert_eq!(costs(admin.clone(), by_account).await, before);
+    assert_eq!(
+        from_memory().await,
+        remembered + 1,
+        "the second ask is remembered"
+    );
+    let pre_before = costs(pre_reader.clone(), "period=2026-10").await;
+    assert_eq!(d(&pre_before["totals"][0]["amount"]), dec("14.88"));
+    // Another scope's question is not the operator's answer.
+    assert_eq!(from_memory().await, remembered + 1);
+
+    // Late usage, rated through the API: the same questions now cost more.
+    let late = client
+        .post(url("/v1/events"))
+        .bearer_auth(&admin)
+        .header("content-type", "application/cloudevents+json")
+        .body(vcpus_at(
+            "late-1",
+            "vm-a",
+            "p-pre",
+            8,
+            "2026-10-10T12:00:00Z",
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert!(late.status().is_success(), "{}", late.text().await.unwrap());
+    let run = client
+        .post(url("/v1/rating/runs"))
+        .bearer_auth(&admin)
+        .json(&serde_json::json!({"from": "2026-10-10T06:00:00Z", "to": "2026-10-10T18:00:00Z"}))
+        .send()
+        .await
+        .unwrap();
+    assert!(run.status().is_success(), "{}", run.text().await.unwrap());
+    let after = costs(admin.clone(), by_account).await;
+    assert_eq!(
+        amounts_by(&after, "account_id")[2],
+        ("pre".into(), dec("15.24"))
+    );
+    let pre_after = costs(pre_reader.clone(), "period=2026-10").await;
+    assert_eq!(d(&pre_after["totals"][0]["amount"]), dec("15.24"));
+
+    // An account taking over a project: its reader sees the project's cost
+    // at once.
+    let owned = client
+        .post(url("/v1/accounts/pre/projects"))
+        .bearer_auth(&admin)
+        .json(&serde_json::json!({"id": "p-orphan"}))
+        .send()
+        .await
+        .unwrap();
+    assert!(
+        owned.status().is_success(),
+        "{}",
+        owned.text().await.unwrap()
+    );
+    let pre_owning = costs(pre_reader.clone(), "period=2026-10").await;
+    // p-orphan: 1 vCPU × 744 h × 0.01 = 7.44.
+    assert_eq!(d(&pre_owning["totals"][0]["amount"]), dec("22.68"));
+    let owning = costs(admin.clone(), by_account).await;
+    assert_eq!(
+        amounts_by(&owning, "account_id")
+            .into_iter()
+            .find(|(a, _)| a == "pre"),
+        Some(("pre".into(), dec("22.68")))
+    );
+    server.stop();
+}
+on_both_backends!(remembered_summaries_follow_rating_and_ownership);
 
 fn amounts_by_bucket(summary: &Value) -> Vec<Decimal> {
     summary["rows"]

@@ -22,7 +22,7 @@ use rand::RngCore;
 use rust_decimal::Decimal;
 use serde::Deserialize;
 use tally_core::{Identity, Role};
-use tally_show::summary::{self, Bucket, Dimension, SummaryQuery};
+use tally_show::summary::{Bucket, Dimension, SummaryQuery};
 
 use crate::{ApiError, AppState};
 
@@ -385,10 +385,12 @@ pub async fn overview(
         limit: Some(limit),
         ..SummaryQuery::default()
     };
+    let summaries = &state.summaries;
     let run = |query: SummaryQuery| {
         let identity = identity.clone();
         async move {
-            summary::summarize(&svc.db, &svc.rated, &identity, &query, now)
+            summaries
+                .summarize(&svc.db, &svc.rated, &identity, &query, now)
                 .await
                 .map_err(crate::show::show_error)
         }

@@ -52,9 +52,11 @@ async fn summarize(
     state: &AppState,
     identity: &Identity,
     query: SummaryQuery,
-) -> Result<Summary, ApiError> {
+) -> Result<Arc<Summary>, ApiError> {
     let svc = billing_service(state)?;
-    summary::summarize(&svc.db, &svc.rated, identity, &query, Utc::now())
+    state
+        .summaries
+        .summarize(&svc.db, &svc.rated, identity, &query, Utc::now())
         .await
         .map_err(show_error)
 }
@@ -228,9 +230,12 @@ pub async fn accounts(
     }
     let (label, month) = q.month(Utc::now())?;
     let svc = billing_service(&state)?;
-    let list = tally_bill::accounts::list_accounts(&svc.db, &AccountScope::of(&page.identity))
-        .await
-        .map_err(billing_error)?;
+    let list = tally_bill::accounts::list_accounts_with_owned_count(
+        &svc.db,
+        &AccountScope::of(&page.identity),
+    )
+    .await
+    .map_err(billing_error)?;
     let costs = summarize(
         &state,
         &page.identity,
@@ -254,14 +259,14 @@ pub async fn accounts(
         .collect();
     let rows: Vec<minijinja::Value> = list
         .iter()
-        .map(|a| {
-            let id = a.spec.account_id.as_str();
+        .map(|(spec, owned)| {
+            let id = spec.account_id.as_str();
             minijinja::context! {
                 id => id,
-                name => a.spec.name.clone(),
-                currency => a.spec.currency.code(),
-                projects => a.projects.len() + a.domains.len(),
-                cost => cost_of.get(id).cloned().unwrap_or_else(|| shown(Decimal::ZERO, a.spec.currency.code())),
+                name => spec.name.clone(),
+                currency => spec.currency.code(),
+                projects => owned,
+                cost => cost_of.get(id).cloned().unwrap_or_else(|| shown(Decimal::ZERO, spec.currency.code())),
             }
         })
         .collect();
@@ -466,11 +471,9 @@ pub async fn project(
             }
         })
         .collect();
-    let owner = tally_rate::plans::Owners::load(&svc.db)
+    let owner = tally_rate::plans::Owners::owner_of_one(&svc.db, &id)
         .await
-        .map_err(ApiError::internal)?
-        .owner_of(&id)
-        .map(str::to_string);
+        .map_err(ApiError::internal)?;
     let budgets = match &owner {
         Some(a) => budgets(&state, &page.identity, a, Some(&id), month).await?,
         None => Vec::new(),

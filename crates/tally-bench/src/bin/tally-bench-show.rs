@@ -8,6 +8,11 @@
 //! (`/ui...`) sign in once through the login form, as a browser does, and
 //! send the session cookie. Any answer other than 200 is counted as an
 //! error and makes the program fail: a fast error is not a latency.
+//!
+//! A path may name `{KEY}` for a list given with `--each KEY=FILE`: its
+//! requests then take the file's values in turn (every project of the
+//! cloud, say), so that a server remembering answers is measured on the
+//! questions it has not seen yet as well as those it has.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -37,6 +42,30 @@ struct Args {
     /// Seconds of load before measuring.
     #[arg(long, default_value_t = 3)]
     warmup_seconds: u64,
+    /// `KEY=FILE`: a path's `{KEY}` takes the file's lines in turn.
+    #[arg(long = "each")]
+    each: Vec<String>,
+}
+
+/// The URLs one target asks, in turn: one, or one per value of the list
+/// its path names.
+fn target_urls(
+    url: &str,
+    path: &str,
+    lists: &[(String, Vec<String>)],
+) -> anyhow::Result<Vec<String>> {
+    for (key, values) in lists {
+        let slot = format!("{{{key}}}");
+        if path.contains(&slot) {
+            anyhow::ensure!(!values.is_empty(), "the list for {{{key}}} is empty");
+            return Ok(values
+                .iter()
+                .map(|v| format!("{url}{}", path.replace(&slot, v)))
+                .collect());
+        }
+    }
+    anyhow::ensure!(!path.contains('{'), "{path} names a list no --each gives");
+    Ok(vec![format!("{url}{path}")])
 }
 
 /// What one target measured.
@@ -118,19 +147,24 @@ async fn load(
     auth: (&'static str, String),
     name: &str,
     path: &str,
+    lists: &[(String, Vec<String>)],
     args: &Args,
 ) -> anyhow::Result<Figures> {
-    let target = Arc::new(format!("{url}{path}"));
+    let targets = Arc::new(target_urls(url, path, lists)?);
+    let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let auth = Arc::new(auth);
     let run = |seconds: u64| {
         let deadline = Instant::now() + Duration::from_secs(seconds);
         let tasks: Vec<_> = (0..args.concurrency)
             .map(|_| {
-                let (http, target, auth) = (http.clone(), target.clone(), auth.clone());
+                let (http, targets, next, auth) =
+                    (http.clone(), targets.clone(), next.clone(), auth.clone());
                 tokio::spawn(async move {
                     let mut latencies = Vec::new();
                     let (mut errors, mut bytes) = (0usize, 0usize);
                     while Instant::now() < deadline {
+                        let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        let target = &targets[i % targets.len()];
                         let started = Instant::now();
                         let resp = http
                             .get(target.as_str())
@@ -191,6 +225,15 @@ async fn main() -> anyhow::Result<()> {
         .redirect(reqwest::redirect::Policy::none())
         .build()?;
     let url = args.url.trim_end_matches('/').to_string();
+    let mut lists = Vec::new();
+    for e in &args.each {
+        let (key, file) = e
+            .split_once('=')
+            .with_context(|| format!("--each '{e}' is not KEY=FILE"))?;
+        let text = std::fs::read_to_string(file).with_context(|| format!("cannot read {file}"))?;
+        let values = text.lines().filter(|l| !l.trim().is_empty());
+        lists.push((key.to_string(), values.map(str::to_string).collect()));
+    }
     let mut session = None;
     let mut results = Vec::new();
     for t in &args.targets {
@@ -206,7 +249,7 @@ async fn main() -> anyhow::Result<()> {
             ("authorization", format!("Bearer {}", args.key))
         };
         eprintln!("==> {name}: GET {path}, {} in flight", args.concurrency);
-        let f = load(&http, &url, auth, name, path, &args).await?;
+        let f = load(&http, &url, auth, name, path, &lists, &args).await?;
         eprintln!(
             "    {} answers, {} errors, p50 {:.1} ms, p99 {:.1} ms",
             f.requests, f.errors, f.p50_ms, f.p99_ms

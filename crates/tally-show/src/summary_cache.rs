@@ -1,0 +1,104 @@
+//! Summary answers remembered until the data behind them changes.
+//!
+//! A dashboard asks the same few summaries again and again (each page is
+//! four or five of them), and between two rating runs their answers do
+//! not change. The database keeps a counter, `summary_version`, that moves
+//! in the same transaction as anything that changes an answer: a rating
+//! commit or a cell rebuild (tally-rate's `levels::mark_in`) and a change
+//! of who owns a project (triggers on the ownership tables). An answer is
+//! remembered under the counter's value read *before* it was computed, so
+//! it can only be served while the data is as it was then, whichever
+//! process (CLI, another server on the same PostgreSQL) changed it.
+//!
+//! The key holds the caller's role with its scope (not the API key: two
+//! keys of one account see the same answer) and the query with its range
+//! resolved, so "this month" is not served across a month's end.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use tally_core::{Identity, Role};
+use tally_db::Database;
+use tally_store::objects::RawObjects;
+
+use crate::ShowError;
+use crate::summary::{self, Summary, SummaryQuery};
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct Key {
+    version: i64,
+    role: Role,
+    query: SummaryQuery,
+}
+
+/// Summaries with remembered answers; cheap to clone (one shared cache).
+#[derive(Clone)]
+pub struct SummaryCache {
+    /// `None`: remembering is off, every call computes.
+    answers: Option<moka::sync::Cache<Key, Arc<Summary>>>,
+}
+
+impl SummaryCache {
+    /// A cache holding answers of at most `max_rows` rows in all (an
+    /// answer weighs its rows plus one); 0 turns remembering off. Answers
+    /// nobody asked for in ten minutes are dropped, as are those of an old
+    /// version once room is needed.
+    pub fn new(max_rows: u64) -> SummaryCache {
+        let answers = (max_rows > 0).then(|| {
+            moka::sync::Cache::builder()
+                .max_capacity(max_rows)
+                .weigher(|_: &Key, s: &Arc<Summary>| {
+                    u32::try_from(s.rows.len() + 1).unwrap_or(u32::MAX)
+                })
+                .time_to_idle(Duration::from_secs(600))
+                .build()
+        });
+        SummaryCache { answers }
+    }
+
+    /// [`summary::summarize`], answered from memory when the same caller
+    /// scope asked the same question since the data last changed. Shared,
+    /// not copied: a page's answer can be ten thousand rows.
+    pub async fn summarize(
+        &self,
+        db: &Database,
+        rated: &RawObjects,
+        identity: &Identity,
+        query: &SummaryQuery,
+        now: DateTime<Utc>,
+    ) -> Result<Arc<Summary>, ShowError> {
+        let Some(answers) = &self.answers else {
+            return Ok(Arc::new(
+                summary::summarize(db, rated, identity, query, now).await?,
+            ));
+        };
+        let (from, to) = summary::range(query, now)?;
+        let version = tally_rate::levels::summary_version(db).await?;
+        let key = Key {
+            version,
+            role: identity.role.clone(),
+            query: SummaryQuery {
+                from: Some(from),
+                to: Some(to),
+                ..query.clone()
+            },
+        };
+        if let Some(answer) = answers.get(&key) {
+            metrics::counter!("tally_summary_answers_total", "from" => "memory").increment(1);
+            return Ok(answer);
+        }
+        metrics::counter!("tally_summary_answers_total", "from" => "database").increment(1);
+        let answer = Arc::new(summary::summarize(db, rated, identity, &key.query, now).await?);
+        answers.insert(key, answer.clone());
+        Ok(answer)
+    }
+}
+
+impl std::fmt::Debug for SummaryCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SummaryCache")
+            .field("entries", &self.answers.as_ref().map(|a| a.entry_count()))
+            .finish()
+    }
+}
