@@ -77,10 +77,15 @@ impl Server {
                 panic!("tally serve did not report its address within 60 s");
             }
         };
-        let key = std::fs::read_to_string(data_dir.join("admin-key"))
-            .expect("first start writes admin-key")
-            .trim()
-            .to_string();
+        let key = match std::fs::read_to_string(data_dir.join("admin-key")) {
+            Ok(k) => k.trim().to_string(),
+            Err(e) => {
+                // Not left running (and holding its database) after the panic.
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("first start writes admin-key: {e}");
+            }
+        };
         Server {
             child,
             url,
