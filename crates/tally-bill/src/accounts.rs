@@ -206,6 +206,10 @@ fn json<T: Serialize>(v: &T) -> String {
     serde_json::to_string(v).expect("account fields serialize")
 }
 
+/// The columns [`spec_from_row`] reads, for every query of accounts.
+const ACCOUNT_COLUMNS: &str = "account_id, name, currency, payment_mode, billing_day, timezone, \
+     taxes, minimum_commitment, low_balance, payment_terms_days, series, contact, created_at_us";
+
 fn spec_from_row(row: &sqlx::any::AnyRow) -> Result<(AccountSpec, DateTime<Utc>), BillingError> {
     let text = |c: &str| row.try_get::<String, _>(c);
     let opt = |c: &str| -> Result<Option<Decimal>, BillingError> {
@@ -244,11 +248,9 @@ pub async fn get_account(
     account_id: &str,
 ) -> Result<Account, BillingError> {
     let (all, one) = scope.binds();
-    let q = sqlx::query(
-        "SELECT account_id, name, currency, payment_mode, billing_day, timezone, taxes, \
-         minimum_commitment, low_balance, payment_terms_days, series, contact, created_at_us \
-         FROM billing_accounts WHERE account_id = $1 AND ($2 OR account_id = $3)",
-    )
+    let q = sqlx::query(sqlx::AssertSqlSafe(format!(
+        "SELECT {ACCOUNT_COLUMNS} FROM billing_accounts WHERE account_id = $1 AND ($2 OR account_id = $3)"
+    )))
     .bind(account_id)
     .bind(all)
     .bind(one);
@@ -337,11 +339,9 @@ pub async fn list_accounts(
     scope: &AccountScope,
 ) -> Result<Vec<Account>, BillingError> {
     let (all, one) = scope.binds();
-    let q = sqlx::query(
-        "SELECT account_id, name, currency, payment_mode, billing_day, timezone, taxes, \
-         minimum_commitment, low_balance, payment_terms_days, series, contact, created_at_us \
-         FROM billing_accounts WHERE ($1 OR account_id = $2) ORDER BY account_id",
-    )
+    let q = sqlx::query(sqlx::AssertSqlSafe(format!(
+        "SELECT {ACCOUNT_COLUMNS} FROM billing_accounts WHERE ($1 OR account_id = $2) ORDER BY account_id"
+    )))
     .bind(all)
     .bind(one);
     let rows = q.fetch_all(&db.pool).await?;
@@ -363,12 +363,11 @@ pub async fn list_accounts_with_owned_count(
     scope: &AccountScope,
 ) -> Result<Vec<(AccountSpec, i64)>, BillingError> {
     let (all, one) = scope.binds();
-    let rows = sqlx::query(
-        "SELECT account_id, name, currency, payment_mode, billing_day, timezone, taxes, \
-         minimum_commitment, low_balance, payment_terms_days, series, contact, created_at_us, \
-         (SELECT COUNT(*) FROM account_ownership o WHERE o.account_id = a.account_id) AS owned \
-         FROM billing_accounts a WHERE ($1 OR account_id = $2) ORDER BY account_id",
-    )
+    let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+        "SELECT {ACCOUNT_COLUMNS}, \
+             (SELECT COUNT(*) FROM account_ownership o WHERE o.account_id = a.account_id) AS owned \
+             FROM billing_accounts a WHERE ($1 OR account_id = $2) ORDER BY account_id"
+    )))
     .bind(all)
     .bind(one)
     .fetch_all(&db.pool)

@@ -121,6 +121,12 @@ pub fn utc_month_start(t: DateTime<Utc>) -> DateTime<Utc> {
     Utc.from_utc_datetime(&midnight)
 }
 
+/// The first instant of the UTC calendar month after the one holding `t`.
+pub fn next_utc_month_start(t: DateTime<Utc>) -> DateTime<Utc> {
+    // Day 1 plus 32 days always lands in the next month.
+    utc_month_start(utc_month_start(t) + chrono::Duration::days(32))
+}
+
 /// Converts an exact value to an integer of `scale` decimal places.
 pub fn to_scaled(value: Decimal, scale: u32) -> Option<i64> {
     let rounded = value.round_dp_with_strategy(scale, RoundingStrategy::MidpointNearestEven);
@@ -280,6 +286,36 @@ mod tests {
 
     fn d(s: &str) -> Decimal {
         Decimal::from_str(s).unwrap()
+    }
+
+    #[test]
+    fn months_start_and_end_on_utc_calendar_days() {
+        let t = |s: &str| DateTime::parse_from_rfc3339(s).unwrap().with_timezone(&Utc);
+        for (at, start, next) in [
+            (
+                "2026-10-31T23:59:59Z",
+                "2026-10-01T00:00:00Z",
+                "2026-11-01T00:00:00Z",
+            ),
+            (
+                "2026-12-01T00:00:00Z",
+                "2026-12-01T00:00:00Z",
+                "2027-01-01T00:00:00Z",
+            ),
+            (
+                "2024-02-29T12:00:00Z",
+                "2024-02-01T00:00:00Z",
+                "2024-03-01T00:00:00Z",
+            ),
+            (
+                "2026-01-31T00:00:00Z",
+                "2026-01-01T00:00:00Z",
+                "2026-02-01T00:00:00Z",
+            ),
+        ] {
+            assert_eq!(utc_month_start(t(at)), t(start), "{at}");
+            assert_eq!(next_utc_month_start(t(at)), t(next), "{at}");
+        }
     }
 
     fn t(s: &str) -> DateTime<Utc> {

@@ -24,9 +24,11 @@
 //! amounts are kept as a whole part plus a fraction (millionths,
 //! billionths), added apart so that nothing overflows 64 bits.
 
-use chrono::{DateTime, Duration};
+use chrono::DateTime;
 use sqlx::Any;
-use tally_core::rollup::{AMOUNT_SCALE, DAY_US, QUANTITY_SCALE, utc_month_start};
+use tally_core::rollup::{
+    AMOUNT_SCALE, DAY_US, QUANTITY_SCALE, next_utc_month_start, utc_month_start,
+};
 use tally_db::{Backend, Database};
 
 use crate::job::RatingError;
@@ -112,9 +114,11 @@ pub fn days_overlapping(from_us: i64, to_us: i64) -> Vec<i64> {
 
 /// The first instant of the UTC month holding `day_us`, and of the next.
 fn month_of(day_us: i64) -> (i64, i64) {
-    let month = utc_month_start(DateTime::from_timestamp_micros(day_us).unwrap_or_default());
-    let next = utc_month_start(month + Duration::days(32));
-    (month.timestamp_micros(), next.timestamp_micros())
+    let day = DateTime::from_timestamp_micros(day_us).unwrap_or_default();
+    (
+        utc_month_start(day).timestamp_micros(),
+        next_utc_month_start(day).timestamp_micros(),
+    )
 }
 
 /// The SQL of the exact sum of a value in `scale`-ths as two BIGINT

@@ -18,7 +18,9 @@ use std::str::FromStr;
 use chrono::{DateTime, Duration, Utc};
 use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
-use tally_core::rollup::{AMOUNT_SCALE, DAY_US, QUANTITY_SCALE, from_scaled, utc_month_start};
+use tally_core::rollup::{
+    AMOUNT_SCALE, DAY_US, QUANTITY_SCALE, from_scaled, next_utc_month_start, utc_month_start,
+};
 use tally_core::service::service_of;
 use tally_core::{Identity, RatedLine, Role};
 use tally_db::Database;
@@ -565,10 +567,7 @@ pub(crate) fn range(
     now: DateTime<Utc>,
 ) -> Result<(DateTime<Utc>, DateTime<Utc>), ShowError> {
     let from = query.from.unwrap_or_else(|| utc_month_start(now));
-    let to = query.to.unwrap_or_else(|| {
-        let m = utc_month_start(now);
-        utc_month_start(m + Duration::days(32))
-    });
+    let to = query.to.unwrap_or_else(|| next_utc_month_start(now));
     if to <= from {
         return Err(ShowError::Invalid(format!(
             "the range is empty: 'to' ({to}) must be after 'from' ({from})"

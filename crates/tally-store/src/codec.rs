@@ -61,32 +61,52 @@ pub fn from_micros(us: i64) -> DateTime<Utc> {
 /// The length that stands for "the same bytes as the previous record".
 const SAME_AS_PREVIOUS: u32 = u32::MAX;
 
+/// The attributes of a run of records as JSON, serialized only when they
+/// differ from the previous record's. One message's records (an instance's
+/// vCPUs, RAM and disk) sit side by side in a log frame and in a segment,
+/// and mostly have equal attributes. Compared by value: they share maps by
+/// content, not by allocation, and a map of a handful of scalars compares
+/// faster than it serializes.
+#[derive(Default)]
+pub struct AttributesJson<'a> {
+    previous: Option<(&'a Attributes, String)>,
+}
+
+impl<'a> AttributesJson<'a> {
+    /// The JSON of `r`'s attributes, and whether it is the previous call's.
+    pub fn of(&mut self, r: &'a UsageRecord) -> (&str, bool) {
+        let same = matches!(&self.previous, Some((p, _)) if **p == r.attributes);
+        if !same {
+            self.previous = Some((&r.attributes, r.attributes_json()));
+        }
+        let json = self.previous.as_ref().map_or("", |(_, j)| j.as_str());
+        (json, same)
+    }
+}
+
 /// Encodes the records of one log frame, in order, writing a payload or
 /// an attribute set that equals the previous record's as a back-reference.
 /// The reader of the frame must read every record in the same order.
 #[derive(Default)]
 pub struct FrameEncoder<'a> {
     previous: Option<&'a UsageRecord>,
+    attributes: AttributesJson<'a>,
 }
 
 impl<'a> FrameEncoder<'a> {
     /// A fresh encoder, for a new frame.
     pub fn new() -> Self {
-        FrameEncoder { previous: None }
+        FrameEncoder::default()
     }
 
     /// Appends one record's encoding to `out`.
     pub fn push(&mut self, r: &'a UsageRecord, out: &mut Vec<u8>) {
         encode_fields(r, out);
-        let previous = self.previous.replace(r);
-        // Compared by value: records from one message share attribute maps
-        // by content, not by allocation. A map of a handful of scalars
-        // compares faster than it serializes.
-        if previous.is_some_and(|p| p.attributes == r.attributes) {
-            out.extend_from_slice(&SAME_AS_PREVIOUS.to_le_bytes());
-        } else {
-            put_bytes(out, r.attributes_json().as_bytes());
+        match self.attributes.of(r) {
+            (_, true) => out.extend_from_slice(&SAME_AS_PREVIOUS.to_le_bytes()),
+            (json, false) => put_bytes(out, json.as_bytes()),
         }
+        let previous = self.previous.replace(r);
         if previous.is_some_and(|p| same_bytes(&p.payload, &r.payload)) {
             out.extend_from_slice(&SAME_AS_PREVIOUS.to_le_bytes());
         } else {

@@ -124,8 +124,8 @@ pub fn to_batch(records: &[&UsageRecord]) -> Result<RecordBatch, SegmentError> {
     let mut attributes = StringBuilder::with_capacity(n, n * 64);
     let mut payload = BinaryBuilder::with_capacity(n, n * 400);
     // Records of one message sit side by side (same time and source, ids
-    // sharing a prefix) and mostly have equal attributes: serialize once.
-    let mut previous: Option<(&Attributes, String)> = None;
+    // sharing a prefix): their equal attributes are serialized once.
+    let mut attributes_json = crate::codec::AttributesJson::default();
     for r in records {
         id.append_value(&r.id);
         source.append_value(&r.source);
@@ -139,14 +139,7 @@ pub fn to_batch(records: &[&UsageRecord]) -> Result<RecordBatch, SegmentError> {
         kind.append_value(r.kind.as_str());
         volume.append_value(volume_to_i128(r.volume));
         unit.append_option(r.unit.as_deref());
-        match &previous {
-            Some((a, json)) if **a == r.attributes => attributes.append_value(json),
-            _ => {
-                let json = r.attributes_json();
-                attributes.append_value(&json);
-                previous = Some((&r.attributes, json));
-            }
-        }
+        attributes.append_value(attributes_json.of(r).0);
         payload.append_value(&r.payload);
     }
     let columns: Vec<ArrayRef> = vec![

@@ -1711,6 +1711,12 @@ async fn summaries_exports_explanations_and_audit(env: Env) {
         }
         async move { r.send().await.unwrap() }
     };
+    // A page's HTML as a browser reads it: minijinja escapes '/' in
+    // attributes as &#x2f;.
+    let page_html = |path: &'static str, session: &str| {
+        let resp = page(path, Some(session));
+        async move { resp.await.text().await.unwrap().replace("&#x2f;", "/") }
+    };
     let resp = page("/ui", None).await;
     assert_eq!(resp.status(), 303);
     assert_eq!(resp.headers()["location"], "/ui/login");
@@ -1778,23 +1784,13 @@ async fn summaries_exports_explanations_and_audit(env: Env) {
         assert!(!html.contains(external), "the page requests {external}");
     }
     // The accounts page counts what each account owns (dom: its domain).
-    let html = page("/ui/accounts?period=2026-10", Some(&admin_session))
-        .await
-        .text()
-        .await
-        .unwrap()
-        .replace("&#x2f;", "/");
+    let html = page_html("/ui/accounts?period=2026-10", &admin_session).await;
     assert!(
         html.contains("<td>Domain Corp</td><td>EUR</td><td class=\"num\">1</td>"),
         "{html}"
     );
     let dom_session = sign_in(dom_reader.clone()).await;
-    let html = page("/ui?period=2026-10", Some(&dom_session))
-        .await
-        .text()
-        .await
-        .unwrap()
-        .replace("&#x2f;", "/");
+    let html = page_html("/ui?period=2026-10", &dom_session).await;
     assert!(html.contains("id=\"revenue\">29.76 EUR<"), "{html}");
     assert!(
         html.contains("<a href=\"/ui/projects/d-3\">d-3</a>") && !html.contains("p-post"),
@@ -1803,12 +1799,7 @@ async fn summaries_exports_explanations_and_audit(env: Env) {
     assert!(!html.contains("Top accounts"), "{html}");
     // The invoices page lists the reader's own invoice with its PDF link;
     // another account's PDF is a 404 there too.
-    let html = page("/ui/invoices", Some(&dom_session))
-        .await
-        .text()
-        .await
-        .unwrap()
-        .replace("&#x2f;", "/");
+    let html = page_html("/ui/invoices", &dom_session).await;
     assert!(
         html.contains("<a href=\"/ui/invoices/dom-2026-10\">dom-2026-10</a>"),
         "{html}"
@@ -1827,12 +1818,7 @@ async fn summaries_exports_explanations_and_audit(env: Env) {
     );
     // The invoice view and its lines' explanations, for the reader's own
     // invoice; everything of the other account is a 404 page.
-    let html = page("/ui/invoices/dom-2026-10", Some(&dom_session))
-        .await
-        .text()
-        .await
-        .unwrap()
-        .replace("&#x2f;", "/");
+    let html = page_html("/ui/invoices/dom-2026-10", &dom_session).await;
     let own = env.json(&["invoice", "show", "dom-2026-10"]);
     assert!(
         html.contains(&format!(
@@ -1869,12 +1855,7 @@ async fn summaries_exports_explanations_and_audit(env: Env) {
         "{line}"
     );
     assert_eq!(line["changed_since_invoiced"], false, "{line}");
-    let html = page("/ui/invoices/dom-2026-10/lines/1", Some(&dom_session))
-        .await
-        .text()
-        .await
-        .unwrap()
-        .replace("&#x2f;", "/");
+    let html = page_html("/ui/invoices/dom-2026-10/lines/1", &dom_session).await;
     assert!(html.contains("href=\"/ui/explain?project_id="), "{html}");
     for (path, status) in [
         ("/ui/accounts", 303),
