@@ -281,7 +281,7 @@ async fn write_batch(
         tally_db::Backend::Postgres => 1000,
     };
     let mut tx = db.begin_write().await?;
-    let outcomes = write_drafts(&mut tx, batch, now, rows_per_statement).await?;
+    let outcomes = write_drafts(&mut tx, db.backend, batch, now, rows_per_statement).await?;
     tx.commit().await?;
     for (doc, outcome) in batch.drain(..).zip(outcomes) {
         summary.accounts.push(RunOutcome {
@@ -472,6 +472,7 @@ const LINE_COLUMNS: usize = 13;
 /// accounts costs a few statements per batch, not a few per invoice.
 async fn write_drafts(
     conn: &mut sqlx::AnyConnection,
+    backend: tally_db::Backend,
     docs: &[InvoiceDocument],
     now: DateTime<Utc>,
     rows_per_statement: usize,
@@ -499,9 +500,9 @@ async fn write_drafts(
             "INSERT INTO invoices (invoice_id, account_id, period, period_start_us, period_end_us, status, \
              currency, subtotal, discount_total, commitment_top_up, taxable, tax_total, total, document, \
              generated_at_us) VALUES {} ON CONFLICT (account_id, period) DO NOTHING RETURNING invoice_id",
-            tally_db::values_placeholders(docs.len(), INVOICE_COLUMNS)
+            tally_db::values_placeholders(backend, docs.len(), INVOICE_COLUMNS)
         );
-        // Only numbered placeholders are generated into this text.
+        // Only placeholders are generated into this text.
         let mut q = sqlx::query_scalar::<_, String>(sqlx::AssertSqlSafe(sql));
         for (d, document) in docs.iter().zip(documents) {
             q = q
@@ -564,9 +565,9 @@ async fn write_drafts(
         let sql = format!(
             "INSERT INTO invoice_lines (invoice_id, line_no, project_id, meter, unit, plan_id, \
              service_start_us, service_end_us, quantity, unit_price, amount, rounded_amount, correction) VALUES {}",
-            tally_db::values_placeholders(chunk.len(), LINE_COLUMNS)
+            tally_db::values_placeholders(backend, chunk.len(), LINE_COLUMNS)
         );
-        // Only numbered placeholders are generated into this text.
+        // Only placeholders are generated into this text.
         let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
         for (d, l) in chunk {
             q = q

@@ -178,6 +178,53 @@ pub fn cell_attributes(
     out
 }
 
+/// What a daily cell reads of a rated line, borrowed: the rating job adds
+/// lines it never builds as [`RatedLine`]s.
+#[derive(Debug, Clone, Copy)]
+pub struct CellInput<'a> {
+    /// See [`RatedLine::project_id`].
+    pub project_id: &'a str,
+    /// See [`RatedLine::resource_id`].
+    pub resource_id: &'a str,
+    /// See [`RatedLine::meter`].
+    pub meter: &'a str,
+    /// See [`RatedLine::unit`].
+    pub unit: &'a str,
+    /// See [`RatedLine::currency`].
+    pub currency: &'a str,
+    /// See [`RatedLine::group`].
+    pub group: &'a BTreeMap<String, String>,
+    /// See [`RatedLine::attributes`].
+    pub attributes: &'a Arc<Attributes>,
+    /// See [`RatedLine::period_start`].
+    pub period_start: DateTime<Utc>,
+    /// See [`RatedLine::quantity`].
+    pub quantity: Decimal,
+    /// See [`RatedLine::amount`].
+    pub amount: Decimal,
+    /// Whether the line could not be priced ([`RatedLine::error`]).
+    pub has_error: bool,
+}
+
+impl<'a> CellInput<'a> {
+    /// What a cell reads of `line`.
+    pub fn of(line: &'a RatedLine) -> CellInput<'a> {
+        CellInput {
+            project_id: &line.project_id,
+            resource_id: &line.resource_id,
+            meter: &line.meter,
+            unit: &line.unit,
+            currency: &line.currency,
+            group: &line.group,
+            attributes: &line.attributes,
+            period_start: line.period_start,
+            quantity: line.quantity,
+            amount: line.amount,
+            has_error: line.error.is_some(),
+        }
+    }
+}
+
 impl DailyCells {
     /// An empty aggregation of lines rated over `[from, to)`; cells are cut
     /// to that range, so a range that starts or ends mid-day has partial
@@ -209,6 +256,11 @@ impl DailyCells {
 
     /// Adds one line to its day's cell.
     pub fn add(&mut self, line: &RatedLine) {
+        self.add_line(&CellInput::of(line));
+    }
+
+    /// Adds one line, given by the fields a cell reads, to its day's cell.
+    pub fn add_line(&mut self, line: &CellInput<'_>) {
         let from_us = day_start_us(line.period_start).max(self.from_us);
         let joins_open = self.open.as_ref().is_some_and(|o| {
             o.key.from_us == from_us
@@ -217,22 +269,22 @@ impl DailyCells {
                 && o.key.project_id == line.project_id
                 && o.key.unit == line.unit
                 && o.key.currency == line.currency
-                && Arc::ptr_eq(&o.attributes, &line.attributes)
-                && o.group == line.group
+                && Arc::ptr_eq(&o.attributes, line.attributes)
+                && o.group == *line.group
         });
         if !joins_open {
             self.close_open();
             let day = day_start_us(line.period_start);
-            let attrs = cell_attributes(&line.group, &line.attributes);
+            let attrs = cell_attributes(line.group, line.attributes);
             self.open = Some(OpenCell {
                 key: CellKey {
                     from_us,
                     to_us: (day + DAY_US).min(self.to_us),
-                    project_id: line.project_id.clone(),
-                    resource_id: line.resource_id.clone(),
-                    meter: line.meter.clone(),
-                    unit: line.unit.clone(),
-                    currency: line.currency.clone(),
+                    project_id: line.project_id.to_string(),
+                    resource_id: line.resource_id.to_string(),
+                    meter: line.meter.to_string(),
+                    unit: line.unit.to_string(),
+                    currency: line.currency.to_string(),
                     attributes: serde_json::to_string(&attrs).expect("strings serialize"),
                 },
                 sums: Sums::default(),
@@ -244,7 +296,7 @@ impl DailyCells {
         s.quantity += line.quantity;
         s.amount += line.amount;
         s.lines += 1;
-        s.errors += i64::from(line.error.is_some());
+        s.errors += i64::from(line.has_error);
     }
 
     /// Takes every cell out, in key order, converted to integers.

@@ -67,6 +67,12 @@ impl PlanBook {
     /// The plan pricing `project`'s usage of the period starting at `at`
     /// (see [`PlanBook`]).
     pub fn plan_for(&self, project: &str, at: DateTime<Utc>) -> Option<&PricePlan> {
+        self.shared_plan_for(project, at).map(|p| p.as_ref())
+    }
+
+    /// [`PlanBook::plan_for`], shared: what a rated line keeps of its plan
+    /// without copying the plan's id and currency into every line.
+    pub fn shared_plan_for(&self, project: &str, at: DateTime<Utc>) -> Option<&Arc<PricePlan>> {
         self.by_project
             .get(project)
             .and_then(|a| {
@@ -74,8 +80,8 @@ impl PlanBook {
                     .rev()
                     .find(|(from, to, _)| *from <= at && to.is_none_or(|t| at < t))
             })
-            .map(|(_, _, p)| p.as_ref())
-            .or(self.default.as_deref())
+            .map(|(_, _, p)| p)
+            .or(self.default.as_ref())
     }
 }
 

@@ -188,6 +188,58 @@ pub struct LinePrice {
     pub error: Option<String>,
 }
 
+/// Which rule priced a line, without its name written out (see
+/// [`PricedBy::name`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PricedBy {
+    /// The native rule at this position of its version's rules.
+    Rule(usize),
+    /// The meter's CloudKitty hashmap rules.
+    CloudKitty,
+    /// No rule: the line is unpriced.
+    Nothing,
+}
+
+impl PricedBy {
+    /// The rule's name as lines and explanations show it: `rules[2]`,
+    /// `cloudkitty:<meter>`, or `unpriced`.
+    pub fn name<'a>(&self, meter: &'a str) -> RuleName<'a> {
+        RuleName { by: *self, meter }
+    }
+}
+
+/// A rule's name, written on demand (`Display`).
+#[derive(Debug, Clone, Copy)]
+pub struct RuleName<'a> {
+    by: PricedBy,
+    meter: &'a str,
+}
+
+impl std::fmt::Display for RuleName<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.by {
+            PricedBy::Rule(i) => write!(f, "rules[{i}]"),
+            PricedBy::CloudKitty => write!(f, "cloudkitty:{}", self.meter),
+            PricedBy::Nothing => f.write_str(tally_core::rated::UNPRICED),
+        }
+    }
+}
+
+/// [`LinePrice`] with the rule not yet named.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RulePrice {
+    /// Version number in force at the period start (0 when none is).
+    pub plan_version: u32,
+    /// The rule that priced the line.
+    pub rule: PricedBy,
+    /// Full-precision amount (0 when unpriced or in error).
+    pub amount: Decimal,
+    /// The price of one unit, when one price applies to every unit.
+    pub unit_price: Option<Decimal>,
+    /// Why the line could not be priced, when the rule failed on it.
+    pub error: Option<String>,
+}
+
 impl PricePlan {
     /// Parses and validates a plan. `known_meters`, when given, is the list
     /// of meters the meter definitions know: a rule for any other is refused.
@@ -348,6 +400,27 @@ impl PricePlan {
         period_start: DateTime<Utc>,
         quantity: Decimal,
     ) -> LinePrice {
+        let p = self.price_by(meter, project, attributes, period_start, quantity);
+        LinePrice {
+            plan_version: p.plan_version,
+            rule: p.rule.name(meter).to_string(),
+            amount: p.amount,
+            unit_price: p.unit_price,
+            error: p.error,
+        }
+    }
+
+    /// [`PricePlan::price`] without naming the rule in a string: the rating
+    /// job prices every line of a month through this, and writes the rule's
+    /// name straight into its output.
+    pub fn price_by(
+        &self,
+        meter: &str,
+        project: &str,
+        attributes: &Attributes,
+        period_start: DateTime<Utc>,
+        quantity: Decimal,
+    ) -> RulePrice {
         // The version is looked up once per line: this runs for every line.
         let in_force = self.version_at(period_start);
         let version = in_force.map_or(0, |v| v.number);
@@ -360,16 +433,16 @@ impl PricePlan {
                 }
                 _ => None,
             };
-            let rule = format!("rules[{}]", r.index);
+            let rule = PricedBy::Rule(r.index);
             return match r.rule.price(quantity) {
-                Ok(p) => LinePrice {
+                Ok(p) => RulePrice {
                     plan_version: v.number,
                     rule,
                     amount: p.amount,
                     unit_price: unit_price.filter(|_| !p.minimum_applied),
                     error: None,
                 },
-                Err(e) => LinePrice {
+                Err(e) => RulePrice {
                     plan_version: v.number,
                     rule,
                     amount: Decimal::ZERO,
@@ -381,16 +454,16 @@ impl PricePlan {
         if version > 0
             && let Some(rules) = self.cloudkitty.get(meter)
         {
-            let rule = format!("cloudkitty:{meter}");
+            let rule = PricedBy::CloudKitty;
             return match rules.price(project, period_start, quantity, attributes) {
-                Ok(p) => LinePrice {
+                Ok(p) => RulePrice {
                     plan_version: version,
                     rule,
                     amount: p.price,
                     unit_price: None,
                     error: None,
                 },
-                Err(e) => LinePrice {
+                Err(e) => RulePrice {
                     plan_version: version,
                     rule,
                     amount: Decimal::ZERO,
@@ -399,9 +472,9 @@ impl PricePlan {
                 },
             };
         }
-        LinePrice {
+        RulePrice {
             plan_version: version,
-            rule: tally_core::rated::UNPRICED.to_string(),
+            rule: PricedBy::Nothing,
             amount: Decimal::ZERO,
             unit_price: None,
             error: None,

@@ -17,6 +17,7 @@ use std::sync::Arc;
 
 use chrono::{DateTime, Duration, Utc};
 use rust_decimal::Decimal;
+use smallvec::SmallVec;
 use tally_core::metering::{Period, StateChange, state_duration, time_weighted};
 use tally_core::{AttributeValue, Attributes, MeterKind};
 
@@ -165,17 +166,36 @@ impl RatingWindow {
     }
 }
 
+/// Group-by attribute values of a line, by attribute name.
+pub type Group = BTreeMap<String, String>;
+
+/// The segments a line's records were read from: indices into the run's
+/// segment list, ascending, each once. Most lines come from one or two
+/// segments, so they are held inline.
+pub type Segments = SmallVec<[u32; 2]>;
+
+/// Adds `segment` to `segments`, keeping them ascending and unique.
+fn add_segment(segments: &mut Segments, segment: u32) {
+    if let Err(at) = segments.binary_search(&segment) {
+        segments.insert(at, segment);
+    }
+}
+
 /// One resource's usage of one rated meter in one period, before pricing.
+///
+/// Text is shared (`Arc`) rather than owned: a month of a large cloud is
+/// tens of millions of lines, and a string per field per line was a large
+/// part of the rating job's time.
 #[derive(Debug, Clone, PartialEq)]
 pub struct MeteredLine {
     /// The rated meter.
-    pub meter: String,
+    pub meter: Arc<str>,
     /// Its unit.
-    pub unit: String,
+    pub unit: Arc<str>,
     /// The rating period.
     pub period: Period,
     /// Group-by attribute values.
-    pub group: BTreeMap<String, String>,
+    pub group: Arc<Group>,
     /// Aggregated quantity, full precision.
     pub quantity: Decimal,
     /// Attributes of the latest record behind the line.
@@ -183,7 +203,7 @@ pub struct MeteredLine {
     /// Records of the period that went into the line.
     pub raw_count: u64,
     /// Their segments (indices into the run's segment list).
-    pub segments: BTreeSet<u32>,
+    pub segments: Segments,
     /// Why the quantity could not be computed, if it could not.
     pub error: Option<String>,
 }
@@ -206,29 +226,47 @@ pub fn marks_deletion(attributes: &Attributes) -> bool {
 #[derive(Debug)]
 pub struct Metering<'a> {
     window: RatingWindow,
-    by_raw_meter: HashMap<&'a str, Vec<&'a MeterDefinition>>,
+    by_raw_meter: HashMap<&'a str, Vec<Definition<'a>>>,
+    /// Shared by every line without group-by values.
+    no_group: Arc<Group>,
+    /// The unit of lines whose records name none.
+    no_unit: Arc<str>,
+}
+
+/// A meter definition with the name and unit its lines share.
+#[derive(Debug)]
+struct Definition<'a> {
+    def: &'a MeterDefinition,
+    name: Arc<str>,
+    unit: Arc<str>,
 }
 
 /// A record selected by a definition, with its converted quantity.
 struct Selected<'r> {
     record: &'r RawUsage,
     quantity: Result<Decimal, String>,
-    group: BTreeMap<String, String>,
+    group: Arc<Group>,
 }
 
 impl<'a> Metering<'a> {
     /// Prepares metering of `meters` over `window`.
     pub fn new(meters: &'a MeterSet, window: RatingWindow) -> Metering<'a> {
-        let mut by_raw_meter: HashMap<&str, Vec<&MeterDefinition>> = HashMap::new();
+        let mut by_raw_meter: HashMap<&str, Vec<Definition<'a>>> = HashMap::new();
         for m in &meters.meters {
             by_raw_meter
                 .entry(m.records.meter.as_str())
                 .or_default()
-                .push(m);
+                .push(Definition {
+                    def: m,
+                    name: Arc::from(m.name.as_str()),
+                    unit: Arc::from(m.unit.as_str()),
+                });
         }
         Metering {
             window,
             by_raw_meter,
+            no_group: Arc::new(Group::new()),
+            no_unit: Arc::from(""),
         }
     }
 
@@ -272,7 +310,10 @@ impl<'a> Metering<'a> {
         raw_meters.extend(carry.iter().map(|r| &*r.meter));
         let mut lines = Vec::new();
         for raw in raw_meters {
-            let in_range: Vec<&RawUsage> = records.iter().filter(|r| &*r.meter == raw).collect();
+            // `dedupe` ordered the records by meter.
+            let first = records.partition_point(|r| &*r.meter < raw);
+            let end = records.partition_point(|r| &*r.meter <= raw);
+            let in_range: Vec<&RawUsage> = records[first..end].iter().collect();
             let carried = carry.iter().find(|r| &*r.meter == raw);
             match self.by_raw_meter.get(raw) {
                 Some(defs) => {
@@ -280,7 +321,7 @@ impl<'a> Metering<'a> {
                         self.meter_definition(def, &in_range, carried, ended, &mut lines);
                     }
                 }
-                None => self.meter_undefined(raw, &in_range, &mut lines),
+                None => self.meter_undefined(&in_range, &mut lines),
             }
         }
         lines.sort_by(|a, b| {
@@ -291,12 +332,13 @@ impl<'a> Metering<'a> {
 
     fn meter_definition(
         &self,
-        def: &MeterDefinition,
+        definition: &Definition<'_>,
         in_range: &[&RawUsage],
         carried: Option<&RawUsage>,
         ended: Option<DateTime<Utc>>,
         out: &mut Vec<MeteredLine>,
     ) {
+        let def = definition.def;
         let select = |r: &'_ RawUsage| -> bool {
             def.records.kind.is_none_or(|k| k == r.kind)
                 && def
@@ -305,11 +347,26 @@ impl<'a> Metering<'a> {
                     .iter()
                     .all(|(k, v)| r.attributes.get(k).is_some_and(|a| a.text() == *v))
         };
-        let group_of = |r: &RawUsage| -> BTreeMap<String, String> {
-            def.group_by
-                .iter()
-                .filter_map(|g| r.attributes.get(g).map(|v| (g.clone(), v.text())))
-                .collect()
+        // A resource's records mostly share one attribute set (`Arc`), so
+        // its group is built once per set, not once per record.
+        let mut last_group: Option<(Arc<Attributes>, Arc<Group>)> = None;
+        let mut group_of = |r: &RawUsage| -> Arc<Group> {
+            if def.group_by.is_empty() {
+                return self.no_group.clone();
+            }
+            if let Some((a, g)) = &last_group
+                && Arc::ptr_eq(a, &r.attributes)
+            {
+                return g.clone();
+            }
+            let group: Arc<Group> = Arc::new(
+                def.group_by
+                    .iter()
+                    .filter_map(|g| r.attributes.get(g).map(|v| (g.clone(), v.text())))
+                    .collect(),
+            );
+            last_group = Some((r.attributes.clone(), group.clone()));
+            group
         };
         let convert = |r: &RawUsage| -> Result<Decimal, String> {
             def.conversion
@@ -333,41 +390,52 @@ impl<'a> Metering<'a> {
         });
         match &def.aggregation {
             Aggregation::TimeWeighted => {
-                self.time_weighted(def, &selected, carry.as_ref(), ended, out)
+                self.time_weighted(definition, &selected, carry.as_ref(), ended, out)
             }
             Aggregation::StateDuration {
                 state_attribute,
                 billable_states,
                 split_by,
             } => self.state_duration(
-                def,
+                definition,
                 &selected,
                 carry.as_ref(),
                 (state_attribute, billable_states, split_by.as_deref()),
                 out,
             ),
-            simple => self.simple(&def.name, &def.unit, simple, &selected, out),
+            simple => self.simple(
+                &definition.name,
+                Some(&definition.unit),
+                simple,
+                &selected,
+                out,
+            ),
         }
     }
 
     /// The default definition: `sum` of raw volume per period, unit and
     /// attributes from the period's latest record.
-    fn meter_undefined(&self, raw: &str, in_range: &[&RawUsage], out: &mut Vec<MeteredLine>) {
+    fn meter_undefined(&self, in_range: &[&RawUsage], out: &mut Vec<MeteredLine>) {
         let selected: Vec<Selected<'_>> = in_range
             .iter()
             .map(|r| Selected {
                 record: r,
                 quantity: Ok(r.volume),
-                group: BTreeMap::new(),
+                group: self.no_group.clone(),
             })
             .collect();
-        self.simple(raw, "", &Aggregation::Sum, &selected, out);
+        // The raw meter's name is shared with its records.
+        let Some(first) = in_range.first() else {
+            return;
+        };
+        self.simple(&first.meter, None, &Aggregation::Sum, &selected, out);
     }
 
+    /// `unit`: the definition's, or `None` to take the latest record's.
     fn simple(
         &self,
-        name: &str,
-        unit: &str,
+        name: &Arc<str>,
+        unit: Option<&Arc<str>>,
         aggregation: &Aggregation,
         selected: &[Selected<'_>],
         out: &mut Vec<MeteredLine>,
@@ -380,16 +448,16 @@ impl<'a> Metering<'a> {
             max: Option<Decimal>,
             latest: Option<(&'r RawUsage, Decimal)>,
             distinct: BTreeSet<String>,
-            segments: BTreeSet<u32>,
+            segments: Segments,
             error: Option<String>,
         }
-        let mut buckets: BTreeMap<(usize, &BTreeMap<String, String>), Acc<'_>> = BTreeMap::new();
+        let mut buckets: BTreeMap<(usize, &Arc<Group>), Acc<'_>> = BTreeMap::new();
         for s in selected {
             let acc = buckets
                 .entry((self.window.index_of(s.record.time), &s.group))
                 .or_default();
             acc.count += 1;
-            acc.segments.insert(s.record.segment);
+            add_segment(&mut acc.segments, s.record.segment);
             let q = match &s.quantity {
                 Ok(q) => *q,
                 Err(e) => {
@@ -433,16 +501,14 @@ impl<'a> Metering<'a> {
                     .map(|s| s.record)
                     .next_back()
             });
-            let unit = if unit.is_empty() {
-                latest
-                    .and_then(|r| r.unit.as_deref())
-                    .unwrap_or_default()
-                    .to_string()
-            } else {
-                unit.to_string()
+            let unit = match unit {
+                Some(u) => u.clone(),
+                None => latest
+                    .and_then(|r| r.unit.clone())
+                    .unwrap_or_else(|| self.no_unit.clone()),
             };
             out.push(MeteredLine {
-                meter: name.to_string(),
+                meter: name.clone(),
                 unit,
                 period: self.window.period_at(index),
                 group: group.clone(),
@@ -461,13 +527,13 @@ impl<'a> Metering<'a> {
 
     fn time_weighted(
         &self,
-        def: &MeterDefinition,
+        def: &Definition<'_>,
         selected: &[Selected<'_>],
         carry: Option<&Selected<'_>>,
         ended: Option<DateTime<Utc>>,
         out: &mut Vec<MeteredLine>,
     ) {
-        let groups: BTreeSet<&BTreeMap<String, String>> =
+        let groups: BTreeSet<&Arc<Group>> =
             selected.iter().chain(carry).map(|s| &s.group).collect();
         for group in groups {
             // A sample of another group sets this group's value to 0: the
@@ -528,11 +594,15 @@ impl<'a> Metering<'a> {
                 if quantity.is_zero() && raw_count == 0 && error.is_none() {
                     continue;
                 }
+                let mut segments = Segments::new();
+                for s in in_period.iter().filter(|s| s.group == *group) {
+                    add_segment(&mut segments, s.record.segment);
+                }
                 out.push(MeteredLine {
                     meter: def.name.clone(),
                     unit: def.unit.clone(),
                     period,
-                    group: group.clone(),
+                    group: (*group).clone(),
                     quantity: if error.is_some() {
                         Decimal::ZERO
                     } else {
@@ -540,11 +610,7 @@ impl<'a> Metering<'a> {
                     },
                     attributes: attributes.clone().unwrap_or_default(),
                     raw_count,
-                    segments: in_period
-                        .iter()
-                        .filter(|s| s.group == *group)
-                        .map(|s| s.record.segment)
-                        .collect(),
+                    segments,
                     error,
                 });
             }
@@ -553,7 +619,7 @@ impl<'a> Metering<'a> {
 
     fn state_duration(
         &self,
-        def: &MeterDefinition,
+        def: &Definition<'_>,
         selected: &[Selected<'_>],
         carry: Option<&Selected<'_>>,
         (state_attribute, billable, split_by): (&str, &BTreeSet<String>, Option<&str>),
@@ -573,6 +639,8 @@ impl<'a> Metering<'a> {
             .collect();
         let mut current: Option<StateChange> = carry.and_then(change);
         let mut current_attributes = carry.map(|c| c.record.attributes.clone());
+        // One group per split value for the whole resource, not per line.
+        let mut groups: BTreeMap<Option<String>, Arc<Group>> = BTreeMap::new();
         let mut next = 0;
         for index in 0..self.window.len() {
             let period = self.window.period_at(index);
@@ -608,12 +676,19 @@ impl<'a> Metering<'a> {
                     .filter(|(c, _)| c.split == split)
                     .map(|(_, s)| *s)
                     .collect();
-                let group = match (split_by, &split) {
-                    (Some(name), Some(value)) => {
-                        BTreeMap::from([(name.to_string(), value.clone())])
-                    }
-                    _ => BTreeMap::new(),
-                };
+                let group = groups
+                    .entry(split.clone())
+                    .or_insert_with(|| match (split_by, &split) {
+                        (Some(name), Some(value)) => {
+                            Arc::new(Group::from([(name.to_string(), value.clone())]))
+                        }
+                        _ => self.no_group.clone(),
+                    })
+                    .clone();
+                let mut segments = Segments::new();
+                for s in &mine {
+                    add_segment(&mut segments, s.record.segment);
+                }
                 out.push(MeteredLine {
                     meter: def.name.clone(),
                     unit: def.unit.clone(),
@@ -622,7 +697,7 @@ impl<'a> Metering<'a> {
                     quantity,
                     attributes: attributes_by_split.get(&split).cloned().unwrap_or_default(),
                     raw_count: mine.len() as u64,
-                    segments: mine.iter().map(|s| s.record.segment).collect(),
+                    segments,
                     error: None,
                 });
             }
@@ -805,7 +880,7 @@ mutate = "CEIL"
             quantities(
                 &lines
                     .iter()
-                    .filter(|l| l.meter == name)
+                    .filter(|l| &*l.meter == name)
                     .cloned()
                     .collect::<Vec<_>>(),
             )
@@ -828,7 +903,7 @@ mutate = "CEIL"
         assert_eq!(by("m.users"), s(&[(0, "2"), (1, "1")]));
         // Zone a only; each record: ceil(v / 1024 + 1): 2 + 3 = 5; hour 1: ceil(10/1024 + 1) = 2.
         assert_eq!(by("m.kib"), s(&[(0, "5"), (1, "2")]));
-        let latest = lines.iter().find(|l| l.meter == "m.latest").unwrap();
+        let latest = lines.iter().find(|l| &*l.meter == "m.latest").unwrap();
         assert_eq!(latest.raw_count, 3);
         assert_eq!(latest.attributes.get("user").unwrap().text(), "x");
     }
@@ -854,7 +929,7 @@ mutate = "CEIL"
         );
         let (lines, _) = m.meter_resource(vec![b, a], vec![]);
         assert_eq!(lines.len(), 1);
-        assert_eq!(lines[0].meter, "network.incoming.bytes");
+        assert_eq!(&*lines[0].meter, "network.incoming.bytes");
         assert_eq!(lines[0].quantity, d("150"));
         assert_eq!(lines[0].attributes.get("nic").unwrap().text(), "b");
     }
@@ -974,7 +1049,7 @@ group_by = ["flavor_name"]
         let hours: Vec<_> = quantities(
             &lines
                 .iter()
-                .filter(|l| l.meter == "instance.hours")
+                .filter(|l| &*l.meter == "instance.hours")
                 .cloned()
                 .collect::<Vec<_>>(),
         );
@@ -1000,7 +1075,7 @@ group_by = ["flavor_name"]
         let vcpu: Vec<_> = quantities(
             &lines
                 .iter()
-                .filter(|l| l.meter == "vcpu.hours")
+                .filter(|l| &*l.meter == "vcpu.hours")
                 .cloned()
                 .collect::<Vec<_>>(),
         );
@@ -1026,7 +1101,7 @@ group_by = ["flavor_name"]
         late_copy.received_at = at(0, 59);
         let (lines, dups) = m.meter_resource(vec![late_copy, first.clone(), first], vec![]);
         assert_eq!(dups, 2);
-        let sum = lines.iter().find(|l| l.meter == "m.sum").unwrap();
+        let sum = lines.iter().find(|l| &*l.meter == "m.sum").unwrap();
         assert_eq!(sum.quantity, d("5"));
     }
 

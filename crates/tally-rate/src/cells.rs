@@ -6,8 +6,7 @@
 //! rebuilds and deletes cells; the show module reads them.
 
 use chrono::{DateTime, Utc};
-use tally_core::RatedLine;
-use tally_core::rollup::{DailyCell, DailyCells};
+use tally_core::rollup::{CellInput, DailyCell, DailyCells};
 use tally_db::{Backend, Database};
 use tally_store::objects::RawObjects;
 
@@ -19,10 +18,17 @@ const FLUSH_CELLS: usize = 20_000;
 const CELL_COLUMNS: usize = 13;
 
 /// Collects a partition's cells and writes them as they accumulate.
+///
+/// A write runs as its own task while the partition goes on rating: on
+/// SQLite the inserts are a few seconds of a month's run, spent on sqlx's
+/// database thread, and the worker waiting for them would leave a core
+/// idle. At most one write per partition is in flight, so memory stays
+/// bounded.
 pub struct CellWriter {
     db: Database,
     run_id: String,
     cells: DailyCells,
+    writing: Option<tokio::task::JoinHandle<Result<(), RatingError>>>,
 }
 
 impl CellWriter {
@@ -32,27 +38,58 @@ impl CellWriter {
             db,
             run_id,
             cells: DailyCells::new(from, to),
+            writing: None,
         }
     }
 
-    /// Adds lines; writes the cells held once there are many.
-    pub async fn add(&mut self, lines: &[RatedLine]) -> Result<(), RatingError> {
-        for l in lines {
-            self.cells.add(l);
-        }
+    /// Adds a line; starts writing the cells held once there are many.
+    pub async fn add_line(&mut self, line: &CellInput<'_>) -> Result<(), RatingError> {
+        self.cells.add_line(line);
         if self.cells.len() >= FLUSH_CELLS {
-            self.flush().await?;
+            self.start_write().await?;
         }
         Ok(())
     }
 
-    /// Writes every cell held.
-    pub async fn flush(&mut self) -> Result<(), RatingError> {
+    /// Waits for the write in flight, if any, then starts writing the cells
+    /// held.
+    async fn start_write(&mut self) -> Result<(), RatingError> {
+        self.finish_write().await?;
         let cells = self
             .cells
             .drain()
             .map_err(|e| RatingError::Files(e.to_string()))?;
-        insert(&self.db, &self.run_id, &cells).await
+        let (db, run_id) = (self.db.clone(), self.run_id.clone());
+        self.writing = Some(tokio::spawn(
+            async move { insert(&db, &run_id, &cells).await },
+        ));
+        Ok(())
+    }
+
+    async fn finish_write(&mut self) -> Result<(), RatingError> {
+        match self.writing.take() {
+            None => Ok(()),
+            Some(w) => w
+                .await
+                .map_err(|e| RatingError::Files(format!("writing daily cells failed: {e}")))?,
+        }
+    }
+
+    /// Writes every cell held, and waits until every write is done.
+    pub async fn flush(&mut self) -> Result<(), RatingError> {
+        self.start_write().await?;
+        self.finish_write().await
+    }
+}
+
+impl Drop for CellWriter {
+    /// A writer dropped before `flush` belongs to a run that failed: its
+    /// write in flight is stopped (its transaction rolls back) so that it
+    /// cannot land after the run's cells were deleted.
+    fn drop(&mut self) {
+        if let Some(w) = self.writing.take() {
+            w.abort();
+        }
     }
 }
 
@@ -70,9 +107,9 @@ pub async fn insert(db: &Database, run_id: &str, cells: &[DailyCell]) -> Result<
         let sql = format!(
             "INSERT INTO usage_rollups (run_id, from_us, to_us, project_id, resource_id, meter, unit, currency, \
              attributes, quantity_micro, amount_nano, line_count, error_count) VALUES {}",
-            tally_db::values_placeholders(chunk.len(), CELL_COLUMNS)
+            tally_db::values_placeholders(db.backend, chunk.len(), CELL_COLUMNS)
         );
-        // Only numbered placeholders are generated into this text.
+        // Only placeholders are generated into this text.
         let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
         for c in chunk {
             q = q

@@ -40,15 +40,16 @@ use datafusion::prelude::{
 };
 use futures::StreamExt;
 use rust_decimal::Decimal;
-use tally_core::rated::UNPRICED;
+use tally_core::rollup::CellInput;
 use tally_core::{Attributes, MeterKind, RatedLine};
 use tally_db::Database;
-use tally_price::{PlanBook, PricePlan};
+use tally_price::{PlanBook, PricePlan, PricedBy, RulePrice};
 use tally_store::catalog::{self, SegmentEntry};
 use tally_store::objects::RawObjects;
 
 use crate::aggregate::{MeteredLine, Metering, RatingWindow, RawUsage, later, marks_deletion};
 use crate::carry::{self, CarriedRecord};
+use crate::lines::{LineRow, RuleText, SegmentNames};
 use crate::meters::{Aggregation, MeterSet};
 use crate::shuffle::{self, BucketWriter};
 
@@ -173,8 +174,132 @@ pub trait LineSink: Send {
     /// Takes the lines of one resource, in order.
     fn accept(
         &mut self,
-        lines: Vec<RatedLine>,
+        lines: ResourceLines<'_>,
     ) -> impl std::future::Future<Output = Result<(), RatingError>> + Send;
+}
+
+/// One resource's priced lines, as the rating job hands them to a sink.
+#[derive(Debug)]
+pub struct ResourceLines<'a> {
+    /// The project that pays for the resource.
+    pub project: &'a str,
+    /// The resource.
+    pub resource: &'a str,
+    /// Its lines, sorted by meter, group and period.
+    pub lines: Vec<PricedLine>,
+    /// The run's segment list, which the lines' segment indices point into.
+    pub segment_paths: &'a [String],
+}
+
+/// A metered line and what priced it: a [`RatedLine`] without its copies
+/// of the project, resource, plan id, currency and rule name, which the
+/// sink writes out (or not) as it needs.
+#[derive(Debug, Clone)]
+pub struct PricedLine {
+    /// The line before pricing.
+    pub metered: MeteredLine,
+    /// The plan in force for the project at the period's start, if any.
+    pub plan: Option<Arc<PricePlan>>,
+    /// The price; unpriced (version 0, amount 0) when there is no plan or
+    /// the metered line is in error.
+    pub price: RulePrice,
+}
+
+impl PricedLine {
+    /// Why the line has no amount, if it has none for a reason.
+    pub fn error(&self) -> Option<&str> {
+        self.metered
+            .error
+            .as_deref()
+            .or(self.price.error.as_deref())
+    }
+
+    /// The currency of its amount; empty when no plan priced it.
+    pub fn currency(&self) -> &str {
+        self.plan.as_ref().map_or("", |p| p.currency.code())
+    }
+
+    /// Whether no rule priced it.
+    pub fn is_unpriced(&self) -> bool {
+        self.price.rule == PricedBy::Nothing
+    }
+
+    /// The line as a row of the line file.
+    pub fn row<'a>(&'a self, of: &ResourceLines<'a>) -> LineRow<'a> {
+        let m = &self.metered;
+        LineRow {
+            project_id: of.project,
+            resource_id: of.resource,
+            meter: &m.meter,
+            group: &m.group,
+            period_start: m.period.start,
+            period_end: m.period.end,
+            quantity: m.quantity,
+            unit: &m.unit,
+            unit_price: self.price.unit_price,
+            amount: self.price.amount,
+            currency: self.currency(),
+            plan_id: self.plan.as_ref().map_or("", |p| p.id.as_str()),
+            plan_version: self.price.plan_version,
+            rule: RuleText::Name(self.price.rule.name(&m.meter)),
+            raw_count: m.raw_count,
+            segments: SegmentNames::Indices {
+                of: &m.segments,
+                paths: of.segment_paths,
+            },
+            attributes: &m.attributes,
+            error: self.error(),
+        }
+    }
+
+    /// What a daily cell reads of the line.
+    pub fn cell_input<'a>(&'a self, of: &ResourceLines<'a>) -> CellInput<'a> {
+        let m = &self.metered;
+        CellInput {
+            project_id: of.project,
+            resource_id: of.resource,
+            meter: &m.meter,
+            unit: &m.unit,
+            currency: self.currency(),
+            group: &m.group,
+            attributes: &m.attributes,
+            period_start: m.period.start,
+            quantity: m.quantity,
+            amount: self.price.amount,
+            has_error: self.error().is_some(),
+        }
+    }
+
+    /// The line as a [`RatedLine`] (owned text: for tests and callers that
+    /// handle few lines).
+    pub fn to_rated_line(&self, of: &ResourceLines<'_>) -> RatedLine {
+        let row = self.row(of);
+        RatedLine {
+            project_id: row.project_id.to_string(),
+            resource_id: row.resource_id.to_string(),
+            meter: row.meter.to_string(),
+            group: row.group.clone(),
+            period_start: row.period_start,
+            period_end: row.period_end,
+            quantity: row.quantity,
+            unit: row.unit.to_string(),
+            unit_price: row.unit_price,
+            amount: row.amount,
+            currency: row.currency.to_string(),
+            plan_id: row.plan_id.to_string(),
+            plan_version: row.plan_version,
+            rule: row.rule.to_string(),
+            raw_count: row.raw_count,
+            segments: self
+                .metered
+                .segments
+                .iter()
+                .filter_map(|&i| of.segment_paths.get(i as usize).cloned())
+                .collect(),
+            attributes: row.attributes.clone(),
+            error: row.error.map(str::to_string),
+        }
+    }
 }
 
 /// What a rating run needs besides the data.
@@ -853,27 +978,34 @@ impl<'a, S: LineSink> Consumer<'a, S> {
             return Ok(());
         }
         let plans = &self.request.plans;
-        let lines: Vec<RatedLine> = metered
+        let lines: Vec<PricedLine> = metered
             .into_iter()
             .map(|m| {
-                let plan = plans.plan_for(&rows.project, m.period.start);
-                price_line(&rows.project, &rows.resource, m, plan, self.segment_paths)
+                let plan = plans.shared_plan_for(&rows.project, m.period.start);
+                price_line(&rows.project, m, plan)
             })
             .collect();
         let run_currency = plans.default_plan().map(|p| p.currency.code());
         for l in &lines {
             self.totals.lines += 1;
-            if run_currency.is_none_or(|c| c == l.currency) {
-                self.totals.amount += l.amount;
+            if run_currency.is_none_or(|c| c == l.currency()) {
+                self.totals.amount += l.price.amount;
             }
-            if l.rule == UNPRICED {
+            if l.is_unpriced() {
                 self.totals.unpriced_lines += 1;
             }
-            if l.error.is_some() {
+            if l.error().is_some() {
                 self.totals.error_lines += 1;
             }
         }
-        self.sink.accept(lines).await
+        self.sink
+            .accept(ResourceLines {
+                project: &rows.project,
+                resource: &rows.resource,
+                lines,
+                segment_paths: self.segment_paths,
+            })
+            .await
     }
 }
 
@@ -933,56 +1065,24 @@ fn read_row(
 }
 
 /// Prices one metered line with the plan (or leaves it unpriced).
-pub fn price_line(
-    project: &str,
-    resource: &str,
-    m: MeteredLine,
-    plan: Option<&PricePlan>,
-    segment_paths: &[String],
-) -> RatedLine {
-    let mut line = RatedLine {
-        project_id: project.to_string(),
-        resource_id: resource.to_string(),
-        meter: m.meter,
-        group: m.group,
-        period_start: m.period.start,
-        period_end: m.period.end,
-        quantity: m.quantity,
-        unit: m.unit,
-        unit_price: None,
-        amount: Decimal::ZERO,
-        currency: String::new(),
-        plan_id: String::new(),
-        plan_version: 0,
-        rule: UNPRICED.to_string(),
-        raw_count: m.raw_count,
-        segments: m
-            .segments
-            .iter()
-            .filter_map(|&i| segment_paths.get(i as usize).cloned())
-            .collect(),
-        attributes: m.attributes,
-        error: m.error,
-    };
-    if let Some(plan) = plan {
-        line.currency = plan.currency.code().to_string();
-        line.plan_id = plan.id.clone();
-        if line.error.is_none() {
-            let price = plan.price(
-                &line.meter,
-                project,
-                &line.attributes,
-                line.period_start,
-                line.quantity,
-            );
-            line.plan_version = price.plan_version;
-            line.rule = price.rule;
-            line.amount = price.amount;
-            line.unit_price = price.unit_price;
-            line.error = price.error;
+pub fn price_line(project: &str, m: MeteredLine, plan: Option<&Arc<PricePlan>>) -> PricedLine {
+    let price = match plan {
+        Some(p) if m.error.is_none() => {
+            p.price_by(&m.meter, project, &m.attributes, m.period.start, m.quantity)
         }
+        _ => RulePrice {
+            plan_version: 0,
+            rule: PricedBy::Nothing,
+            amount: Decimal::ZERO,
+            unit_price: None,
+            error: None,
+        },
+    };
+    PricedLine {
+        metered: m,
+        plan: plan.cloned(),
+        price,
     }
-    line
 }
 
 #[cfg(test)]
@@ -1053,7 +1153,10 @@ charge = { type = "graduated", tiers = [
             let records = volumes.iter().enumerate().map(|(i, v)| record(i as u32, *v)).collect();
             let (lines, _) = metering.meter_resource(records, Vec::new());
             prop_assert_eq!(lines.len(), 1);
-            let line = price_line("p1", "vm", lines.into_iter().next().unwrap(), Some(&plan), &[]);
+            let plan = Arc::new(plan);
+            let priced = price_line("p1", lines.into_iter().next().unwrap(), Some(&plan));
+            let of = ResourceLines { project: "p1", resource: "vm", lines: Vec::new(), segment_paths: &[] };
+            let line = priced.to_rated_line(&of);
             // By hand, on the total: 3 GB free, then 10 at 0.09, up to 50 at
             // 0.07 (+0.5 once the tier is entered), the rest at 0.05.
             let d = |s: &str| s.parse::<Decimal>().unwrap();

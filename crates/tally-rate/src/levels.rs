@@ -56,6 +56,7 @@ pub async fn lock(
 /// inside `tx` (which must hold [`lock`]).
 pub async fn mark_in(
     tx: &mut sqlx::Transaction<'static, Any>,
+    backend: Backend,
     from_us: i64,
     to_us: i64,
 ) -> Result<(), RatingError> {
@@ -63,9 +64,9 @@ pub async fn mark_in(
     for chunk in days.chunks(500) {
         let sql = format!(
             "INSERT INTO usage_summary_dirty (day_us) VALUES {} ON CONFLICT (day_us) DO NOTHING",
-            tally_db::values_placeholders(chunk.len(), 1)
+            tally_db::values_placeholders(backend, chunk.len(), 1)
         );
-        // Only numbered placeholders are generated into this text.
+        // Only placeholders are generated into this text.
         let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
         for d in chunk {
             q = q.bind(*d);
@@ -96,7 +97,7 @@ pub async fn summary_version(db: &Database) -> Result<i64, RatingError> {
 pub async fn mark(db: &Database, from_us: i64, to_us: i64) -> Result<(), RatingError> {
     let mut tx = db.begin_write().await?;
     lock(&mut tx, db.backend).await?;
-    mark_in(&mut tx, from_us, to_us).await?;
+    mark_in(&mut tx, db.backend, from_us, to_us).await?;
     tx.commit().await?;
     Ok(())
 }

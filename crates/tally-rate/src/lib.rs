@@ -24,6 +24,8 @@ pub mod shuffle;
 pub use aggregate::{
     DurationError, MeteredLine, Metering, RatingWindow, RawUsage, WindowError, parse_duration,
 };
-pub use job::{LineSink, RatingConfig, RatingError, RatingRequest, RunTotals};
+pub use job::{
+    LineSink, PricedLine, RatingConfig, RatingError, RatingRequest, ResourceLines, RunTotals,
+};
 pub use meters::{Aggregation, MeterDefinition, MeterSet, RecordSelector};
 pub use service::{LineFilter, QuoteRequest, RatingService, ServiceError};

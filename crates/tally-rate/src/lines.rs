@@ -8,6 +8,8 @@
 //! same data and plan are then byte-identical, which is how determinism is
 //! tested, and the catalog says which run a file belongs to.
 
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
 use std::sync::Arc;
 
 use arrow::array::{
@@ -17,7 +19,8 @@ use arrow::array::{
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use chrono::{DateTime, Utc};
 use rust_decimal::Decimal;
-use tally_core::RatedLine;
+use tally_core::{Attributes, RatedLine};
+use tally_price::RuleName;
 
 /// Errors reading rated-line batches.
 #[derive(Debug, thiserror::Error)]
@@ -62,84 +65,283 @@ fn micros(t: DateTime<Utc>) -> i64 {
 
 /// Lines → one batch, in the given order.
 pub fn to_batch(lines: &[RatedLine]) -> Result<RecordBatch, LinesError> {
-    let n = lines.len();
-    let text = |f: &dyn Fn(&RatedLine) -> String| -> ArrayRef {
-        let mut b = StringBuilder::with_capacity(n, n * 16);
-        for l in lines {
-            b.append_value(f(l));
-        }
-        Arc::new(b.finish())
-    };
-    // Fields the line already holds as text are copied once, into the array.
-    let borrowed = |f: &dyn Fn(&RatedLine) -> &str| -> ArrayRef {
-        let mut b = StringBuilder::with_capacity(n, n * 16);
-        for l in lines {
-            b.append_value(f(l));
-        }
-        Arc::new(b.finish())
-    };
-    let optional = |f: &dyn Fn(&RatedLine) -> Option<String>| -> ArrayRef {
-        Arc::new(lines.iter().map(f).collect::<StringArray>())
-    };
-    let ts = |f: &dyn Fn(&RatedLine) -> i64| -> ArrayRef {
-        Arc::new(
-            lines
-                .iter()
-                .map(|l| Some(f(l)))
-                .collect::<TimestampMicrosecondArray>()
-                .with_timezone("UTC"),
-        )
-    };
-    let columns: Vec<ArrayRef> = vec![
-        borrowed(&|l| &l.project_id),
-        borrowed(&|l| &l.resource_id),
-        borrowed(&|l| &l.meter),
-        text(&|l| {
-            if l.group.is_empty() {
-                "{}".to_string()
-            } else {
-                serde_json::to_string(&l.group).expect("a map of strings serializes")
-            }
-        }),
-        ts(&|l| micros(l.period_start)),
-        ts(&|l| micros(l.period_end)),
-        text(&|l| l.quantity.normalize().to_string()),
-        borrowed(&|l| &l.unit),
-        optional(&|l| l.unit_price.map(|p| p.normalize().to_string())),
-        text(&|l| l.amount.normalize().to_string()),
-        borrowed(&|l| &l.currency),
-        borrowed(&|l| &l.plan_id),
-        Arc::new(
-            lines
-                .iter()
-                .map(|l| l.plan_version)
-                .collect::<UInt32Array>(),
-        ),
-        borrowed(&|l| &l.rule),
-        Arc::new(lines.iter().map(|l| l.raw_count).collect::<UInt64Array>()),
-        text(&|l| l.segments.join(",")),
-        attributes_column(lines),
-        optional(&|l| l.error.clone()),
-    ];
-    Ok(RecordBatch::try_new(schema(), columns)?)
+    let mut b = LineBatchBuilder::with_capacity(lines.len());
+    for l in lines {
+        b.append(&LineRow::of(l));
+    }
+    b.finish()
 }
 
-/// The attributes column, serializing each shared attribute set once.
-fn attributes_column(lines: &[RatedLine]) -> ArrayRef {
-    let mut b = StringBuilder::with_capacity(lines.len(), lines.len() * 64);
-    let mut last: Option<(&Arc<tally_core::Attributes>, String)> = None;
-    for l in lines {
-        match &last {
-            Some((a, text)) if Arc::ptr_eq(a, &l.attributes) => b.append_value(text),
-            _ => {
-                let text =
-                    serde_json::to_string(&*l.attributes).expect("attribute maps always serialize");
-                b.append_value(&text);
-                last = Some((&l.attributes, text));
-            }
+impl<'a> LineRow<'a> {
+    /// A [`RatedLine`] as a row of the line file.
+    pub fn of(l: &'a RatedLine) -> LineRow<'a> {
+        LineRow {
+            project_id: &l.project_id,
+            resource_id: &l.resource_id,
+            meter: &l.meter,
+            group: &l.group,
+            period_start: l.period_start,
+            period_end: l.period_end,
+            quantity: l.quantity,
+            unit: &l.unit,
+            unit_price: l.unit_price,
+            amount: l.amount,
+            currency: &l.currency,
+            plan_id: &l.plan_id,
+            plan_version: l.plan_version,
+            rule: RuleText::Text(&l.rule),
+            raw_count: l.raw_count,
+            segments: SegmentNames::Paths(&l.segments),
+            attributes: &l.attributes,
+            error: l.error.as_deref(),
         }
     }
-    Arc::new(b.finish())
+}
+
+/// One line's fields as the line file stores them, borrowed from whatever
+/// holds the line: a [`RatedLine`], or the rating job's priced lines, which
+/// are never turned into `RatedLine`s (tens of millions of them would cost
+/// a dozen strings each).
+#[derive(Debug, Clone, Copy)]
+pub struct LineRow<'a> {
+    /// See [`RatedLine::project_id`].
+    pub project_id: &'a str,
+    /// See [`RatedLine::resource_id`].
+    pub resource_id: &'a str,
+    /// See [`RatedLine::meter`].
+    pub meter: &'a str,
+    /// See [`RatedLine::group`].
+    pub group: &'a BTreeMap<String, String>,
+    /// See [`RatedLine::period_start`].
+    pub period_start: DateTime<Utc>,
+    /// See [`RatedLine::period_end`].
+    pub period_end: DateTime<Utc>,
+    /// See [`RatedLine::quantity`].
+    pub quantity: Decimal,
+    /// See [`RatedLine::unit`].
+    pub unit: &'a str,
+    /// See [`RatedLine::unit_price`].
+    pub unit_price: Option<Decimal>,
+    /// See [`RatedLine::amount`].
+    pub amount: Decimal,
+    /// See [`RatedLine::currency`].
+    pub currency: &'a str,
+    /// See [`RatedLine::plan_id`].
+    pub plan_id: &'a str,
+    /// See [`RatedLine::plan_version`].
+    pub plan_version: u32,
+    /// See [`RatedLine::rule`].
+    pub rule: RuleText<'a>,
+    /// See [`RatedLine::raw_count`].
+    pub raw_count: u64,
+    /// See [`RatedLine::segments`].
+    pub segments: SegmentNames<'a>,
+    /// See [`RatedLine::attributes`].
+    pub attributes: &'a Arc<Attributes>,
+    /// See [`RatedLine::error`].
+    pub error: Option<&'a str>,
+}
+
+/// The rule that priced a line: its name, or what names it.
+#[derive(Debug, Clone, Copy)]
+pub enum RuleText<'a> {
+    /// Written out already.
+    Text(&'a str),
+    /// Written when the line is.
+    Name(RuleName<'a>),
+}
+
+impl std::fmt::Display for RuleText<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            RuleText::Text(t) => f.write_str(t),
+            RuleText::Name(n) => n.fmt(f),
+        }
+    }
+}
+
+/// The segments behind a line: their paths, or indices into the run's
+/// segment list (an index past its end names nothing).
+#[derive(Debug, Clone, Copy)]
+pub enum SegmentNames<'a> {
+    /// Paths.
+    Paths(&'a [String]),
+    /// Indices into `paths`.
+    Indices {
+        /// The line's segment indices.
+        of: &'a [u32],
+        /// The run's segment list.
+        paths: &'a [String],
+    },
+}
+
+/// Builds batches of the line file's schema one row at a time, writing
+/// text straight into the Arrow buffers.
+pub struct LineBatchBuilder {
+    project_id: StringBuilder,
+    resource_id: StringBuilder,
+    meter: StringBuilder,
+    group: StringBuilder,
+    period_start: Vec<i64>,
+    period_end: Vec<i64>,
+    quantity: StringBuilder,
+    unit: StringBuilder,
+    unit_price: StringBuilder,
+    amount: StringBuilder,
+    currency: StringBuilder,
+    plan_id: StringBuilder,
+    plan_version: Vec<u32>,
+    rule: StringBuilder,
+    raw_count: Vec<u64>,
+    segments: StringBuilder,
+    attributes: StringBuilder,
+    error: StringBuilder,
+    /// Consecutive lines mostly repeat their group and attributes: the last
+    /// ones and their JSON, so each is serialized once per run of equals.
+    /// The attributes are held (not just their address) so that a freed
+    /// and reused address cannot be mistaken for the same set.
+    last_group: Option<(BTreeMap<String, String>, String)>,
+    last_attributes: Option<(Arc<Attributes>, String)>,
+}
+
+impl LineBatchBuilder {
+    /// A builder with room for `rows` rows.
+    pub fn with_capacity(rows: usize) -> LineBatchBuilder {
+        let text = |bytes: usize| StringBuilder::with_capacity(rows, rows * bytes);
+        LineBatchBuilder {
+            project_id: text(32),
+            resource_id: text(36),
+            meter: text(16),
+            group: text(8),
+            period_start: Vec::with_capacity(rows),
+            period_end: Vec::with_capacity(rows),
+            quantity: text(8),
+            unit: text(4),
+            unit_price: text(8),
+            amount: text(12),
+            currency: text(3),
+            plan_id: text(8),
+            plan_version: Vec::with_capacity(rows),
+            rule: text(8),
+            raw_count: Vec::with_capacity(rows),
+            segments: text(48),
+            attributes: text(128),
+            error: text(0),
+            last_group: None,
+            last_attributes: None,
+        }
+    }
+
+    /// Rows appended since the last batch.
+    pub fn len(&self) -> usize {
+        self.plan_version.len()
+    }
+
+    /// Whether no row was appended since the last batch.
+    pub fn is_empty(&self) -> bool {
+        self.plan_version.is_empty()
+    }
+
+    /// Appends one row.
+    pub fn append(&mut self, row: &LineRow<'_>) {
+        // Writing into a `StringBuilder` appends to the row being built;
+        // `append_value("")` ends the row. Formatting into it cannot fail.
+        fn decimal(b: &mut StringBuilder, d: Decimal) {
+            let _ = write!(b, "{}", d.normalize());
+            b.append_value("");
+        }
+        self.project_id.append_value(row.project_id);
+        self.resource_id.append_value(row.resource_id);
+        self.meter.append_value(row.meter);
+        if row.group.is_empty() {
+            self.group.append_value("{}");
+        } else {
+            match &self.last_group {
+                Some((g, text)) if g == row.group => self.group.append_value(text),
+                _ => {
+                    let text =
+                        serde_json::to_string(row.group).expect("a map of strings serializes");
+                    self.group.append_value(&text);
+                    self.last_group = Some((row.group.clone(), text));
+                }
+            }
+        }
+        self.period_start.push(micros(row.period_start));
+        self.period_end.push(micros(row.period_end));
+        decimal(&mut self.quantity, row.quantity);
+        self.unit.append_value(row.unit);
+        match row.unit_price {
+            Some(p) => decimal(&mut self.unit_price, p),
+            None => self.unit_price.append_null(),
+        }
+        decimal(&mut self.amount, row.amount);
+        self.currency.append_value(row.currency);
+        self.plan_id.append_value(row.plan_id);
+        self.plan_version.push(row.plan_version);
+        let _ = write!(self.rule, "{}", row.rule);
+        self.rule.append_value("");
+        self.raw_count.push(row.raw_count);
+        match row.segments {
+            SegmentNames::Paths(paths) => {
+                for (i, p) in paths.iter().enumerate() {
+                    if i > 0 {
+                        let _ = self.segments.write_str(",");
+                    }
+                    let _ = self.segments.write_str(p);
+                }
+            }
+            SegmentNames::Indices { of, paths } => {
+                let mut first = true;
+                for p in of.iter().filter_map(|&i| paths.get(i as usize)) {
+                    if !first {
+                        let _ = self.segments.write_str(",");
+                    }
+                    first = false;
+                    let _ = self.segments.write_str(p);
+                }
+            }
+        }
+        self.segments.append_value("");
+        match &self.last_attributes {
+            Some((a, text)) if Arc::ptr_eq(a, row.attributes) => self.attributes.append_value(text),
+            _ => {
+                let text = serde_json::to_string(&**row.attributes)
+                    .expect("attribute maps always serialize");
+                self.attributes.append_value(&text);
+                self.last_attributes = Some((row.attributes.clone(), text));
+            }
+        }
+        self.error.append_option(row.error);
+    }
+
+    /// The rows appended since the last batch, as a batch; the builder is
+    /// empty again afterwards.
+    pub fn finish(&mut self) -> Result<RecordBatch, LinesError> {
+        let ts = |v: &mut Vec<i64>| -> ArrayRef {
+            Arc::new(TimestampMicrosecondArray::from(std::mem::take(v)).with_timezone("UTC"))
+        };
+        let columns: Vec<ArrayRef> = vec![
+            Arc::new(self.project_id.finish()),
+            Arc::new(self.resource_id.finish()),
+            Arc::new(self.meter.finish()),
+            Arc::new(self.group.finish()),
+            ts(&mut self.period_start),
+            ts(&mut self.period_end),
+            Arc::new(self.quantity.finish()),
+            Arc::new(self.unit.finish()),
+            Arc::new(self.unit_price.finish()),
+            Arc::new(self.amount.finish()),
+            Arc::new(self.currency.finish()),
+            Arc::new(self.plan_id.finish()),
+            Arc::new(UInt32Array::from(std::mem::take(&mut self.plan_version))),
+            Arc::new(self.rule.finish()),
+            Arc::new(UInt64Array::from(std::mem::take(&mut self.raw_count))),
+            Arc::new(self.segments.finish()),
+            Arc::new(self.attributes.finish()),
+            Arc::new(self.error.finish()),
+        ];
+        Ok(RecordBatch::try_new(schema(), columns)?)
+    }
 }
 
 fn column<'a, T: 'static>(batch: &'a RecordBatch, name: &str) -> Result<&'a T, LinesError> {

@@ -18,11 +18,15 @@ use parquet::file::properties::WriterProperties;
 use rust_decimal::Decimal;
 use serde::Serialize;
 use tally_core::RatedLine;
+use tally_core::rollup::CellInput;
 use tally_db::Database;
 use tally_store::objects::RawObjects;
 
 use crate::cells::{self, CellWriter};
-use crate::job::{self, LineSink, RatingConfig, RatingError, RatingRequest, RunTotals};
+use crate::job::{
+    self, LineSink, RatingConfig, RatingError, RatingRequest, ResourceLines, RunTotals,
+};
+use crate::lines::{LineBatchBuilder, LineRow};
 
 /// A run as the catalog records it.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -197,7 +201,7 @@ pub struct FileSink {
     rated: RawObjects,
     path: String,
     writer: Option<AsyncArrowWriter<BufWriter>>,
-    buffer: Vec<RatedLine>,
+    rows: LineBatchBuilder,
     written: u64,
     cells: Option<CellWriter>,
 }
@@ -212,7 +216,7 @@ impl FileSink {
             rated,
             path,
             writer: None,
-            buffer: Vec::new(),
+            rows: LineBatchBuilder::with_capacity(WRITE_BATCH),
             written: 0,
             cells: None,
         }
@@ -225,7 +229,7 @@ impl FileSink {
     }
 
     async fn write_buffer(&mut self) -> Result<(), RatingError> {
-        if self.buffer.is_empty() {
+        if self.rows.is_empty() {
             return Ok(());
         }
         let files = |e: String| RatingError::Files(e);
@@ -242,9 +246,8 @@ impl FileSink {
                     .map_err(|e| files(e.to_string()))?,
             );
         }
-        let batch = crate::lines::to_batch(&self.buffer).map_err(|e| files(e.to_string()))?;
-        self.written += self.buffer.len() as u64;
-        self.buffer.clear();
+        self.written += self.rows.len() as u64;
+        let batch = self.rows.finish().map_err(|e| files(e.to_string()))?;
         self.writer
             .as_mut()
             .expect("created above")
@@ -274,13 +277,31 @@ impl FileSink {
     }
 }
 
-impl LineSink for FileSink {
-    async fn accept(&mut self, lines: Vec<RatedLine>) -> Result<(), RatingError> {
-        if let Some(cells) = &mut self.cells {
-            cells.add(&lines).await?;
+impl FileSink {
+    /// Writes lines made elsewhere than in a rating run (benchmarks, tools).
+    pub async fn accept_rated(&mut self, lines: &[RatedLine]) -> Result<(), RatingError> {
+        for l in lines {
+            if let Some(cells) = &mut self.cells {
+                cells.add_line(&CellInput::of(l)).await?;
+            }
+            self.rows.append(&LineRow::of(l));
+            if self.rows.len() >= WRITE_BATCH {
+                self.write_buffer().await?;
+            }
         }
-        self.buffer.extend(lines);
-        if self.buffer.len() >= WRITE_BATCH {
+        Ok(())
+    }
+}
+
+impl LineSink for FileSink {
+    async fn accept(&mut self, lines: ResourceLines<'_>) -> Result<(), RatingError> {
+        for l in &lines.lines {
+            if let Some(cells) = &mut self.cells {
+                cells.add_line(&l.cell_input(&lines)).await?;
+            }
+            self.rows.append(&l.row(&lines));
+        }
+        if self.rows.len() >= WRITE_BATCH {
             self.write_buffer().await?;
         }
         Ok(())
@@ -361,7 +382,7 @@ pub async fn run_and_commit(
     // The days whose current usage changes are marked for the summary
     // levels in the same transaction that changes coverage.
     crate::levels::lock(&mut tx, db.backend).await?;
-    crate::levels::mark_in(&mut tx, from_us, to_us).await?;
+    crate::levels::mark_in(&mut tx, db.backend, from_us, to_us).await?;
     let overlapping: Vec<(String, i64, i64)> = sqlx::query_as(
         "SELECT run_id, from_us, to_us FROM rated_coverage WHERE to_us > $1 AND from_us < $2",
     )
@@ -571,9 +592,10 @@ pub struct TotalsSink {
 }
 
 impl LineSink for TotalsSink {
-    async fn accept(&mut self, lines: Vec<RatedLine>) -> Result<(), RatingError> {
-        for l in lines {
-            *self.totals.entry((l.project_id, l.meter)).or_default() += l.amount;
+    async fn accept(&mut self, lines: ResourceLines<'_>) -> Result<(), RatingError> {
+        for l in &lines.lines {
+            let key = (lines.project.to_string(), l.metered.meter.to_string());
+            *self.totals.entry(key).or_default() += l.price.amount;
         }
         Ok(())
     }

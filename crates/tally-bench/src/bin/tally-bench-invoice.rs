@@ -19,7 +19,6 @@ use tally_bill::invoices::{self, InvoiceSettings};
 use tally_core::RatedLine;
 use tally_core::billing::PeriodLabel;
 use tally_db::Database;
-use tally_rate::LineSink;
 use tally_rate::runs::FileSink;
 use tally_store::objects::RawObjects;
 
@@ -85,7 +84,7 @@ async fn bulk_insert(db: &Database, head: &str, rows: &[Vec<Cell>]) -> anyhow::R
     for chunk in rows.chunks(30_000 / width.max(1)) {
         let sql = format!(
             "{head} VALUES {}",
-            tally_db::values_placeholders(chunk.len(), width)
+            tally_db::values_placeholders(db.backend, chunk.len(), width)
         );
         let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
         for v in chunk.iter().flatten() {
@@ -204,7 +203,7 @@ async fn main() -> anyhow::Result<()> {
             }
         }
         lines_written += batch.len() as u64;
-        sink.accept(batch).await?;
+        sink.accept_rated(&batch).await?;
     }
     let file = sink.close().await?.context("lines were written")?;
     sqlx::query(
