@@ -177,15 +177,53 @@ pub struct PricePlan {
 pub struct LinePrice {
     /// Version number in force at the period start (0 when none is).
     pub plan_version: u32,
-    /// The rule that priced the line: `rules[2]` (position in its version),
-    /// `cloudkitty:<meter>`, or `unpriced`.
-    pub rule: String,
+    /// The rule that priced the line. Not serialized: its name
+    /// ([`PricedBy::name`]) needs the meter, which whoever shows the price
+    /// holds; the rating job writes it straight into its line files.
+    #[serde(skip)]
+    #[cfg_attr(feature = "openapi", schema(ignore))]
+    pub rule: PricedBy,
     /// Full-precision amount (0 when unpriced or in error).
     pub amount: Decimal,
     /// The price of one unit, when one price applies to every unit.
     pub unit_price: Option<Decimal>,
     /// Why the line could not be priced, when the rule failed on it.
     pub error: Option<String>,
+}
+
+impl LinePrice {
+    /// No rule priced the line; `plan_version` is the version in force (0
+    /// when none is, or when the line was not offered to a plan).
+    pub fn unpriced(plan_version: u32) -> LinePrice {
+        LinePrice {
+            plan_version,
+            rule: PricedBy::Nothing,
+            amount: Decimal::ZERO,
+            unit_price: None,
+            error: None,
+        }
+    }
+
+    /// What `rule` of `plan_version` made of the line: an amount (and the
+    /// unit price, if one applies to every unit), or why it could not
+    /// price it (amount 0).
+    fn by_rule(
+        plan_version: u32,
+        rule: PricedBy,
+        outcome: Result<(Decimal, Option<Decimal>), String>,
+    ) -> LinePrice {
+        let (amount, unit_price, error) = match outcome {
+            Ok((amount, unit_price)) => (amount, unit_price, None),
+            Err(e) => (Decimal::ZERO, None, Some(e)),
+        };
+        LinePrice {
+            plan_version,
+            rule,
+            amount,
+            unit_price,
+            error,
+        }
+    }
 }
 
 /// Which rule priced a line, without its name written out (see
@@ -223,21 +261,6 @@ impl std::fmt::Display for RuleName<'_> {
             PricedBy::Nothing => f.write_str(tally_core::rated::UNPRICED),
         }
     }
-}
-
-/// [`LinePrice`] with the rule not yet named.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RulePrice {
-    /// Version number in force at the period start (0 when none is).
-    pub plan_version: u32,
-    /// The rule that priced the line.
-    pub rule: PricedBy,
-    /// Full-precision amount (0 when unpriced or in error).
-    pub amount: Decimal,
-    /// The price of one unit, when one price applies to every unit.
-    pub unit_price: Option<Decimal>,
-    /// Why the line could not be priced, when the rule failed on it.
-    pub error: Option<String>,
 }
 
 impl PricePlan {
@@ -400,85 +423,33 @@ impl PricePlan {
         period_start: DateTime<Utc>,
         quantity: Decimal,
     ) -> LinePrice {
-        let p = self.price_by(meter, project, attributes, period_start, quantity);
-        LinePrice {
-            plan_version: p.plan_version,
-            rule: p.rule.name(meter).to_string(),
-            amount: p.amount,
-            unit_price: p.unit_price,
-            error: p.error,
-        }
-    }
-
-    /// [`PricePlan::price`] without naming the rule in a string: the rating
-    /// job prices every line of a month through this, and writes the rule's
-    /// name straight into its output.
-    pub fn price_by(
-        &self,
-        meter: &str,
-        project: &str,
-        attributes: &Attributes,
-        period_start: DateTime<Utc>,
-        quantity: Decimal,
-    ) -> RulePrice {
         // The version is looked up once per line: this runs for every line.
         let in_force = self.version_at(period_start);
         let version = in_force.map_or(0, |v| v.number);
-        if let Some((v, r)) =
-            in_force.and_then(|v| v.rule_for(meter, project, attributes).map(|r| (v, r)))
-        {
+        if let Some(r) = in_force.and_then(|v| v.rule_for(meter, project, attributes)) {
             let unit_price = match &r.rule.charge {
                 Charge::PerUnit { unit_price } if r.rule.free_allowance.is_zero() => {
                     Some(*unit_price)
                 }
                 _ => None,
             };
-            let rule = PricedBy::Rule(r.index);
-            return match r.rule.price(quantity) {
-                Ok(p) => RulePrice {
-                    plan_version: v.number,
-                    rule,
-                    amount: p.amount,
-                    unit_price: unit_price.filter(|_| !p.minimum_applied),
-                    error: None,
-                },
-                Err(e) => RulePrice {
-                    plan_version: v.number,
-                    rule,
-                    amount: Decimal::ZERO,
-                    unit_price: None,
-                    error: Some(e.to_string()),
-                },
-            };
+            let outcome = r
+                .rule
+                .price(quantity)
+                .map(|p| (p.amount, unit_price.filter(|_| !p.minimum_applied)))
+                .map_err(|e| e.to_string());
+            return LinePrice::by_rule(version, PricedBy::Rule(r.index), outcome);
         }
         if version > 0
             && let Some(rules) = self.cloudkitty.get(meter)
         {
-            let rule = PricedBy::CloudKitty;
-            return match rules.price(project, period_start, quantity, attributes) {
-                Ok(p) => RulePrice {
-                    plan_version: version,
-                    rule,
-                    amount: p.price,
-                    unit_price: None,
-                    error: None,
-                },
-                Err(e) => RulePrice {
-                    plan_version: version,
-                    rule,
-                    amount: Decimal::ZERO,
-                    unit_price: None,
-                    error: Some(e.to_string()),
-                },
-            };
+            let outcome = rules
+                .price(project, period_start, quantity, attributes)
+                .map(|p| (p.price, None))
+                .map_err(|e| e.to_string());
+            return LinePrice::by_rule(version, PricedBy::CloudKitty, outcome);
         }
-        RulePrice {
-            plan_version: version,
-            rule: PricedBy::Nothing,
-            amount: Decimal::ZERO,
-            unit_price: None,
-            error: None,
-        }
+        LinePrice::unpriced(version)
     }
 
     /// The version in force at `at`: the latest one effective at or before it.

@@ -676,15 +676,19 @@ impl<'a> Metering<'a> {
                     .filter(|(c, _)| c.split == split)
                     .map(|(_, s)| *s)
                     .collect();
-                let group = groups
-                    .entry(split.clone())
-                    .or_insert_with(|| match (split_by, &split) {
-                        (Some(name), Some(value)) => {
-                            Arc::new(Group::from([(name.to_string(), value.clone())]))
-                        }
-                        _ => self.no_group.clone(),
-                    })
-                    .clone();
+                let group = match groups.get(&split) {
+                    Some(g) => g.clone(),
+                    None => {
+                        let g = match (split_by, &split) {
+                            (Some(name), Some(value)) => {
+                                Arc::new(Group::from([(name.to_string(), value.clone())]))
+                            }
+                            _ => self.no_group.clone(),
+                        };
+                        groups.insert(split.clone(), g.clone());
+                        g
+                    }
+                };
                 let mut segments = Segments::new();
                 for s in &mine {
                     add_segment(&mut segments, s.record.segment);

@@ -55,6 +55,9 @@ impl CellWriter {
     /// held.
     async fn start_write(&mut self) -> Result<(), RatingError> {
         self.finish_write().await?;
+        if self.cells.is_empty() {
+            return Ok(());
+        }
         let cells = self
             .cells
             .drain()

@@ -43,7 +43,7 @@ use rust_decimal::Decimal;
 use tally_core::rollup::CellInput;
 use tally_core::{Attributes, MeterKind, RatedLine};
 use tally_db::Database;
-use tally_price::{PlanBook, PricePlan, PricedBy, RulePrice};
+use tally_price::{LinePrice, PlanBook, PricePlan, PricedBy};
 use tally_store::catalog::{self, SegmentEntry};
 use tally_store::objects::RawObjects;
 
@@ -202,7 +202,7 @@ pub struct PricedLine {
     pub plan: Option<Arc<PricePlan>>,
     /// The price; unpriced (version 0, amount 0) when there is no plan or
     /// the metered line is in error.
-    pub price: RulePrice,
+    pub price: LinePrice,
 }
 
 impl PricedLine {
@@ -1068,15 +1068,9 @@ fn read_row(
 pub fn price_line(project: &str, m: MeteredLine, plan: Option<&Arc<PricePlan>>) -> PricedLine {
     let price = match plan {
         Some(p) if m.error.is_none() => {
-            p.price_by(&m.meter, project, &m.attributes, m.period.start, m.quantity)
+            p.price(&m.meter, project, &m.attributes, m.period.start, m.quantity)
         }
-        _ => RulePrice {
-            plan_version: 0,
-            rule: PricedBy::Nothing,
-            amount: Decimal::ZERO,
-            unit_price: None,
-            error: None,
-        },
+        _ => LinePrice::unpriced(0),
     };
     PricedLine {
         metered: m,

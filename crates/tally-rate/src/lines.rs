@@ -175,6 +175,16 @@ pub enum SegmentNames<'a> {
     },
 }
 
+/// Writes `paths` joined by commas into the row `b` is building.
+fn comma_separated<'p>(b: &mut StringBuilder, paths: impl Iterator<Item = &'p String>) {
+    for (n, path) in paths.enumerate() {
+        if n > 0 {
+            let _ = b.write_str(",");
+        }
+        let _ = b.write_str(path);
+    }
+}
+
 /// Builds batches of the line file's schema one row at a time, writing
 /// text straight into the Arrow buffers.
 pub struct LineBatchBuilder {
@@ -282,24 +292,11 @@ impl LineBatchBuilder {
         self.rule.append_value("");
         self.raw_count.push(row.raw_count);
         match row.segments {
-            SegmentNames::Paths(paths) => {
-                for (i, p) in paths.iter().enumerate() {
-                    if i > 0 {
-                        let _ = self.segments.write_str(",");
-                    }
-                    let _ = self.segments.write_str(p);
-                }
-            }
-            SegmentNames::Indices { of, paths } => {
-                let mut first = true;
-                for p in of.iter().filter_map(|&i| paths.get(i as usize)) {
-                    if !first {
-                        let _ = self.segments.write_str(",");
-                    }
-                    first = false;
-                    let _ = self.segments.write_str(p);
-                }
-            }
+            SegmentNames::Paths(paths) => comma_separated(&mut self.segments, paths.iter()),
+            SegmentNames::Indices { of, paths } => comma_separated(
+                &mut self.segments,
+                of.iter().filter_map(|&i| paths.get(i as usize)),
+            ),
         }
         self.segments.append_value("");
         match &self.last_attributes {

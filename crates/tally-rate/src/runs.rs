@@ -593,9 +593,18 @@ pub struct TotalsSink {
 
 impl LineSink for TotalsSink {
     async fn accept(&mut self, lines: ResourceLines<'_>) -> Result<(), RatingError> {
-        for l in &lines.lines {
-            let key = (lines.project.to_string(), l.metered.meter.to_string());
-            *self.totals.entry(key).or_default() += l.price.amount;
+        // A resource's lines come sorted by meter: one map entry (and one
+        // pair of keys made) per meter, not per line.
+        for same_meter in lines
+            .lines
+            .chunk_by(|a, b| a.metered.meter == b.metered.meter)
+        {
+            let amount: Decimal = same_meter.iter().map(|l| l.price.amount).sum();
+            let key = (
+                lines.project.to_string(),
+                same_meter[0].metered.meter.to_string(),
+            );
+            *self.totals.entry(key).or_default() += amount;
         }
         Ok(())
     }

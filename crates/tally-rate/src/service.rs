@@ -124,6 +124,9 @@ pub struct Quote {
     pub currency: String,
     /// The meter's unit.
     pub unit: String,
+    /// The rule that priced it: `rules[2]` (position in its version),
+    /// `cloudkitty:<meter>`, or `unpriced`.
+    pub rule: String,
     /// How it was priced.
     #[serde(flatten)]
     pub price: LinePrice,
@@ -341,6 +344,7 @@ impl RatingService {
             plan_id: plan.id.clone(),
             currency: plan.currency.code().to_string(),
             unit: def.unit.clone(),
+            rule: price.rule.name(&q.meter).to_string(),
             price,
         })
     }
