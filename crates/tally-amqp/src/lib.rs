@@ -220,6 +220,8 @@ async fn consume(store: &RawStore, config: &AmqpConfig) -> Result<(), ConsumerEr
 /// A batch of deliveries, decoded.
 struct DecodedBatch {
     records: Vec<tally_core::UsageRecord>,
+    /// Messages that became records: counted as stored once they are.
+    stored_messages: u64,
     /// Messages that cannot be read, with why.
     dead: Vec<(Bytes, tally_collect::ElementError)>,
     /// The last delivery's tag: acknowledging it acknowledges the batch.
@@ -232,6 +234,7 @@ fn decode_batch(store: &RawStore, batch: Vec<lapin::message::Delivery>) -> Decod
     // A Nova notification becomes up to four records.
     let mut records = Vec::with_capacity(batch.len() * 4);
     let mut dead = Vec::new();
+    let mut stored_messages = 0;
     for d in batch {
         // The delivery's buffer becomes the records' shared payload as it is.
         let bytes = Bytes::from(d.data);
@@ -246,7 +249,7 @@ fn decode_batch(store: &RawStore, batch: Vec<lapin::message::Delivery>) -> Decod
                     .increment(1);
             }
             Ok(r) => {
-                metrics::counter!("tally_amqp_messages_total", "outcome" => "stored").increment(1);
+                stored_messages += 1;
                 records.extend(r);
             }
             Err(e) => {
@@ -259,6 +262,7 @@ fn decode_batch(store: &RawStore, batch: Vec<lapin::message::Delivery>) -> Decod
     }
     DecodedBatch {
         records,
+        stored_messages,
         dead,
         last_tag,
     }
@@ -286,6 +290,8 @@ async fn commit_batch(
         }
         return Err(e.into());
     }
+    metrics::counter!("tally_amqp_messages_total", "outcome" => "stored")
+        .increment(batch.stored_messages);
     for (bytes, e) in batch.dead {
         let mut headers = FieldTable::default();
         headers.insert(

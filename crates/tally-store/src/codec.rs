@@ -117,7 +117,7 @@ impl<'a> FrameEncoder<'a> {
 
 /// Whether two payloads are equal, checking the common case (clones of one
 /// `Bytes`) without reading them.
-fn same_bytes(a: &Bytes, b: &Bytes) -> bool {
+pub(crate) fn same_bytes(a: &Bytes, b: &Bytes) -> bool {
     a.len() == b.len() && (a.as_ptr() == b.as_ptr() || a == b)
 }
 

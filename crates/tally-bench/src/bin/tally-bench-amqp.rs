@@ -65,6 +65,24 @@ fn notification(i: u64) -> Vec<u8> {
         .into_bytes()
 }
 
+/// CPU time (user and system) a process has used so far, from
+/// `/proc/PID/stat`; 0 where that cannot be read.
+fn cpu_seconds(pid: u32) -> f64 {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return 0.0;
+    };
+    // Fields after the command name (which may hold spaces) start at the
+    // state; utime and stime are the 14th and 15th fields overall.
+    let after_name = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
+    let fields: Vec<&str> = after_name.split_whitespace().collect();
+    let ticks = |i: usize| fields.get(i).and_then(|f| f.parse::<f64>().ok());
+    let clock = 100.0; // USER_HZ on Linux
+    match (ticks(11), ticks(12)) {
+        (Some(u), Some(s)) => (u + s) / clock,
+        _ => 0.0,
+    }
+}
+
 async fn publish(
     channel: &lapin::Channel,
     exchange: &str,
@@ -211,7 +229,9 @@ async fn main() -> anyhow::Result<()> {
             .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
             .map_or(0, |v| v as u64)
     };
+    let pid = child.id();
     let mut first = None;
+    let mut cpu_at_first = 0.0;
     let mut done = 0;
     let deadline = Instant::now() + Duration::from_secs(3600);
     while Instant::now() < deadline {
@@ -219,8 +239,9 @@ async fn main() -> anyhow::Result<()> {
             && let Ok(text) = r.text().await
         {
             done = stored(&text);
-            if done > 0 {
-                first.get_or_insert_with(Instant::now);
+            if done > 0 && first.is_none() {
+                first = Some(Instant::now());
+                cpu_at_first = cpu_seconds(pid);
             }
             if done >= args.messages {
                 break;
@@ -229,6 +250,7 @@ async fn main() -> anyhow::Result<()> {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let tally_s = first.map_or(0.0, |s| s.elapsed().as_secs_f64());
+    let tally_cpu_s = cpu_seconds(pid) - cpu_at_first;
     let _ = std::process::Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
         .status();
@@ -257,6 +279,8 @@ async fn main() -> anyhow::Result<()> {
             "bare_lapin_per_s": bare_per_s,
             "tally_s": tally_s,
             "tally_per_s": tally_per_s,
+            "tally_cpu_s": tally_cpu_s,
+            "tally_cpu_us_per_message": tally_cpu_s * 1e6 / args.messages as f64,
             "records": args.messages * 4,
             "ratio_tally_to_bare": tally_per_s / bare_per_s,
         })
