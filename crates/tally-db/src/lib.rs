@@ -212,8 +212,8 @@ impl Database {
 /// anonymous ones, `(?, ?), (?, ?)`: sqlx asks SQLite for every
 /// parameter's name before binding it, and SQLite finds a name by scanning
 /// the statement's list of names, so numbered parameters make binding
-/// quadratic in their count. That scan was a quarter of a rating run's
-/// CPU when it wrote its daily cells.
+/// quadratic in their count. That scan was 9% of a rating run's CPU when
+/// it wrote its daily cells (docs/benchmarks.md).
 pub fn values_placeholders(backend: Backend, rows: usize, columns: usize) -> String {
     let mut sql = String::with_capacity(rows * columns * 6);
     for r in 0..rows {

@@ -567,9 +567,11 @@ impl<'a> Metering<'a> {
                 let in_period = &selected[first..next];
                 let mut raw_count = 0u64;
                 let mut last_mine = None;
+                let mut segments = Segments::new();
                 for s in in_period.iter().filter(|s| s.group == *group) {
                     raw_count += 1;
                     last_mine = Some(s);
+                    add_segment(&mut segments, s.record.segment);
                 }
                 if raw_count == 0 && current.is_none_or(|v| v.is_zero()) && in_period.is_empty() {
                     continue;
@@ -593,10 +595,6 @@ impl<'a> Metering<'a> {
                 }
                 if quantity.is_zero() && raw_count == 0 && error.is_none() {
                     continue;
-                }
-                let mut segments = Segments::new();
-                for s in in_period.iter().filter(|s| s.group == *group) {
-                    add_segment(&mut segments, s.record.segment);
                 }
                 out.push(MeteredLine {
                     meter: def.name.clone(),

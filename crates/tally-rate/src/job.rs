@@ -290,12 +290,7 @@ impl PricedLine {
             plan_version: row.plan_version,
             rule: row.rule.to_string(),
             raw_count: row.raw_count,
-            segments: self
-                .metered
-                .segments
-                .iter()
-                .filter_map(|&i| of.segment_paths.get(i as usize).cloned())
-                .collect(),
+            segments: row.segments.paths().cloned().collect(),
             attributes: row.attributes.clone(),
             error: row.error.map(str::to_string),
         }

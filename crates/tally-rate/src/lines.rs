@@ -175,6 +175,23 @@ pub enum SegmentNames<'a> {
     },
 }
 
+impl<'a> SegmentNames<'a> {
+    /// The segments' paths, in order.
+    pub fn paths(self) -> impl Iterator<Item = &'a String> {
+        let (listed, indexed) = match self {
+            SegmentNames::Paths(paths) => (Some(paths.iter()), None),
+            SegmentNames::Indices { of, paths } => (
+                None,
+                Some(of.iter().filter_map(move |&i| paths.get(i as usize))),
+            ),
+        };
+        listed
+            .into_iter()
+            .flatten()
+            .chain(indexed.into_iter().flatten())
+    }
+}
+
 /// Writes `paths` joined by commas into the row `b` is building.
 fn comma_separated<'p>(b: &mut StringBuilder, paths: impl Iterator<Item = &'p String>) {
     for (n, path) in paths.enumerate() {
@@ -291,13 +308,7 @@ impl LineBatchBuilder {
         let _ = write!(self.rule, "{}", row.rule);
         self.rule.append_value("");
         self.raw_count.push(row.raw_count);
-        match row.segments {
-            SegmentNames::Paths(paths) => comma_separated(&mut self.segments, paths.iter()),
-            SegmentNames::Indices { of, paths } => comma_separated(
-                &mut self.segments,
-                of.iter().filter_map(|&i| paths.get(i as usize)),
-            ),
-        }
+        comma_separated(&mut self.segments, row.segments.paths());
         self.segments.append_value("");
         match &self.last_attributes {
             Some((a, text)) if Arc::ptr_eq(a, row.attributes) => self.attributes.append_value(text),

@@ -281,13 +281,20 @@ impl FileSink {
     /// Writes lines made elsewhere than in a rating run (benchmarks, tools).
     pub async fn accept_rated(&mut self, lines: &[RatedLine]) -> Result<(), RatingError> {
         for l in lines {
-            if let Some(cells) = &mut self.cells {
-                cells.add_line(&CellInput::of(l)).await?;
-            }
-            self.rows.append(&LineRow::of(l));
-            if self.rows.len() >= WRITE_BATCH {
-                self.write_buffer().await?;
-            }
+            self.add(&CellInput::of(l), &LineRow::of(l)).await?;
+        }
+        Ok(())
+    }
+
+    /// Adds one line: to its daily cell, if cells are kept, and to the line
+    /// file, writing a batch once one is full.
+    async fn add(&mut self, cell: &CellInput<'_>, row: &LineRow<'_>) -> Result<(), RatingError> {
+        if let Some(cells) = &mut self.cells {
+            cells.add_line(cell).await?;
+        }
+        self.rows.append(row);
+        if self.rows.len() >= WRITE_BATCH {
+            self.write_buffer().await?;
         }
         Ok(())
     }
@@ -296,13 +303,7 @@ impl FileSink {
 impl LineSink for FileSink {
     async fn accept(&mut self, lines: ResourceLines<'_>) -> Result<(), RatingError> {
         for l in &lines.lines {
-            if let Some(cells) = &mut self.cells {
-                cells.add_line(&l.cell_input(&lines)).await?;
-            }
-            self.rows.append(&l.row(&lines));
-        }
-        if self.rows.len() >= WRITE_BATCH {
-            self.write_buffer().await?;
+            self.add(&l.cell_input(&lines), &l.row(&lines)).await?;
         }
         Ok(())
     }
