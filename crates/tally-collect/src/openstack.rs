@@ -23,6 +23,8 @@
 use bytes::Bytes;
 use chrono::{DateTime, NaiveDate, NaiveDateTime, SubsecRound, Utc};
 use rust_decimal::Decimal;
+use serde::Deserialize;
+use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 use tally_core::{AttributeValue, Attributes, MeterKind, RejectCode, UsageRecord};
@@ -59,39 +61,127 @@ enum Message {
     Sample(Map<String, Value>),
 }
 
-fn unwrap(mut v: Value) -> Result<Message, ElementError> {
-    // An AMQP 1.0 bridge wraps the envelope once more.
-    if v.get("oslo.message").is_none()
-        && v.get("event_type").is_none()
-        && let Some(inner) = v.get_mut("request")
-    {
-        v = inner.take();
+/// The keys of a message Tally reads, each kept as its raw JSON text and
+/// borrowed from the message. Every other key is skipped without being
+/// built: an oslo context (`_context_roles`, `_context_service_catalog`,
+/// ...) can be kilobytes, and building it into a tree, as an earlier
+/// version did, cost more than everything Tally reads.
+#[derive(Default, Deserialize)]
+#[serde(default)]
+struct Fields<'a> {
+    #[serde(rename = "oslo.message", borrow)]
+    oslo_message: Option<&'a RawValue>,
+    #[serde(borrow)]
+    request: Option<&'a RawValue>,
+    #[serde(borrow)]
+    event_type: Option<&'a RawValue>,
+    #[serde(borrow)]
+    counter_name: Option<&'a RawValue>,
+    #[serde(borrow)]
+    message_id: Option<&'a RawValue>,
+    #[serde(borrow)]
+    timestamp: Option<&'a RawValue>,
+    #[serde(borrow)]
+    payload: Option<&'a RawValue>,
+    #[serde(borrow)]
+    metadata: Option<&'a RawValue>,
+    #[serde(borrow)]
+    ctxt: Option<&'a RawValue>,
+    #[serde(rename = "_context_project_id", borrow)]
+    context_project_id: Option<&'a RawValue>,
+    #[serde(rename = "_context_tenant", borrow)]
+    context_tenant: Option<&'a RawValue>,
+    #[serde(borrow)]
+    project_id: Option<&'a RawValue>,
+    #[serde(borrow)]
+    tenant_id: Option<&'a RawValue>,
+    #[serde(borrow)]
+    tenant: Option<&'a RawValue>,
+}
+
+/// Reads the keys Tally needs from one JSON object. `what` names the text
+/// in the error ("the message", "'oslo.message'").
+fn fields<'a>(text: &'a str, what: &str) -> Result<Fields<'a>, ElementError> {
+    // Serde reads a struct from an array too (fields in order): only an
+    // object is a message.
+    if !text.trim_start().starts_with('{') {
+        let message = match serde_json::from_str::<serde::de::IgnoredAny>(text) {
+            Ok(_) => format!(
+                "{what} must be a JSON object (an oslo envelope, a notification or a sample)"
+            ),
+            Err(e) => format!("{what} is not JSON: {e}"),
+        };
+        return Err(err(RejectCode::MalformedJson, message));
     }
-    if let Some(inner) = v.get("oslo.message") {
-        let text = inner.as_str().ok_or_else(|| {
+    serde_json::from_str(text).map_err(|e| {
+        let message = match e.classify() {
+            // A key given twice.
+            serde_json::error::Category::Data => format!("{what} cannot be read: {e}"),
+            _ => format!("{what} is not JSON: {e}"),
+        };
+        err(RejectCode::MalformedJson, message)
+    })
+}
+
+/// The string a raw JSON value holds, or `None` when it is not a string.
+fn raw_string(raw: Option<&RawValue>) -> Option<String> {
+    let text = raw?.get();
+    if !text.starts_with('"') {
+        return None;
+    }
+    serde_json::from_str(text).ok()
+}
+
+/// Like [`raw_string`], for keys of a nested object (`metadata`, `ctxt`).
+fn nested_string(
+    raw: Option<&RawValue>,
+    key: for<'b> fn(&Fields<'b>) -> Option<&'b RawValue>,
+) -> Option<String> {
+    let inner: Fields<'_> = serde_json::from_str(raw?.get()).ok()?;
+    raw_string(key(&inner))
+}
+
+/// Removes the envelopes of one message: the AMQP 1.0 bridge's wrapping,
+/// then oslo's v2 envelope (whose message is a JSON string, decoded again).
+fn unwrap(element: &[u8]) -> Result<Message, ElementError> {
+    let text = std::str::from_utf8(element).map_err(|e| {
+        err(
+            RejectCode::MalformedJson,
+            format!("the message is not JSON: it is not UTF-8 ({e})"),
+        )
+    })?;
+    let mut text: &str = text;
+    let mut f = fields(text, "the message")?;
+    // An AMQP 1.0 bridge wraps the envelope once more.
+    if f.oslo_message.is_none()
+        && f.event_type.is_none()
+        && let Some(inner) = f.request
+    {
+        text = inner.get();
+        f = fields(text, "the bridge's 'request'")?;
+    }
+    let message: String;
+    if let Some(inner) = f.oslo_message {
+        message = raw_string(Some(inner)).ok_or_else(|| {
             err(
                 RejectCode::MalformedJson,
                 "'oslo.message' must be a string holding the message as JSON",
             )
         })?;
-        v = serde_json::from_str(text).map_err(|e| {
+        text = &message;
+        f = fields(text, "the JSON in 'oslo.message'")?;
+    }
+    if f.counter_name.is_some() {
+        let sample = serde_json::from_str(text).map_err(|e| {
             err(
                 RejectCode::MalformedJson,
-                format!("'oslo.message' does not hold JSON: {e}"),
+                format!("the sample is not a JSON object: {e}"),
             )
         })?;
+        return Ok(Message::Sample(sample));
     }
-    let Value::Object(mut m) = v else {
-        return Err(err(
-            RejectCode::MalformedJson,
-            "a message must be a JSON object (an oslo envelope, a notification or a sample)",
-        ));
-    };
-    if m.contains_key("counter_name") {
-        return Ok(Message::Sample(m));
-    }
-    let event_type = match m.get("event_type") {
-        Some(Value::String(s)) if !s.is_empty() => s.clone(),
+    let event_type = match raw_string(f.event_type) {
+        Some(s) if !s.is_empty() => s,
         _ => {
             return Err(err(
                 RejectCode::MissingField,
@@ -99,31 +189,27 @@ fn unwrap(mut v: Value) -> Result<Message, ElementError> {
             ));
         }
     };
-    let metadata = m.remove("metadata");
-    let pick =
-        |m: &Map<String, Value>, k: &str| m.get(k).and_then(Value::as_str).map(str::to_string);
-    let from_meta = |k: &str| {
-        metadata
-            .as_ref()
-            .and_then(|md| md.get(k))
-            .and_then(Value::as_str)
-            .map(str::to_string)
+    let non_empty = |s: Option<String>| s.filter(|s| !s.is_empty());
+    let context_project = raw_string(f.context_project_id)
+        .or_else(|| raw_string(f.context_tenant))
+        .or_else(|| non_empty(nested_string(f.ctxt, |c| c.project_id)))
+        .or_else(|| non_empty(nested_string(f.ctxt, |c| c.tenant_id)))
+        .or_else(|| non_empty(nested_string(f.ctxt, |c| c.tenant)));
+    let payload = match f.payload {
+        Some(raw) => serde_json::from_str(raw.get()).map_err(|e| {
+            err(
+                RejectCode::MalformedJson,
+                format!("the 'payload' is not JSON: {e}"),
+            )
+        })?,
+        None => Value::Null,
     };
-    let context_project = pick(&m, "_context_project_id")
-        .or_else(|| pick(&m, "_context_tenant"))
-        .or_else(|| {
-            m.get("ctxt").and_then(|c| {
-                text(c, "project_id")
-                    .or_else(|| text(c, "tenant_id"))
-                    .or_else(|| text(c, "tenant"))
-                    .map(str::to_string)
-            })
-        });
     Ok(Message::Notification {
         context_project,
-        message_id: pick(&m, "message_id").or_else(|| from_meta("message_id")),
-        timestamp: pick(&m, "timestamp").or_else(|| from_meta("timestamp")),
-        payload: m.remove("payload").unwrap_or(Value::Null),
+        message_id: raw_string(f.message_id)
+            .or_else(|| nested_string(f.metadata, |m| m.message_id)),
+        timestamp: raw_string(f.timestamp).or_else(|| nested_string(f.metadata, |m| m.timestamp)),
+        payload,
         event_type,
     })
 }
@@ -790,8 +876,7 @@ fn sample(
 /// billed: the event type and why. `None` for samples, billed types and
 /// messages that cannot be read (those are errors of [`Decoder::decode`]).
 pub fn ignored(element: &[u8]) -> Option<(String, &'static str)> {
-    let value: Value = serde_json::from_slice(element).ok()?;
-    match unwrap(value).ok()? {
+    match unwrap(element).ok()? {
         Message::Notification { event_type, .. } => {
             let reason = classify(&event_type).err()?;
             Some((event_type, reason))
@@ -829,13 +914,7 @@ impl Decoder for OpenStackDecoder {
         element: &Bytes,
         received_at: DateTime<Utc>,
     ) -> Result<Vec<UsageRecord>, ElementError> {
-        let value: Value = serde_json::from_slice(element).map_err(|e| {
-            err(
-                RejectCode::MalformedJson,
-                format!("the message is not JSON: {e}"),
-            )
-        })?;
-        let (message_id, event_type, timestamp, payload, context_project) = match unwrap(value)? {
+        let (message_id, event_type, timestamp, payload, context_project) = match unwrap(element)? {
             Message::Sample(s) => {
                 return Ok(vec![sample(
                     &s,
@@ -1094,6 +1173,102 @@ mod tests {
 
     fn d(s: &str) -> Decimal {
         s.parse().unwrap()
+    }
+
+    fn decode(text: &str) -> Result<Vec<UsageRecord>, ElementError> {
+        OpenStackDecoder.decode(&Bytes::from(text.to_string()), Utc::now())
+    }
+
+    #[test]
+    fn every_envelope_layer_is_read_and_the_context_skipped() {
+        let inner = serde_json::json!({
+            "message_id": "m-1",
+            "event_type": "floatingip.delete.end",
+            "timestamp": "2026-10-01 10:00:00.000000",
+            "priority": "INFO",
+            "publisher_id": "network.host",
+            // Context keys Tally never reads, of every JSON type.
+            "_context_roles": ["admin", "member"],
+            "_context_service_catalog": [{"endpoints": [{"url": "http://x\"y"}]}],
+            "_context_is_admin": true,
+            "_context_project_id": "actor",
+            "payload": {"floatingip_id": "fip-1"},
+        });
+        let v2 = serde_json::json!({"oslo.version": "2.0", "oslo.message": inner.to_string()});
+        let bridged = serde_json::json!({"request": v2, "context": {}});
+        for text in [inner.to_string(), v2.to_string(), bridged.to_string()] {
+            let r = decode(&text).unwrap();
+            assert_eq!(r.len(), 1, "{text}");
+            assert_eq!(r[0].id, "m-1");
+            assert_eq!(r[0].resource_id, "fip-1");
+            // A delete naming no owner is billed to the actor, and says so.
+            assert_eq!(r[0].project_id, "actor");
+            assert_eq!(
+                r[0].attributes.get("owner_from"),
+                Some(&AttributeValue::String("context".into()))
+            );
+            assert_eq!(r[0].time.to_rfc3339(), "2026-10-01T10:00:00+00:00");
+        }
+        // What a listener hands over: the id and time in `metadata`, the
+        // actor in `ctxt`.
+        let listener = serde_json::json!({
+            "ctxt": {"project_id": "", "tenant_id": "actor-2"},
+            "event_type": "floatingip.delete.end",
+            "publisher_id": "network.host",
+            "payload": {"floatingip_id": "fip-2"},
+            "metadata": {"message_id": "m-2", "timestamp": "2026-10-02 00:00:00"},
+        });
+        let r = decode(&listener.to_string()).unwrap();
+        assert_eq!(
+            (r[0].id.as_str(), r[0].project_id.as_str()),
+            ("m-2", "actor-2")
+        );
+        assert_eq!(r[0].time.to_rfc3339(), "2026-10-02T00:00:00+00:00");
+        // A message id that is not a string is no id: one is derived.
+        let numbered = inner.to_string().replace(r#""m-1""#, "17");
+        assert!(decode(&numbered).unwrap()[0].id.starts_with("sha256:"));
+    }
+
+    #[test]
+    fn unreadable_envelopes_say_which_layer_is_wrong() {
+        let cases = [
+            ("[1, 2]", "the message must be a JSON object"),
+            ("{\"oslo.message\": ", "the message is not JSON"),
+            (
+                r#"{"oslo.version": "2.0", "oslo.message": {"event_type": "x"}}"#,
+                "'oslo.message' must be a string",
+            ),
+            (
+                r#"{"oslo.version": "2.0", "oslo.message": "[1]"}"#,
+                "the JSON in 'oslo.message' must be a JSON object",
+            ),
+            (
+                r#"{"oslo.version": "2.0", "oslo.message": "{oops"}"#,
+                "the JSON in 'oslo.message' is not JSON",
+            ),
+            (
+                r#"{"request": 5, "context": {}}"#,
+                "the bridge's 'request' must be a JSON object",
+            ),
+            (
+                r#"{"event_type": "a.b", "event_type": "c.d"}"#,
+                "duplicate field `event_type`",
+            ),
+            (
+                r#"{"event_type": "", "payload": {}}"#,
+                "has no 'event_type'",
+            ),
+        ];
+        for (text, expected) in cases {
+            let e = decode(text).unwrap_err();
+            let code = if expected.contains("event_type'") {
+                RejectCode::MissingField
+            } else {
+                RejectCode::MalformedJson
+            };
+            assert_eq!(e.code, code, "{text}");
+            assert!(e.message.contains(expected), "{text}: {}", e.message);
+        }
     }
 
     #[test]
