@@ -61,8 +61,8 @@ enum Message {
     Sample(Map<String, Value>),
 }
 
-/// The keys of a message Tally reads, each kept as its raw JSON text and
-/// borrowed from the message. Every other key is skipped without being
+/// The keys of a message (and of its `ctxt` and `metadata` objects) that
+/// Tally reads, each kept as its raw JSON text and borrowed from the message. Every other key is skipped without being
 /// built: an oslo context (`_context_roles`, `_context_service_catalog`,
 /// ...) can be kilobytes, and building it into a tree, as an earlier
 /// version did, cost more than everything Tally reads.
@@ -132,13 +132,12 @@ fn raw_string(raw: Option<&RawValue>) -> Option<String> {
     serde_json::from_str(text).ok()
 }
 
-/// Like [`raw_string`], for keys of a nested object (`metadata`, `ctxt`).
-fn nested_string(
-    raw: Option<&RawValue>,
-    key: for<'b> fn(&Fields<'b>) -> Option<&'b RawValue>,
-) -> Option<String> {
-    let inner: Fields<'_> = serde_json::from_str(raw?.get()).ok()?;
-    raw_string(key(&inner))
+/// The keys of a nested object (`metadata`, `ctxt`); none when the value
+/// is not an object.
+fn nested<'a>(raw: Option<&'a RawValue>) -> Fields<'a> {
+    raw.filter(|r| r.get().starts_with('{'))
+        .and_then(|r| serde_json::from_str(r.get()).ok())
+        .unwrap_or_default()
 }
 
 /// Removes the envelopes of one message: the AMQP 1.0 bridge's wrapping,
@@ -189,12 +188,15 @@ fn unwrap(element: &[u8]) -> Result<Message, ElementError> {
             ));
         }
     };
-    let non_empty = |s: Option<String>| s.filter(|s| !s.is_empty());
     let context_project = raw_string(f.context_project_id)
         .or_else(|| raw_string(f.context_tenant))
-        .or_else(|| non_empty(nested_string(f.ctxt, |c| c.project_id)))
-        .or_else(|| non_empty(nested_string(f.ctxt, |c| c.tenant_id)))
-        .or_else(|| non_empty(nested_string(f.ctxt, |c| c.tenant)));
+        .or_else(|| {
+            let ctxt = nested(f.ctxt);
+            [ctxt.project_id, ctxt.tenant_id, ctxt.tenant]
+                .into_iter()
+                .find_map(|k| raw_string(k).filter(|s| !s.is_empty()))
+        });
+    let metadata = nested(f.metadata);
     let payload = match f.payload {
         Some(raw) => serde_json::from_str(raw.get()).map_err(|e| {
             err(
@@ -206,9 +208,8 @@ fn unwrap(element: &[u8]) -> Result<Message, ElementError> {
     };
     Ok(Message::Notification {
         context_project,
-        message_id: raw_string(f.message_id)
-            .or_else(|| nested_string(f.metadata, |m| m.message_id)),
-        timestamp: raw_string(f.timestamp).or_else(|| nested_string(f.metadata, |m| m.timestamp)),
+        message_id: raw_string(f.message_id).or_else(|| raw_string(metadata.message_id)),
+        timestamp: raw_string(f.timestamp).or_else(|| raw_string(metadata.timestamp)),
         payload,
         event_type,
     })
