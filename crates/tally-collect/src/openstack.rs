@@ -536,7 +536,7 @@ fn nova(b: &mut Builder<'_>, payload: &Value) -> Result<(), ElementError> {
         MeterKind::Gauge,
         Decimal::ONE,
         "instance",
-        a.clone(),
+        a,
     );
     let mut gauge = Attributes::new();
     attr_str(&mut gauge, "status", Some(status));
