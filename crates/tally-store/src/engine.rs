@@ -943,7 +943,7 @@ impl Shared {
                 }
                 let mut files = Vec::new();
                 for (n, (date, mut records)) in by_date.into_iter().enumerate() {
-                    records.sort_by(|a, b| segment::sort_key(a).cmp(&segment::sort_key(b)));
+                    segment::sort(&mut records);
                     let path = format!("segments/date={date}/{id}-{n:04}.parquet");
                     let bytes = segment::encode(&records, zstd_level).map_err(|source| {
                         StoreError::Segment {

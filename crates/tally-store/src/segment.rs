@@ -318,11 +318,53 @@ pub fn sort_key(r: &UsageRecord) -> (i64, &str, &str) {
     (to_micros(r.time), &r.source, &r.id)
 }
 
+/// Puts a flush's records in [`sort_key`] order (stable). Each record's
+/// time is converted to microseconds once, not twice per comparison: a
+/// flush sorts a few hundred thousand records. Most of what is left is
+/// comparing ids, which share a message's id as their prefix.
+pub fn sort(records: &mut Vec<&UsageRecord>) {
+    let mut keyed: Vec<(i64, &UsageRecord)> =
+        records.iter().map(|r| (to_micros(r.time), *r)).collect();
+    keyed.sort_by(|(ta, a), (tb, b)| {
+        ta.cmp(tb)
+            .then_with(|| a.source.cmp(&b.source))
+            .then_with(|| a.id.cmp(&b.id))
+    });
+    records.clear();
+    records.extend(keyed.into_iter().map(|(_, r)| r));
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::codec::tests::sample;
     use proptest::prelude::*;
+
+    proptest! {
+        #[test]
+        fn a_flush_sorts_as_sort_key_orders(
+            rows in proptest::collection::vec((0i64..4, 0u8..3, 0u64..50), 0..60)
+        ) {
+            // Few distinct times, sources and ids, so that ties on the
+            // time and on the source are common.
+            let records: Vec<UsageRecord> = rows
+                .iter()
+                .map(|(t, s, i)| {
+                    let mut r = sample(*i);
+                    r.time = from_micros(1_790_000_000_000_000 + t);
+                    r.source = format!("source-{s}");
+                    r
+                })
+                .collect();
+            let mut sorted: Vec<&UsageRecord> = records.iter().collect();
+            sort(&mut sorted);
+            let mut expected: Vec<&UsageRecord> = records.iter().collect();
+            expected.sort_by(|a, b| sort_key(a).cmp(&sort_key(b)));
+            // Pointers, not contents: the sort is stable, as the one before.
+            let ptrs = |v: &[&UsageRecord]| v.iter().map(|r| *r as *const UsageRecord).collect::<Vec<_>>();
+            prop_assert_eq!(ptrs(&sorted), ptrs(&expected));
+        }
+    }
 
     #[test]
     fn stored_volumes_come_back_normalized() {
