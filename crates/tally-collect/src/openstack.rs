@@ -24,8 +24,8 @@ use bytes::Bytes;
 use chrono::{DateTime, NaiveDate, NaiveDateTime, SubsecRound, Utc};
 use rust_decimal::Decimal;
 use serde::Deserialize;
+use serde_json::Value;
 use serde_json::value::RawValue;
-use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 use tally_core::{AttributeValue, Attributes, MeterKind, RejectCode, UsageRecord};
 
@@ -57,15 +57,16 @@ enum Message {
         /// used only for deletes whose payload names no owner.
         context_project: Option<String>,
     },
-    /// One Ceilometer sample (HTTP publisher).
-    Sample(Map<String, Value>),
+    /// One Ceilometer sample (HTTP publisher): a JSON object.
+    Sample(Value),
 }
 
 /// The keys of a message (and of its `ctxt` and `metadata` objects) that
-/// Tally reads, each kept as its raw JSON text and borrowed from the message. Every other key is skipped without being
-/// built: an oslo context (`_context_roles`, `_context_service_catalog`,
-/// ...) can be kilobytes, and building it into a tree, as an earlier
-/// version did, cost more than everything Tally reads.
+/// Tally reads, each kept as its raw JSON text and borrowed from the
+/// message. Every other key is skipped without being built: an oslo context
+/// (`_context_roles`, `_context_service_catalog`, ...) can be kilobytes,
+/// and building it into a tree, as an earlier version did, cost more than
+/// everything Tally reads.
 #[derive(Default, Deserialize)]
 #[serde(default)]
 struct Fields<'a> {
@@ -762,13 +763,12 @@ fn swift(b: &mut Builder<'_>, p: &Value) -> Result<(), ElementError> {
     let measurements = p
         .get("measurements")
         .and_then(Value::as_array)
-        .cloned()
-        .unwrap_or_default();
+        .map_or(&[][..], Vec::as_slice);
     for m in measurements {
         let Some(name) = m.get("metric").and_then(|x| text(x, "name")) else {
             continue;
         };
-        let volume = number(&m, "result").ok_or_else(|| {
+        let volume = number(m, "result").ok_or_else(|| {
             err(
                 RejectCode::InvalidVolume,
                 format!("measurement '{name}' has no numeric 'result'"),
@@ -789,25 +789,24 @@ fn swift(b: &mut Builder<'_>, p: &Value) -> Result<(), ElementError> {
     Ok(())
 }
 
-/// One Ceilometer sample into one record.
+/// One Ceilometer sample (a JSON object) into one record.
 fn sample(
-    s: &Map<String, Value>,
+    v: &Value,
     id_fallback: &str,
     payload_bytes: &Bytes,
     received_at: DateTime<Utc>,
 ) -> Result<UsageRecord, ElementError> {
-    let v = Value::Object(s.clone());
-    let meter = required(&v, "counter_name", "sample")?;
-    let id = text(&v, "message_id")
+    let meter = required(v, "counter_name", "sample")?;
+    let id = text(v, "message_id")
         .map(str::to_string)
         .unwrap_or_else(|| format!("{id_fallback}:{meter}"));
     let with_id = |mut e: ElementError| {
         e.id = Some(id.clone());
         e
     };
-    let project = required(&v, "project_id", "sample").map_err(with_id)?;
-    let resource = required(&v, "resource_id", "sample").map_err(with_id)?;
-    let volume = number(&v, "counter_volume").ok_or_else(|| {
+    let project = required(v, "project_id", "sample").map_err(with_id)?;
+    let resource = required(v, "resource_id", "sample").map_err(with_id)?;
+    let volume = number(v, "counter_volume").ok_or_else(|| {
         with_id(err(
             RejectCode::InvalidVolume,
             format!(
@@ -816,7 +815,7 @@ fn sample(
             ),
         ))
     })?;
-    let kind = match text(&v, "counter_type").unwrap_or("gauge") {
+    let kind = match text(v, "counter_type").unwrap_or("gauge") {
         "gauge" => MeterKind::Gauge,
         "delta" => MeterKind::Delta,
         "cumulative" => MeterKind::Cumulative,
@@ -827,7 +826,7 @@ fn sample(
             )));
         }
     };
-    let time = text(&v, "timestamp")
+    let time = text(v, "timestamp")
         .and_then(parse_openstack_time)
         .ok_or_else(|| {
             with_id(err(
@@ -861,13 +860,13 @@ fn sample(
         time,
         received_at,
         project_id: project.to_string(),
-        user_id: text(&v, "user_id").map(str::to_string),
+        user_id: text(v, "user_id").map(str::to_string),
         domain_id: None,
         resource_id: resource.to_string(),
         meter: meter.to_string(),
         kind,
         volume,
-        unit: text(&v, "counter_unit").map(str::to_string),
+        unit: text(v, "counter_unit").map(str::to_string),
         attributes,
         payload: payload_bytes.clone(),
     })
@@ -942,12 +941,12 @@ impl Decoder for OpenStackDecoder {
         };
         let id = message_id.clone().unwrap_or_else(|| derived_id(element));
         if family == "ceilometer" {
-            let samples = payload.as_array().cloned().unwrap_or_default();
+            let samples = payload.as_array().map_or(&[][..], Vec::as_slice);
             return samples
                 .iter()
                 .enumerate()
                 .map(|(i, s)| match s {
-                    Value::Object(s) => {
+                    Value::Object(_) => {
                         sample(s, &format!("{id}:{i}"), element, received_at).map_err(with_id)
                     }
                     _ => Err(with_id(err(
