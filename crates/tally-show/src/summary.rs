@@ -211,6 +211,12 @@ pub struct SummaryRow {
     pub lines: i64,
     /// Of which could not be priced.
     pub unpriced_lines: i64,
+    /// In a summary over the whole range (no bucket): the start of the
+    /// latest day with usage in the row, so a resource's row can point at
+    /// a day to explain without a row per day. Absent when the answer was
+    /// read from monthly totals, which do not know their days.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_start: Option<DateTime<Utc>>,
 }
 
 /// A total per currency.
@@ -409,6 +415,7 @@ fn in_scope(identity: &Identity, owners: &Owners, project_id: &str) -> bool {
 
 #[derive(Default)]
 struct Acc {
+    last_us: Option<i64>,
     amount: Decimal,
     quantity: Decimal,
     units: BTreeSet<String>,
@@ -427,6 +434,8 @@ struct Grouper<'a> {
 /// One cell or line, as the grouper sees it.
 struct Item<'a> {
     start_us: i64,
+    /// The start of the latest day (or hour, or month) behind the item.
+    last_us: Option<i64>,
     project_id: &'a str,
     meter: &'a str,
     resource_id: &'a str,
@@ -486,6 +495,7 @@ impl Grouper<'_> {
             .groups
             .entry((bucket, dims, item.currency.to_string()))
             .or_default();
+        acc.last_us = acc.last_us.max(item.last_us);
         acc.amount += item.amount;
         acc.quantity += item.quantity;
         for unit in [item.unit, item.last_unit] {
@@ -519,6 +529,11 @@ impl Grouper<'_> {
                     },
                     lines: acc.lines,
                     unpriced_lines: acc.errors,
+                    last_start: if q.bucket == Bucket::Total {
+                        acc.last_us.and_then(DateTime::from_timestamp_micros)
+                    } else {
+                        None
+                    },
                 }
             })
             .collect();
@@ -634,6 +649,7 @@ pub async fn summarize(
             let attributes = tally_core::rollup::cell_attributes(&l.group, &l.attributes);
             grouper.add(Item {
                 start_us: l.period_start.timestamp_micros(),
+                last_us: Some(l.period_start.timestamp_micros()),
                 project_id: &l.project_id,
                 meter: &l.meter,
                 resource_id: &l.resource_id,
@@ -703,13 +719,17 @@ pub async fn summarize(
     } else {
         (level.start(), "day, ")
     };
+    let last = match level {
+        Level::ProjectMonths | Level::ProjectMonthTotals => "CAST(NULL AS BIGINT)".to_string(),
+        _ => format!("MAX({})", level.start()),
+    };
     let grouped: String = columns.iter().map(|c| format!("u.{c}, ")).collect();
     let sql = format!(
         // Units are not grouped by: a row of several units shows no
         // quantity, so the least and greatest unit say all that is needed
         // (and a cost by project reads one row per project, not one per
         // unit).
-        "SELECT {start} AS day{select}, {units}, u.currency, {sums}, \
+        "SELECT {start} AS day, {last} AS last_day{select}, {units}, u.currency, {sums}, \
          CAST(SUM(u.line_count) AS BIGINT), CAST(SUM(u.error_count) AS BIGINT) \
          FROM {from} WHERE {conditions} GROUP BY {by_day}{grouped}u.currency",
         sums = level.sums(),
@@ -731,7 +751,7 @@ pub async fn summarize(
     use sqlx::Row as _;
     let empty = BTreeMap::new();
     while let Some(row) = rows.try_next().await? {
-        let mut i = 1;
+        let mut i = 2;
         let mut text = |present: bool| -> Result<Option<String>, sqlx::Error> {
             if !present {
                 return Ok(None);
@@ -760,11 +780,13 @@ pub async fn summarize(
         let lines: i64 = row.try_get(i + 6)?;
         let errors: i64 = row.try_get(i + 7)?;
         let day: i64 = row.try_get(0)?;
+        let last_day: Option<i64> = row.try_get(1)?;
         let attrs: Option<BTreeMap<String, String>> = attributes
             .as_deref()
             .map(|a| serde_json::from_str(a).unwrap_or_default());
         grouper.add(Item {
             start_us: day,
+            last_us: last_day,
             project_id: project_id.as_deref().unwrap_or(""),
             meter: meter.as_deref().unwrap_or(""),
             resource_id: resource_id.as_deref().unwrap_or(""),

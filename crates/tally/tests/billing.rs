@@ -1166,6 +1166,28 @@ fn assert_levels_agree(env: &Env, period: &str) {
             }
         }
         assert_eq!(coarse["totals"], fine["totals"], "{group_by} by {bucket}");
+        // Over the whole range a row names its last day with usage (unless
+        // it was read from monthly totals): the latest of its resources'.
+        if bucket == "total" {
+            let mut last: std::collections::BTreeMap<Vec<String>, String> = Default::default();
+            for row in fine["rows"].as_array().unwrap() {
+                let day = row["last_start"]
+                    .as_str()
+                    .expect("resource rows name their last day");
+                let e = last.entry(key(row)).or_default();
+                *e = e.clone().max(day.to_string());
+            }
+            for row in rows {
+                if let Some(day) = row["last_start"].as_str() {
+                    assert_eq!(day, last[&key(row)], "{group_by} by {bucket}: {row}");
+                }
+            }
+        } else {
+            assert!(
+                rows.iter().all(|r| r.get("last_start").is_none()),
+                "{coarse}"
+            );
+        }
     }
 }
 

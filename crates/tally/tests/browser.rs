@@ -347,6 +347,56 @@ async fn dashboard_in_headless_chromium() {
     )
     .await;
     assert_eq!(text(&c, "#total").await, shown_total(&project_costs));
+    // The costliest resource on the page is the API's, with its explain
+    // link at the last day the resource was rated on.
+    let by_resource = api(
+        &base,
+        &admin,
+        &format!(
+            "/v1/costs?period={period}&project_id={own_project}&group_by=resource,meter&limit=1"
+        ),
+    )
+    .await;
+    let top = &by_resource["rows"][0];
+    let cells = c
+        .find_all(Locator::Css(
+            "table[aria-label='resources'] tbody tr:first-child td",
+        ))
+        .await
+        .unwrap();
+    let mut row = Vec::new();
+    for cell in &cells {
+        row.push(cell.text().await.unwrap());
+    }
+    assert_eq!(row[0], top["resource_id"].as_str().unwrap());
+    assert_eq!(row[1], top["meter"].as_str().unwrap());
+    let amount: Decimal = top["amount"].as_str().unwrap().parse().unwrap();
+    let currency = top["currency"].as_str().unwrap();
+    assert_eq!(
+        row[4],
+        format!(
+            "{} {currency}",
+            tally_core::rounded_amount(amount, currency)
+        )
+    );
+    let last = top["last_start"]
+        .as_str()
+        .expect("a row over the month names its last day");
+    let href = c
+        .find(Locator::Css(
+            "table[aria-label='resources'] tbody tr:first-child a",
+        ))
+        .await
+        .unwrap()
+        .attr("href")
+        .await
+        .unwrap()
+        .unwrap();
+    let last = chrono::DateTime::parse_from_rfc3339(last).unwrap().to_utc();
+    assert!(
+        href.contains(&format!("at={}", last.format("%Y-%m-%dT%H%%3A%M%%3A%SZ"))),
+        "{href} points at {last}"
+    );
     screenshot(&c, "project").await;
     follow(&c, "explain", "/ui/explain").await;
     let lines = c
