@@ -194,10 +194,14 @@ async fn consume(store: &RawStore, config: &AmqpConfig) -> Result<(), ConsumerEr
         loop {
             // A batch: the first message whenever it comes, then whatever
             // arrives within the wait, up to the batch size.
+            let idle = std::time::Instant::now();
             let Some(first) = consumer.next().await else {
                 return Err(ConsumerError::Cancelled);
             };
             let mut batch = vec![first?];
+            let started = std::time::Instant::now();
+            metrics::histogram!("tally_amqp_stage_seconds", "stage" => "wait")
+                .record((started - idle).as_secs_f64());
             let deadline = tokio::time::Instant::now() + wait;
             // Take the deliveries that have arrived, then sleep a moment
             // and take the next ones, rather than awaiting each: awaiting
@@ -217,10 +221,19 @@ async fn consume(store: &RawStore, config: &AmqpConfig) -> Result<(), ConsumerEr
                     }
                 }
             }
-            if decoded_tx.send(decode_batch(store, batch)).await.is_err() {
+            let gathered = std::time::Instant::now();
+            metrics::histogram!("tally_amqp_stage_seconds", "stage" => "gather")
+                .record((gathered - started).as_secs_f64());
+            let decoded = decode_batch(store, batch);
+            let queued = std::time::Instant::now();
+            metrics::histogram!("tally_amqp_stage_seconds", "stage" => "decode")
+                .record((queued - gathered).as_secs_f64());
+            if decoded_tx.send(decoded).await.is_err() {
                 // The writing stage stopped; its error ends the session.
                 return Ok(());
             }
+            metrics::histogram!("tally_amqp_stage_seconds", "stage" => "queued")
+                .record(queued.elapsed().as_secs_f64());
         }
     };
     let write = async {
@@ -292,7 +305,11 @@ async fn commit_batch(
 ) -> Result<(), ConsumerError> {
     // Durable first, acknowledged after: a crash in between redelivers the
     // batch, and the store's dedupe counts it once.
-    if let Err(e) = store.append(batch.records).await {
+    let started = std::time::Instant::now();
+    let appended = store.append(batch.records).await;
+    metrics::histogram!("tally_amqp_stage_seconds", "stage" => "durable")
+        .record(started.elapsed().as_secs_f64());
+    if let Err(e) = appended {
         if let Some(last) = batch.last_tag {
             channel
                 .basic_nack(
@@ -333,9 +350,12 @@ async fn commit_batch(
             .await?;
     }
     if let Some(last) = batch.last_tag {
+        let started = std::time::Instant::now();
         channel
             .basic_ack(last, BasicAckOptions { multiple: true })
             .await?;
+        metrics::histogram!("tally_amqp_stage_seconds", "stage" => "ack")
+            .record(started.elapsed().as_secs_f64());
     }
     Ok(())
 }

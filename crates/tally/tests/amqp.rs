@@ -176,6 +176,23 @@ async fn notifications_from_rabbitmq_become_durable_records() {
         .unwrap();
     assert_eq!(status["counts"]["accepted"], 8, "{status}");
     assert_eq!(status["counts"]["dead_lettered"], 1, "{status}");
+    // Each stage of the consumer's batches is timed in /metrics.
+    let metrics = common::client()
+        .get(format!("{}/metrics", server.url))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for stage in ["wait", "gather", "decode", "queued", "durable", "ack"] {
+        assert!(
+            metrics.contains(&format!(
+                "tally_amqp_stage_seconds_count{{stage=\"{stage}\"}}"
+            )),
+            "no timing of stage {stage} in /metrics:\n{metrics}"
+        );
+    }
     server.stop();
     delete_queues(&channel, &[&queue, &dead]).await;
 }
