@@ -83,7 +83,10 @@ impl Default for AmqpConfig {
             .map(String::from)
             .to_vec(),
             exchange_durable: false,
-            prefetch: 1000,
+            // A window of six batches: with two, the broker stopped
+            // sending whenever a batch was being made durable (see the
+            // stage timings in docs/benchmarks.md).
+            prefetch: 3000,
             batch_max: 500,
             batch_wait_ms: 50,
         }

@@ -3,8 +3,8 @@
 //!
 //! Publishes N legacy Nova notifications (oslo v2 envelopes) twice to the
 //! same broker: once into a queue drained by a bare lapin consume-and-ack
-//! loop (prefetch 1000, one multiple ack per 500 messages, the pattern
-//! Tally's consumer uses), once to an exchange a `tally serve` consumes
+//! loop (with Tally's default prefetch, one multiple ack per default
+//! batch of messages: the pattern Tally's consumer uses), once to an exchange a `tally serve` consumes
 //! into durable records. Times both from the first delivery to the last
 //! acknowledgement (Tally: until `/metrics` counts N stored) and prints
 //! one JSON object with the ratio.
@@ -143,8 +143,11 @@ async fn main() -> anyhow::Result<()> {
     );
     publish(&channel, "", &bare_q, args.messages).await?;
     let consumer_channel = conn.create_channel().await?;
+    // The same window and ack interval as Tally's defaults, so that the
+    // two consumers differ only in what they do with a message.
+    let defaults = tally_amqp::AmqpConfig::default();
     consumer_channel
-        .basic_qos(1000, BasicQosOptions::default())
+        .basic_qos(defaults.prefetch, BasicQosOptions::default())
         .await?;
     let mut consumer = consumer_channel
         .basic_consume(
@@ -160,7 +163,7 @@ async fn main() -> anyhow::Result<()> {
         let d = d?;
         started.get_or_insert_with(Instant::now);
         got += 1;
-        if got.is_multiple_of(500) || got == args.messages {
+        if got.is_multiple_of(defaults.batch_max as u64) || got == args.messages {
             consumer_channel
                 .basic_ack(d.delivery_tag, BasicAckOptions { multiple: true })
                 .await?;
