@@ -11,7 +11,7 @@
 //! event types Tally does not bill are acknowledged and counted by type.
 //! Connection failures are retried with backoff.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use chrono::{SubsecRound, Utc};
@@ -31,6 +31,15 @@ use tally_store::RawStore;
 /// gathers a batch: at tens of thousands of messages a second, a few dozen
 /// arrive in that time.
 const GATHER_PAUSE: Duration = Duration::from_millis(1);
+
+/// Records how long a batch spent in `stage` (ended now) in
+/// `tally_amqp_stage_seconds`, and returns now: the start of the next stage.
+fn stage_done(stage: &'static str, since: Instant) -> Instant {
+    let now = Instant::now();
+    metrics::histogram!("tally_amqp_stage_seconds", "stage" => stage)
+        .record((now - since).as_secs_f64());
+    now
+}
 
 /// `[amqp]`: where notifications come from.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -197,14 +206,12 @@ async fn consume(store: &RawStore, config: &AmqpConfig) -> Result<(), ConsumerEr
         loop {
             // A batch: the first message whenever it comes, then whatever
             // arrives within the wait, up to the batch size.
-            let idle = std::time::Instant::now();
+            let idle = Instant::now();
             let Some(first) = consumer.next().await else {
                 return Err(ConsumerError::Cancelled);
             };
             let mut batch = vec![first?];
-            let started = std::time::Instant::now();
-            metrics::histogram!("tally_amqp_stage_seconds", "stage" => "wait")
-                .record((started - idle).as_secs_f64());
+            let started = stage_done("wait", idle);
             let deadline = tokio::time::Instant::now() + wait;
             // Take the deliveries that have arrived, then sleep a moment
             // and take the next ones, rather than awaiting each: awaiting
@@ -224,19 +231,14 @@ async fn consume(store: &RawStore, config: &AmqpConfig) -> Result<(), ConsumerEr
                     }
                 }
             }
-            let gathered = std::time::Instant::now();
-            metrics::histogram!("tally_amqp_stage_seconds", "stage" => "gather")
-                .record((gathered - started).as_secs_f64());
+            let gathered = stage_done("gather", started);
             let decoded = decode_batch(store, batch);
-            let queued = std::time::Instant::now();
-            metrics::histogram!("tally_amqp_stage_seconds", "stage" => "decode")
-                .record((queued - gathered).as_secs_f64());
+            let queued = stage_done("decode", gathered);
             if decoded_tx.send(decoded).await.is_err() {
                 // The writing stage stopped; its error ends the session.
                 return Ok(());
             }
-            metrics::histogram!("tally_amqp_stage_seconds", "stage" => "queued")
-                .record(queued.elapsed().as_secs_f64());
+            stage_done("queued", queued);
         }
     };
     let write = async {
@@ -308,10 +310,9 @@ async fn commit_batch(
 ) -> Result<(), ConsumerError> {
     // Durable first, acknowledged after: a crash in between redelivers the
     // batch, and the store's dedupe counts it once.
-    let started = std::time::Instant::now();
+    let started = Instant::now();
     let appended = store.append(batch.records).await;
-    metrics::histogram!("tally_amqp_stage_seconds", "stage" => "durable")
-        .record(started.elapsed().as_secs_f64());
+    stage_done("durable", started);
     if let Err(e) = appended {
         if let Some(last) = batch.last_tag {
             channel
@@ -353,12 +354,11 @@ async fn commit_batch(
             .await?;
     }
     if let Some(last) = batch.last_tag {
-        let started = std::time::Instant::now();
+        let started = Instant::now();
         channel
             .basic_ack(last, BasicAckOptions { multiple: true })
             .await?;
-        metrics::histogram!("tally_amqp_stage_seconds", "stage" => "ack")
-            .record(started.elapsed().as_secs_f64());
+        stage_done("ack", started);
     }
     Ok(())
 }

@@ -177,14 +177,7 @@ async fn notifications_from_rabbitmq_become_durable_records() {
     assert_eq!(status["counts"]["accepted"], 8, "{status}");
     assert_eq!(status["counts"]["dead_lettered"], 1, "{status}");
     // Each stage of the consumer's batches is timed in /metrics.
-    let metrics = common::client()
-        .get(format!("{}/metrics", server.url))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = server.metrics().await;
     for stage in ["wait", "gather", "decode", "queued", "durable", "ack"] {
         assert!(
             metrics.contains(&format!(

@@ -249,14 +249,7 @@ async fn dedupe_and_data_survive_a_restart_and_metrics_count() {
     let body: Vec<String> = (0..50).map(|i| event(&format!("s{i}"), "p", "1")).collect();
     let v: Value = server.post_ndjson(body.join("\n")).await;
     assert_eq!(v["accepted"], 50);
-    let metrics = client()
-        .get(format!("{}/metrics", server.url))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = server.metrics().await;
     assert!(
         metrics.contains("tally_ingest_records_accepted_total 50"),
         "{metrics}"

@@ -132,6 +132,18 @@ impl Server {
             .expect("request sent")
     }
 
+    /// The text of `/metrics`.
+    pub async fn metrics(&self) -> String {
+        client()
+            .get(format!("{}/metrics", self.url))
+            .send()
+            .await
+            .expect("/metrics answers")
+            .text()
+            .await
+            .expect("a text body")
+    }
+
     /// POST an NDJSON body with the admin key; the JSON answer.
     pub async fn post_ndjson(&self, body: impl Into<reqwest::Body>) -> serde_json::Value {
         self.post("application/x-ndjson", body)
