@@ -9,12 +9,17 @@
 //! as TEXT, `INSERT … ON CONFLICT`, `RETURNING`. What the dialects cannot
 //! share (triggers, mostly) lives in one migration history per backend.
 
-use std::sync::Once;
+use std::sync::{Arc, Once};
 use std::time::Duration;
 
 use sqlx::any::AnyPoolOptions;
 use sqlx::migrate::MigrateDatabase;
 use sqlx::{Any, Executor};
+
+mod reads;
+pub use reads::{Param, ReadError, SqliteReads};
+/// The SQLite binding [`SqliteReads`] decodes rows with.
+pub use rusqlite;
 
 /// The pool type every data-layer crate uses.
 pub type Pool = sqlx::AnyPool;
@@ -90,11 +95,23 @@ pub struct Database {
     pub url: String,
     /// The engine behind the pool.
     pub backend: Backend,
+    /// Read-only connections for reads of many rows, on SQLite only.
+    reads: Option<Arc<SqliteReads>>,
 }
 
 fn install_drivers() {
     static ONCE: Once = Once::new();
     ONCE.call_once(sqlx::any::install_default_drivers);
+}
+
+/// The file a `sqlite:` URL names: the part after the scheme, without
+/// its options.
+fn sqlite_path(url: &str) -> &str {
+    let rest = url
+        .strip_prefix("sqlite://")
+        .or_else(|| url.strip_prefix("sqlite:"))
+        .unwrap_or(url);
+    rest.split('?').next().unwrap_or(rest)
 }
 
 /// The URL with any password replaced, for messages and logs.
@@ -180,11 +197,23 @@ impl Database {
                 url: redact(url),
                 source,
             })?;
+        let reads = match backend {
+            Backend::Sqlite => Some(SqliteReads::new(sqlite_path(url).into())),
+            Backend::Postgres => None,
+        };
         Ok(Database {
             pool,
             url: url.to_string(),
             backend,
+            reads,
         })
+    }
+
+    /// Read-only connections for queries that return many rows, when the
+    /// backend is SQLite (see [`SqliteReads`]); `None` on PostgreSQL, whose
+    /// rows arrive over the network through the pool anyway.
+    pub fn sqlite_reads(&self) -> Option<&Arc<SqliteReads>> {
+        self.reads.as_ref()
     }
 
     /// Begins a transaction that will write. On SQLite it takes the write
@@ -290,6 +319,43 @@ mod tests {
     #[tokio::test]
     async fn postgres_opens_and_migrates_twice() {
         opens_and_migrates_twice(&testing::fresh_postgres_url("migrate")).await;
+    }
+
+    #[test]
+    fn a_sqlite_url_names_its_file_without_options() {
+        assert_eq!(sqlite_path("sqlite:///x/tally.db"), "/x/tally.db");
+        assert_eq!(sqlite_path("sqlite:///x/tally.db?mode=rwc"), "/x/tally.db");
+        assert_eq!(sqlite_path("sqlite:tally.db"), "tally.db");
+    }
+
+    #[tokio::test]
+    async fn sqlite_reads_see_what_the_pool_committed() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Database::open(&format!("{}?mode=rwc", Database::sqlite_url_in(dir.path())))
+            .await
+            .unwrap();
+        sqlx::query("INSERT INTO keystone_projects (project_id, domain_id, updated_at_us) VALUES ('p1', 'd1', 0)")
+            .execute(&db.pool)
+            .await
+            .unwrap();
+        let reads = db.sqlite_reads().expect("a SQLite database has readers");
+        let rows = reads
+            .query(
+                "SELECT domain_id FROM keystone_projects WHERE project_id = $1".into(),
+                vec![Param::Text("p1".into())],
+                |r| r.get::<_, String>(0),
+            )
+            .await
+            .unwrap();
+        assert_eq!(rows, vec!["d1".to_string()]);
+    }
+
+    #[tokio::test]
+    async fn postgres_has_no_sqlite_reads() {
+        let db = Database::open(&testing::fresh_postgres_url("reads"))
+            .await
+            .unwrap();
+        assert!(db.sqlite_reads().is_none());
     }
 
     #[tokio::test]

@@ -24,6 +24,9 @@ pub enum ConfigError {
     /// The database failed.
     #[error(transparent)]
     Database(#[from] sqlx::Error),
+    /// A read of many rows from the SQLite file failed.
+    #[error(transparent)]
+    Read(#[from] tally_db::ReadError),
     /// A stored document no longer parses (it was valid when stored).
     #[error("stored {what} no longer parses: {message}; apply it again")]
     Stored {
@@ -268,14 +271,28 @@ pub struct Owners {
 impl Owners {
     /// Loads the ownership tables.
     pub async fn load(db: &Database) -> Result<Owners, ConfigError> {
-        let owned: Vec<(String, String, String)> =
-            sqlx::query_as("SELECT kind, keystone_id, account_id FROM account_ownership")
-                .fetch_all(&db.pool)
-                .await?;
-        let domain_of: Vec<(String, String)> =
-            sqlx::query_as("SELECT project_id, domain_id FROM keystone_projects")
-                .fetch_all(&db.pool)
-                .await?;
+        const OWNED: &str = "SELECT kind, keystone_id, account_id FROM account_ownership";
+        const DOMAIN_OF: &str = "SELECT project_id, domain_id FROM keystone_projects";
+        // A cloud's every project, twice: on SQLite, read where SQLite
+        // produces the rows rather than one at a time through sqlx.
+        type Owned = Vec<(String, String, String)>;
+        type DomainOf = Vec<(String, String)>;
+        let (owned, domain_of): (Owned, DomainOf) = match db.sqlite_reads() {
+            Some(reads) => (
+                reads
+                    .query(OWNED.into(), vec![], |r| {
+                        Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+                    })
+                    .await?,
+                reads
+                    .query(DOMAIN_OF.into(), vec![], |r| Ok((r.get(0)?, r.get(1)?)))
+                    .await?,
+            ),
+            None => (
+                sqlx::query_as(OWNED).fetch_all(&db.pool).await?,
+                sqlx::query_as(DOMAIN_OF).fetch_all(&db.pool).await?,
+            ),
+        };
         let mut o = Owners {
             domain_of: domain_of.into_iter().collect(),
             ..Owners::default()

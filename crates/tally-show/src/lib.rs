@@ -37,6 +37,9 @@ pub enum ShowError {
     /// The database failed.
     #[error("database: {0}")]
     Db(#[from] sqlx::Error),
+    /// A read of many rows from the SQLite file failed.
+    #[error(transparent)]
+    Read(#[from] tally_db::ReadError),
     /// Reading rated lines failed.
     #[error(transparent)]
     Rating(#[from] tally_rate::job::RatingError),

@@ -23,7 +23,7 @@ use tally_core::rollup::{
 };
 use tally_core::service::service_of;
 use tally_core::{Identity, RatedLine, Role};
-use tally_db::Database;
+use tally_db::{Database, Param};
 use tally_rate::plans::Owners;
 use tally_store::objects::RawObjects;
 
@@ -265,10 +265,106 @@ pub(crate) fn account_projects(a: usize) -> String {
     )
 }
 
-/// A value bound to a numbered placeholder.
-enum Bind {
-    Int(i64),
-    Text(String),
+/// Which of the optional text columns a summary's SQL selects, in the
+/// order it selects them (a `BTreeSet`'s: attributes, meter, project_id,
+/// resource_id).
+#[derive(Debug, Clone, Copy)]
+struct Present {
+    attributes: bool,
+    meter: bool,
+    project_id: bool,
+    resource_id: bool,
+}
+
+/// Reading a column by position, the same way from sqlx's rows (the
+/// PostgreSQL backend) and from rusqlite's (SQLite, see
+/// `tally_db::SqliteReads`).
+trait Columns {
+    type Error;
+    fn int(&self, i: usize) -> Result<i64, Self::Error>;
+    fn maybe_int(&self, i: usize) -> Result<Option<i64>, Self::Error>;
+    fn text(&self, i: usize) -> Result<String, Self::Error>;
+}
+
+impl Columns for sqlx::any::AnyRow {
+    type Error = sqlx::Error;
+    fn int(&self, i: usize) -> Result<i64, sqlx::Error> {
+        sqlx::Row::try_get(self, i)
+    }
+    fn maybe_int(&self, i: usize) -> Result<Option<i64>, sqlx::Error> {
+        sqlx::Row::try_get(self, i)
+    }
+    fn text(&self, i: usize) -> Result<String, sqlx::Error> {
+        sqlx::Row::try_get(self, i)
+    }
+}
+
+impl Columns for tally_db::rusqlite::Row<'_> {
+    type Error = tally_db::rusqlite::Error;
+    fn int(&self, i: usize) -> Result<i64, Self::Error> {
+        self.get(i)
+    }
+    fn maybe_int(&self, i: usize) -> Result<Option<i64>, Self::Error> {
+        self.get(i)
+    }
+    fn text(&self, i: usize) -> Result<String, Self::Error> {
+        self.get(i)
+    }
+}
+
+/// One row of a day or month summary's SQL.
+struct SumRow {
+    day: i64,
+    last_day: Option<i64>,
+    attributes: Option<String>,
+    meter: Option<String>,
+    project_id: Option<String>,
+    resource_id: Option<String>,
+    unit: String,
+    last_unit: String,
+    currency: String,
+    quantity: Decimal,
+    amount: Decimal,
+    lines: i64,
+    errors: i64,
+}
+
+impl SumRow {
+    /// The columns are: day, last day, the present text columns, least and
+    /// greatest unit, currency, quantity and amount each as whole units
+    /// and a scaled fraction, line count, error count.
+    fn decode<R: Columns>(row: &R, present: Present) -> Result<SumRow, R::Error> {
+        let mut i = 2;
+        let mut text = |is: bool| -> Result<Option<String>, R::Error> {
+            if !is {
+                return Ok(None);
+            }
+            i += 1;
+            row.text(i - 1).map(Some)
+        };
+        let attributes = text(present.attributes)?;
+        let meter = text(present.meter)?;
+        let project_id = text(present.project_id)?;
+        let resource_id = text(present.resource_id)?;
+        let exact = |at: usize, scale: u32| -> Result<Decimal, R::Error> {
+            Ok(Decimal::from(row.int(at)?) + from_scaled(row.int(at + 1)?, scale))
+        };
+        Ok(SumRow {
+            day: row.int(0)?,
+            last_day: row.maybe_int(1)?,
+            attributes,
+            meter,
+            project_id,
+            resource_id,
+            unit: row.text(i)?,
+            last_unit: row.text(i + 1)?,
+            currency: row.text(i + 2)?,
+            quantity: exact(i + 3, QUANTITY_SCALE)?.normalize(),
+            amount: exact(i + 5, AMOUNT_SCALE)?.normalize(),
+            lines: row.int(i + 7)?,
+            errors: row.int(i + 8)?,
+        })
+    }
 }
 
 /// Whether the rows read are limited to named projects: a tenant's scope,
@@ -682,14 +778,14 @@ pub async fn summarize(
     // Only the conditions that apply are written, each a plain comparison,
     // so that the database can use its indexes (an `(unset OR column =
     // value)` form makes it read every row of the range).
-    let mut binds: Vec<Bind> = vec![
-        Bind::Int(from.timestamp_micros()),
-        Bind::Int(to.timestamp_micros()),
+    let mut binds: Vec<Param> = vec![
+        Param::Int(from.timestamp_micros()),
+        Param::Int(to.timestamp_micros()),
     ];
     let mut conditions = vec![level.range().to_string()];
     // Each condition is given the number of its bind.
     let mut condition = |sql: fn(usize) -> String, value: &str| {
-        binds.push(Bind::Text(value.to_string()));
+        binds.push(Param::Text(value.to_string()));
         conditions.push(sql(binds.len()));
     };
     let project_is = |n| format!("u.project_id = ${n}");
@@ -737,67 +833,55 @@ pub async fn summarize(
         from = level.from(names_projects(identity, query)),
         conditions = conditions.join(" AND "),
     );
-    // Only whitelisted column names and numbered placeholders are
-    // formatted into this text.
-    let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
-    for b in binds {
-        q = match b {
-            Bind::Int(i) => q.bind(i),
-            Bind::Text(t) => q.bind(t),
-        };
-    }
-    let mut rows = q.fetch(&db.pool);
-    use futures::TryStreamExt as _;
-    use sqlx::Row as _;
-    let empty = BTreeMap::new();
-    while let Some(row) = rows.try_next().await? {
-        let mut i = 2;
-        let mut text = |present: bool| -> Result<Option<String>, sqlx::Error> {
-            if !present {
-                return Ok(None);
+    let present = Present {
+        attributes: columns.contains("attributes"),
+        meter: columns.contains("meter"),
+        project_id: columns.contains("project_id"),
+        resource_id: columns.contains("resource_id"),
+    };
+    let rows: Vec<SumRow> = match db.sqlite_reads() {
+        Some(reads) => {
+            reads
+                .query(sql, binds, move |r| SumRow::decode(r, present))
+                .await?
+        }
+        None => {
+            // Only whitelisted column names and numbered placeholders are
+            // formatted into this text.
+            let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
+            for b in binds {
+                q = match b {
+                    Param::Int(i) => q.bind(i),
+                    Param::Text(t) => q.bind(t),
+                };
             }
-            let v: String = row.try_get(i)?;
-            i += 1;
-            Ok(Some(v))
-        };
-        // Columns come in the BTreeSet's order: attributes, meter,
-        // project_id, resource_id.
-        let attributes = text(columns.contains("attributes"))?;
-        let meter = text(columns.contains("meter"))?;
-        let project_id = text(columns.contains("project_id"))?;
-        let resource_id = text(columns.contains("resource_id"))?;
-        let unit: String = row.try_get(i)?;
-        let last_unit: String = row.try_get(i + 1)?;
-        let i = i + 1;
-        let currency: String = row.try_get(i + 1)?;
-        let whole_and_fraction = |at: usize, scale: u32| -> Result<Decimal, sqlx::Error> {
-            let whole: i64 = row.try_get(at)?;
-            let fraction: i64 = row.try_get(at + 1)?;
-            Ok(Decimal::from(whole) + from_scaled(fraction, scale))
-        };
-        let quantity = whole_and_fraction(i + 2, QUANTITY_SCALE)?;
-        let amount = whole_and_fraction(i + 4, AMOUNT_SCALE)?;
-        let lines: i64 = row.try_get(i + 6)?;
-        let errors: i64 = row.try_get(i + 7)?;
-        let day: i64 = row.try_get(0)?;
-        let last_day: Option<i64> = row.try_get(1)?;
-        let attrs: Option<BTreeMap<String, String>> = attributes
+            q.fetch_all(&db.pool)
+                .await?
+                .iter()
+                .map(|r| SumRow::decode(r, present))
+                .collect::<Result<_, _>>()?
+        }
+    };
+    let empty = BTreeMap::new();
+    for row in &rows {
+        let attrs: Option<BTreeMap<String, String>> = row
+            .attributes
             .as_deref()
             .map(|a| serde_json::from_str(a).unwrap_or_default());
         grouper.add(Item {
-            start_us: day,
-            last_us: last_day,
-            project_id: project_id.as_deref().unwrap_or(""),
-            meter: meter.as_deref().unwrap_or(""),
-            resource_id: resource_id.as_deref().unwrap_or(""),
+            start_us: row.day,
+            last_us: row.last_day,
+            project_id: row.project_id.as_deref().unwrap_or(""),
+            meter: row.meter.as_deref().unwrap_or(""),
+            resource_id: row.resource_id.as_deref().unwrap_or(""),
             attributes: attrs.as_ref().unwrap_or(&empty),
-            unit: &unit,
-            last_unit: &last_unit,
-            currency: &currency,
-            quantity: quantity.normalize(),
-            amount: amount.normalize(),
-            lines,
-            errors,
+            unit: &row.unit,
+            last_unit: &row.last_unit,
+            currency: &row.currency,
+            quantity: row.quantity,
+            amount: row.amount,
+            lines: row.lines,
+            errors: row.errors,
         });
     }
     Ok(grouper.finish(from, to))
