@@ -695,6 +695,33 @@ pub async fn summarize(
     query: &SummaryQuery,
     now: DateTime<Utc>,
 ) -> Result<Summary, ShowError> {
+    if query.bucket != Bucket::Hour {
+        count_current(db, rated).await?;
+    }
+    summarize_counted(db, rated, identity, query, now).await
+}
+
+/// Makes the daily cells and the levels above them count every current
+/// run: builds the cells of a run that has none (a crash between a rating
+/// commit and its cells) and recomputes the dirty days. Day and month
+/// summaries read only those tables, so this must have run since the data
+/// last changed; after it, it is a no-op until the `summary_version`
+/// moves (see `SummaryCache`, which skips it until then).
+pub async fn count_current(db: &Database, rated: &RawObjects) -> Result<(), ShowError> {
+    tally_rate::cells::ensure_current(db, rated).await?;
+    tally_rate::levels::refresh(db).await?;
+    Ok(())
+}
+
+/// [`summarize`] without [`count_current`], for a caller that ran it
+/// since the data last changed.
+pub(crate) async fn summarize_counted(
+    db: &Database,
+    rated: &RawObjects,
+    identity: &Identity,
+    query: &SummaryQuery,
+    now: DateTime<Utc>,
+) -> Result<Summary, ShowError> {
     let (from, to) = range(query, now)?;
     // Ownership is read only when an answer depends on it: every summary
     // request would otherwise load every project's owner.
@@ -764,8 +791,6 @@ pub async fn summarize(
     }
 
     let (from, to) = (floor_day(from), ceil_day(to));
-    tally_rate::cells::ensure_current(db, rated).await?;
-    tally_rate::levels::refresh(db).await?;
     let level = Level::for_query(identity, query, from, to);
     let mut columns: BTreeSet<&str> = query.group_by.iter().map(Dimension::column).collect();
     if query.service.is_some() {

@@ -10,11 +10,17 @@
 //! it can only be served while the data is as it was then, whichever
 //! process (CLI, another server on the same PostgreSQL) changed it.
 //!
+//! The same counter spares the checks a day or month summary otherwise
+//! makes first (`summary::count_current`: are every run's cells built,
+//! is any day's level dirty): both can only find work after the counter
+//! moved, so they run once per value, not once per summary.
+//!
 //! The key holds the caller's role with its scope (not the API key: two
 //! keys of one account see the same answer) and the query with its range
 //! resolved, so "this month" is not served across a month's end.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -23,7 +29,7 @@ use tally_db::Database;
 use tally_store::objects::RawObjects;
 
 use crate::ShowError;
-use crate::summary::{self, Summary, SummaryQuery};
+use crate::summary::{self, Bucket, Summary, SummaryQuery};
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 struct Key {
@@ -37,6 +43,9 @@ struct Key {
 pub struct SummaryCache {
     /// `None`: remembering is off, every call computes.
     answers: Option<moka::sync::Cache<Key, Arc<Summary>>>,
+    /// The `summary_version` read before `count_current` last ran to the
+    /// end: until the counter moves, the cells and levels are current.
+    counted_at: Arc<AtomicI64>,
 }
 
 impl SummaryCache {
@@ -54,7 +63,10 @@ impl SummaryCache {
                 .time_to_idle(Duration::from_secs(600))
                 .build()
         });
-        SummaryCache { answers }
+        SummaryCache {
+            answers,
+            counted_at: Arc::new(AtomicI64::new(i64::MIN)),
+        }
     }
 
     /// [`summary::summarize`], answered from memory when the same caller
@@ -68,13 +80,22 @@ impl SummaryCache {
         query: &SummaryQuery,
         now: DateTime<Utc>,
     ) -> Result<Arc<Summary>, ShowError> {
-        let Some(answers) = &self.answers else {
-            return Ok(Arc::new(
-                summary::summarize(db, rated, identity, query, now).await?,
-            ));
-        };
         let (from, to) = summary::range(query, now)?;
         let version = tally_rate::levels::summary_version(db).await?;
+        let compute = |query: SummaryQuery| async move {
+            if query.bucket != Bucket::Hour && self.counted_at.load(Ordering::Acquire) != version {
+                summary::count_current(db, rated).await?;
+                // Read before the count: a change committed meanwhile moved
+                // the counter past it, so the next call counts again.
+                self.counted_at.store(version, Ordering::Release);
+            }
+            summary::summarize_counted(db, rated, identity, &query, now)
+                .await
+                .map(Arc::new)
+        };
+        let Some(answers) = &self.answers else {
+            return compute(query.clone()).await;
+        };
         let key = Key {
             version,
             role: identity.role.clone(),
@@ -89,7 +110,7 @@ impl SummaryCache {
             return Ok(answer);
         }
         metrics::counter!("tally_summary_answers_total", "from" => "database").increment(1);
-        let answer = Arc::new(summary::summarize(db, rated, identity, &key.query, now).await?);
+        let answer = compute(key.query.clone()).await?;
         answers.insert(key, answer.clone());
         Ok(answer)
     }
