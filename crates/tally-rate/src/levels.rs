@@ -3,7 +3,9 @@
 //! (`usage_project_months`) and per meter × day over the whole cloud
 //! (`usage_cloud_days`), each keeping the cells' unit, currency and
 //! attributes; and per project × month with every meter together
-//! (`usage_project_month_totals`, the least and greatest unit kept).
+//! (`usage_project_month_totals`, the least and greatest unit kept); and
+//! per resource × meter × month (`usage_resource_months`, with the
+//! resource's last day with usage) for a tenant's top resources.
 //!
 //! The resource cells (`usage_rollups`, see `cells.rs`) are per run and
 //! count only through the coverage join, which keeps re-rating atomic but
@@ -222,6 +224,24 @@ pub async fn refresh(db: &Database) -> Result<usize, RatingError> {
              GROUP BY project_id, meter, unit, currency, attributes",
             quantity = q(Some("quantity_whole"), "quantity_micro"),
             amount = a(Some("amount_whole"), "amount_nano"),
+        )))
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query("DELETE FROM usage_resource_months WHERE month_us = $1")
+            .bind(month)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "INSERT INTO usage_resource_months (month_us, project_id, resource_id, meter, unit, currency, attributes, last_day_us, {columns}) \
+             SELECT {month}, u.project_id, u.resource_id, u.meter, u.unit, u.currency, u.attributes, \
+             MAX((u.from_us / {DAY_US}) * {DAY_US}), {quantity}, {amount}, \
+             CAST(SUM(u.line_count) AS BIGINT), CAST(SUM(u.error_count) AS BIGINT) \
+             FROM usage_rollups u JOIN rated_coverage c \
+             ON c.run_id = u.run_id AND u.from_us >= c.from_us AND u.to_us <= c.to_us \
+             WHERE u.from_us >= {month} AND u.from_us < {next} \
+             GROUP BY u.project_id, u.resource_id, u.meter, u.unit, u.currency, u.attributes",
+            quantity = q(None, "u.quantity_micro"),
+            amount = a(None, "u.amount_nano"),
         )))
         .execute(&mut *tx)
         .await?;

@@ -379,8 +379,12 @@ fn names_projects(identity: &Identity, query: &SummaryQuery) -> bool {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Level {
     /// Daily cells per resource of the current runs (`usage_rollups`
-    /// through the coverage join): needed for resources.
+    /// through the coverage join): needed for resources by day, or over
+    /// part of a month.
     Resource,
+    /// Current usage per resource × meter × UTC month: resources over
+    /// whole months without a day bucket.
+    ResourceMonths,
     /// Current usage per project × meter × day.
     ProjectDays,
     /// Current usage per project × meter × UTC month: whole months without
@@ -402,17 +406,21 @@ impl Level {
         from: DateTime<Utc>,
         to: DateTime<Utc>,
     ) -> Level {
+        let whole_months = matches!(query.bucket, Bucket::Total | Bucket::Month)
+            && utc_month_start(from) == from
+            && utc_month_start(to) == to;
         if query.group_by.contains(&Dimension::Resource) || query.resource_id.is_some() {
-            return Level::Resource;
+            return if whole_months {
+                Level::ResourceMonths
+            } else {
+                Level::Resource
+            };
         }
         let needs_project = query
             .group_by
             .iter()
             .any(|d| matches!(d, Dimension::Project | Dimension::Account))
             || names_projects(identity, query);
-        let whole_months = matches!(query.bucket, Bucket::Total | Bucket::Month)
-            && utc_month_start(from) == from
-            && utc_month_start(to) == to;
         match (needs_project, whole_months) {
             (true, true) => {
                 let by_project_only = query
@@ -444,6 +452,7 @@ impl Level {
             Level::Resource if by_project => "usage_rollups u CROSS JOIN rated_coverage c",
             Level::Resource => "usage_rollups u JOIN rated_coverage c ON TRUE",
             Level::ProjectDays => "usage_project_days u",
+            Level::ResourceMonths => "usage_resource_months u",
             Level::ProjectMonths => "usage_project_months u",
             Level::ProjectMonthTotals => "usage_project_month_totals u",
             Level::CloudDays => "usage_cloud_days u",
@@ -459,7 +468,7 @@ impl Level {
                  AND u.from_us >= $1 AND u.to_us <= $2"
             }
             Level::ProjectDays | Level::CloudDays => "u.day_us >= $1 AND u.day_us < $2",
-            Level::ProjectMonths | Level::ProjectMonthTotals => {
+            Level::ResourceMonths | Level::ProjectMonths | Level::ProjectMonthTotals => {
                 "u.month_us >= $1 AND u.month_us < $2"
             }
         }
@@ -470,7 +479,19 @@ impl Level {
         match self {
             Level::Resource => format!("(u.from_us / {DAY_US}) * {DAY_US}"),
             Level::ProjectDays | Level::CloudDays => "u.day_us".into(),
-            Level::ProjectMonths | Level::ProjectMonthTotals => "u.month_us".into(),
+            Level::ResourceMonths | Level::ProjectMonths | Level::ProjectMonthTotals => {
+                "u.month_us".into()
+            }
+        }
+    }
+
+    /// The start of the latest day behind a group of rows, where the
+    /// level keeps it.
+    fn last(self) -> String {
+        match self {
+            Level::ProjectMonths | Level::ProjectMonthTotals => "CAST(NULL AS BIGINT)".into(),
+            Level::ResourceMonths => "MAX(u.last_day_us)".into(),
+            _ => format!("MAX({})", self.start()),
         }
     }
 
@@ -840,10 +861,7 @@ pub(crate) async fn summarize_counted(
     } else {
         (level.start(), "day, ")
     };
-    let last = match level {
-        Level::ProjectMonths | Level::ProjectMonthTotals => "CAST(NULL AS BIGINT)".to_string(),
-        _ => format!("MAX({})", level.start()),
-    };
+    let last = level.last();
     let grouped: String = columns.iter().map(|c| format!("u.{c}, ")).collect();
     let sql = format!(
         // Units are not grouped by: a row of several units shows no

@@ -1096,11 +1096,14 @@ fn amounts_by(summary: &Value, key: &str) -> Vec<(String, Decimal)> {
 }
 
 /// Every summary level (per project × day, per project × month, per cloud
-/// × day) answers as the resource cells do: each question is asked again
-/// with `resource` added to its grouping, which only the resource cells
-/// can answer, and those rows are added back up per row of the first
-/// answer. Amounts and quantities must agree exactly.
+/// × day, per resource × month) answers as the resource cells do: each
+/// question is asked again per resource and day, which only the resource
+/// cells can answer, and those rows are added back up per row of the
+/// first answer. Amounts, quantities and last days must agree exactly.
 fn assert_levels_agree(env: &Env, period: &str) {
+    // Each question is asked as is (answered from a level) and again per
+    // resource and day (answered from the daily cells through the coverage
+    // join); the cells, added up, must give the level's rows exactly.
     let questions = [
         ("service", "total"),
         ("meter", "day"),
@@ -1108,9 +1111,11 @@ fn assert_levels_agree(env: &Env, period: &str) {
         ("account", "month"),
         ("project", "total"),
         ("project,meter", "total"),
+        ("project,resource", "total"),
+        ("resource,meter", "month"),
     ];
     for (group_by, bucket) in questions {
-        let ask = |group_by: &str| {
+        let ask = |group_by: &str, bucket: &str| {
             env.json(&[
                 "costs",
                 "--period",
@@ -1123,8 +1128,8 @@ fn assert_levels_agree(env: &Env, period: &str) {
                 "10000",
             ])
         };
-        let key = |row: &Value| -> Vec<String> {
-            std::iter::once(row["bucket_start"].to_string())
+        let key = |row: &Value, bucket_start: String| -> Vec<String> {
+            std::iter::once(bucket_start)
                 .chain(group_by.split(',').map(|dim| {
                     let k = if dim == "service" || dim == "meter" {
                         dim.to_string()
@@ -1136,58 +1141,62 @@ fn assert_levels_agree(env: &Env, period: &str) {
                 .chain(std::iter::once(row["currency"].to_string()))
                 .collect()
         };
-        let coarse = ask(group_by);
-        let fine = ask(&format!("{group_by},resource"));
-        let mut added: std::collections::BTreeMap<Vec<String>, (Decimal, Decimal)> =
+        let coarse = ask(group_by, bucket);
+        let fine = if group_by.contains("resource") {
+            ask(group_by, "day")
+        } else {
+            ask(&format!("{group_by},resource"), "day")
+        };
+        let rows = coarse["rows"].as_array().unwrap();
+        assert!(!rows.is_empty(), "{group_by} by {bucket}: no rows");
+        // The period is one month: a fine row's day falls in the one
+        // month bucket, or in no bucket at all.
+        let coarse_start = |day_row: &Value| match bucket {
+            "day" => day_row["bucket_start"].to_string(),
+            "month" => rows[0]["bucket_start"].to_string(),
+            _ => Value::Null.to_string(),
+        };
+        let mut added: std::collections::BTreeMap<Vec<String>, (Decimal, Decimal, String)> =
             Default::default();
         for row in fine["rows"].as_array().unwrap() {
-            let e = added.entry(key(row)).or_default();
+            let e = added.entry(key(row, coarse_start(row))).or_default();
             e.0 += d(&row["amount"]);
             if !row["quantity"].is_null() {
                 e.1 += d(&row["quantity"]);
             }
+            let day = row["bucket_start"].as_str().unwrap().to_string();
+            e.2 = e.2.clone().max(day);
         }
-        let rows = coarse["rows"].as_array().unwrap();
-        assert!(!rows.is_empty(), "{group_by} by {bucket}: no rows");
         assert_eq!(
             rows.len(),
             added.len(),
             "{group_by} by {bucket}: {coarse} against {fine}"
         );
         for row in rows {
-            let (amount, quantity) = added[&key(row)];
-            assert_eq!(d(&row["amount"]), amount, "{group_by} by {bucket}: {row}");
+            let (amount, quantity, last_day) = &added[&key(row, row["bucket_start"].to_string())];
+            assert_eq!(d(&row["amount"]), *amount, "{group_by} by {bucket}: {row}");
             if group_by.contains("meter") {
                 assert_eq!(
                     d(&row["quantity"]),
-                    quantity,
+                    *quantity,
                     "{group_by} by {bucket}: {row}"
                 );
             }
+            // Over the whole range a row names its last day with usage
+            // (unless it was read from monthly totals): the latest of its
+            // cells'.
+            match row.get("last_start").and_then(Value::as_str) {
+                Some(day) => {
+                    assert_eq!(bucket, "total", "{row}");
+                    assert_eq!(day, last_day, "{group_by} by {bucket}: {row}");
+                }
+                None => assert!(
+                    bucket != "total" || !group_by.contains("resource"),
+                    "resource rows name their last day: {row}"
+                ),
+            }
         }
         assert_eq!(coarse["totals"], fine["totals"], "{group_by} by {bucket}");
-        // Over the whole range a row names its last day with usage (unless
-        // it was read from monthly totals): the latest of its resources'.
-        if bucket == "total" {
-            let mut last: std::collections::BTreeMap<Vec<String>, String> = Default::default();
-            for row in fine["rows"].as_array().unwrap() {
-                let day = row["last_start"]
-                    .as_str()
-                    .expect("resource rows name their last day");
-                let e = last.entry(key(row)).or_default();
-                *e = e.clone().max(day.to_string());
-            }
-            for row in rows {
-                if let Some(day) = row["last_start"].as_str() {
-                    assert_eq!(day, last[&key(row)], "{group_by} by {bucket}: {row}");
-                }
-            }
-        } else {
-            assert!(
-                rows.iter().all(|r| r.get("last_start").is_none()),
-                "{coarse}"
-            );
-        }
     }
 }
 
