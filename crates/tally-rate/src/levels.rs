@@ -4,6 +4,8 @@
 //! (`usage_cloud_days`), each keeping the cells' unit, currency and
 //! attributes; and per project × month with every meter together
 //! (`usage_project_month_totals`, the least and greatest unit kept); and
+//! per project × day with every meter together
+//! (`usage_project_day_totals`, for daily charts by project or account);
 //! per resource × meter × month (`usage_resource_months`, with the
 //! resource's last day with usage) for a tenant's top resources.
 //!
@@ -190,6 +192,22 @@ pub async fn refresh(db: &Database) -> Result<usize, RatingError> {
         quantity = q(None, "u.quantity_micro"),
         amount = a(None, "u.amount_nano"),
         end = last + DAY_US,
+    )))
+    .execute(&mut *tx)
+    .await?;
+
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "DELETE FROM usage_project_day_totals WHERE day_us IN ({dirty})"
+    )))
+    .execute(&mut *tx)
+    .await?;
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "INSERT INTO usage_project_day_totals (day_us, project_id, currency, unit_min, unit_max, {columns}) \
+         SELECT day_us, project_id, currency, MIN(unit), MAX(unit), {quantity}, {amount}, {counts} \
+         FROM usage_project_days WHERE day_us IN ({dirty}) \
+         GROUP BY day_us, project_id, currency",
+        quantity = q(Some("quantity_whole"), "quantity_micro"),
+        amount = a(Some("amount_whole"), "amount_nano"),
     )))
     .execute(&mut *tx)
     .await?;

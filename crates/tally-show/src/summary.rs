@@ -387,6 +387,9 @@ enum Level {
     ResourceMonths,
     /// Current usage per project × meter × day.
     ProjectDays,
+    /// Current usage per project × day, every meter together: days asked
+    /// only by project or account.
+    ProjectDayTotals,
     /// Current usage per project × meter × UTC month: whole months without
     /// a day bucket.
     ProjectMonths,
@@ -421,21 +424,17 @@ impl Level {
             .iter()
             .any(|d| matches!(d, Dimension::Project | Dimension::Account))
             || names_projects(identity, query);
+        let by_project_only = query
+            .group_by
+            .iter()
+            .all(|d| matches!(d, Dimension::Project | Dimension::Account))
+            && query.meter.is_none()
+            && query.service.is_none()
+            && query.attributes.is_empty();
         match (needs_project, whole_months) {
-            (true, true) => {
-                let by_project_only = query
-                    .group_by
-                    .iter()
-                    .all(|d| matches!(d, Dimension::Project | Dimension::Account))
-                    && query.meter.is_none()
-                    && query.service.is_none()
-                    && query.attributes.is_empty();
-                if by_project_only {
-                    Level::ProjectMonthTotals
-                } else {
-                    Level::ProjectMonths
-                }
-            }
+            (true, true) if by_project_only => Level::ProjectMonthTotals,
+            (true, true) => Level::ProjectMonths,
+            (true, false) if by_project_only => Level::ProjectDayTotals,
             (true, false) => Level::ProjectDays,
             (false, _) => Level::CloudDays,
         }
@@ -452,6 +451,7 @@ impl Level {
             Level::Resource if by_project => "usage_rollups u CROSS JOIN rated_coverage c",
             Level::Resource => "usage_rollups u JOIN rated_coverage c ON TRUE",
             Level::ProjectDays => "usage_project_days u",
+            Level::ProjectDayTotals => "usage_project_day_totals u",
             Level::ResourceMonths => "usage_resource_months u",
             Level::ProjectMonths => "usage_project_months u",
             Level::ProjectMonthTotals => "usage_project_month_totals u",
@@ -467,7 +467,9 @@ impl Level {
                 "c.run_id = u.run_id AND u.from_us >= c.from_us AND u.to_us <= c.to_us \
                  AND u.from_us >= $1 AND u.to_us <= $2"
             }
-            Level::ProjectDays | Level::CloudDays => "u.day_us >= $1 AND u.day_us < $2",
+            Level::ProjectDays | Level::ProjectDayTotals | Level::CloudDays => {
+                "u.day_us >= $1 AND u.day_us < $2"
+            }
             Level::ResourceMonths | Level::ProjectMonths | Level::ProjectMonthTotals => {
                 "u.month_us >= $1 AND u.month_us < $2"
             }
@@ -478,7 +480,7 @@ impl Level {
     fn start(self) -> String {
         match self {
             Level::Resource => format!("(u.from_us / {DAY_US}) * {DAY_US}"),
-            Level::ProjectDays | Level::CloudDays => "u.day_us".into(),
+            Level::ProjectDays | Level::ProjectDayTotals | Level::CloudDays => "u.day_us".into(),
             Level::ResourceMonths | Level::ProjectMonths | Level::ProjectMonthTotals => {
                 "u.month_us".into()
             }
@@ -498,7 +500,9 @@ impl Level {
     /// The least and greatest unit of a group.
     fn units(self) -> &'static str {
         match self {
-            Level::ProjectMonthTotals => "MIN(u.unit_min), MAX(u.unit_max)",
+            Level::ProjectDayTotals | Level::ProjectMonthTotals => {
+                "MIN(u.unit_min), MAX(u.unit_max)"
+            }
             _ => "MIN(u.unit), MAX(u.unit)",
         }
     }

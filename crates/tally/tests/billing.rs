@@ -1095,8 +1095,8 @@ fn amounts_by(summary: &Value, key: &str) -> Vec<(String, Decimal)> {
         .collect()
 }
 
-/// Every summary level (per project × day, per project × month, per cloud
-/// × day, per resource × month) answers as the resource cells do: each
+/// Every summary level (per project × meter × day, per project × day, per
+/// project × month, per cloud × day, per resource × month) answers as the resource cells do: each
 /// question is asked again per resource and day, which only the resource
 /// cells can answer, and those rows are added back up per row of the
 /// first answer. Amounts, quantities and last days must agree exactly.
@@ -1111,6 +1111,8 @@ fn assert_levels_agree(env: &Env, period: &str) {
         ("account", "month"),
         ("project", "total"),
         ("project,meter", "total"),
+        ("project", "day"),
+        ("account", "day"),
         ("project,resource", "total"),
         ("resource,meter", "month"),
     ];
