@@ -720,10 +720,17 @@ pub async fn summarize(
     query: &SummaryQuery,
     now: DateTime<Utc>,
 ) -> Result<Summary, ShowError> {
-    if query.bucket != Bucket::Hour {
+    if reads_cells(query) {
         count_current(db, rated).await?;
     }
     summarize_counted(db, rated, identity, query, now).await
+}
+
+/// Whether a summary reads the daily cells or a level above them (every
+/// bucket but the hour, which reads the rated lines), and so needs
+/// [`count_current`] first.
+pub(crate) fn reads_cells(query: &SummaryQuery) -> bool {
+    query.bucket != Bucket::Hour
 }
 
 /// Makes the daily cells and the levels above them count every current
@@ -763,7 +770,7 @@ pub(crate) async fn summarize_counted(
         owners: &owners,
         groups: BTreeMap::new(),
     };
-    if query.bucket == Bucket::Hour {
+    if !reads_cells(query) {
         if to - from > Duration::days(MAX_HOURLY_DAYS) {
             return Err(ShowError::Invalid(format!(
                 "hourly summaries cover at most {MAX_HOURLY_DAYS} days: narrow from/to or use bucket=day"

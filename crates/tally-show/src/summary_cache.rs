@@ -29,7 +29,7 @@ use tally_db::Database;
 use tally_store::objects::RawObjects;
 
 use crate::ShowError;
-use crate::summary::{self, Bucket, Summary, SummaryQuery};
+use crate::summary::{self, Summary, SummaryQuery};
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 struct Key {
@@ -83,7 +83,7 @@ impl SummaryCache {
         let (from, to) = summary::range(query, now)?;
         let version = tally_rate::levels::summary_version(db).await?;
         let compute = |query: SummaryQuery| async move {
-            if query.bucket != Bucket::Hour && self.counted_at.load(Ordering::Acquire) != version {
+            if summary::reads_cells(&query) && self.counted_at.load(Ordering::Acquire) != version {
                 summary::count_current(db, rated).await?;
                 // Read before the count: a change committed meanwhile moved
                 // the counter past it, so the next call counts again.
