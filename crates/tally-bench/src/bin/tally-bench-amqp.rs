@@ -6,8 +6,11 @@
 //! loop (with Tally's default prefetch, one multiple ack per default
 //! batch of messages: the pattern Tally's consumer uses), once to an exchange a `tally serve` consumes
 //! into durable records. Times both from the first delivery to the last
-//! acknowledgement (Tally: until `/metrics` counts N stored) and prints
-//! one JSON object with the ratio.
+//! acknowledgement (Tally: until `/metrics` counts N stored). A run is
+//! several rounds, each the bare loop then Tally, because on a small shared
+//! machine the broker's own rate moves by a fifth from one minute to the
+//! next; it prints one JSON object per round and a last one with the median
+//! ratio.
 
 use std::time::{Duration, Instant};
 
@@ -39,6 +42,10 @@ struct Args {
     /// Scratch directory for Tally's data.
     #[arg(long)]
     dir: std::path::PathBuf,
+    /// Rounds (bare loop, then Tally) measured; the median ratio is the
+    /// figure.
+    #[arg(long, default_value_t = 5)]
+    rounds: u32,
 }
 
 fn notification(i: u64) -> Vec<u8> {
@@ -114,6 +121,13 @@ async fn publish(
     Ok(())
 }
 
+/// One round's figures.
+struct Round {
+    bare_s: f64,
+    tally_s: f64,
+    tally_cpu_s: f64,
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
@@ -122,11 +136,60 @@ async fn main() -> anyhow::Result<()> {
         .context("connect to RabbitMQ")?;
     let channel = conn.create_channel().await?;
     channel.confirm_select(Default::default()).await?;
+    let n = args.messages as f64;
+    let mut ratios = Vec::new();
+    for round in 1..=args.rounds.max(1) {
+        let r = measure_round(&args, &conn, &channel, round).await?;
+        let ratio = (n / r.tally_s) / (n / r.bare_s);
+        ratios.push(ratio);
+        println!(
+            "{}",
+            serde_json::json!({
+                "round": round,
+                "messages": args.messages,
+                "bare_lapin_s": r.bare_s,
+                "bare_lapin_per_s": n / r.bare_s,
+                "tally_s": r.tally_s,
+                "tally_per_s": n / r.tally_s,
+                "tally_cpu_s": r.tally_cpu_s,
+                "tally_cpu_us_per_message": r.tally_cpu_s * 1e6 / n,
+                "records": args.messages * 4,
+                "ratio_tally_to_bare": ratio,
+            })
+        );
+    }
+    let mut sorted = ratios.clone();
+    sorted.sort_by(f64::total_cmp);
+    let median = if sorted.len() % 2 == 1 {
+        sorted[sorted.len() / 2]
+    } else {
+        (sorted[sorted.len() / 2 - 1] + sorted[sorted.len() / 2]) / 2.0
+    };
+    println!(
+        "{}",
+        serde_json::json!({
+            "rounds": ratios.len(),
+            "ratios": ratios,
+            "median_ratio_tally_to_bare": median,
+            "min_ratio": sorted.first(),
+            "max_ratio": sorted.last(),
+        })
+    );
+    Ok(())
+}
+
+/// The bare loop, then Tally, on `args.messages` notifications each.
+async fn measure_round(
+    args: &Args,
+    conn: &Connection,
+    channel: &lapin::Channel,
+    round: u32,
+) -> anyhow::Result<Round> {
     let suffix = std::process::id();
     let (bare_q, tally_q, exchange) = (
-        format!("bench.bare.{suffix}"),
-        format!("bench.tally.{suffix}"),
-        format!("bench-nova-{suffix}"),
+        format!("bench.bare.{suffix}.{round}"),
+        format!("bench.tally.{suffix}.{round}"),
+        format!("bench-nova-{suffix}-{round}"),
     );
     let durable = QueueDeclareOptions {
         durable: true,
@@ -138,10 +201,10 @@ async fn main() -> anyhow::Result<()> {
         .queue_declare(bare_q.as_str().into(), durable, FieldTable::default())
         .await?;
     eprintln!(
-        "publishing {} notifications for the bare loop",
+        "round {round}: publishing {} notifications for the bare loop",
         args.messages
     );
-    publish(&channel, "", &bare_q, args.messages).await?;
+    publish(channel, "", &bare_q, args.messages).await?;
     let consumer_channel = conn.create_channel().await?;
     // The same window and ack interval as Tally's defaults, so that the
     // two consumers differ only in what they do with a message.
@@ -198,8 +261,11 @@ async fn main() -> anyhow::Result<()> {
             FieldTable::default(),
         )
         .await?;
-    eprintln!("publishing {} notifications for tally", args.messages);
-    publish(&channel, &exchange, "notifications.info", args.messages).await?;
+    eprintln!(
+        "round {round}: publishing {} notifications for tally",
+        args.messages
+    );
+    publish(channel, &exchange, "notifications.info", args.messages).await?;
     let _ = std::fs::remove_dir_all(&args.dir);
     std::fs::create_dir_all(&args.dir)?;
     let config = args.dir.join("tally.toml");
@@ -210,7 +276,7 @@ async fn main() -> anyhow::Result<()> {
             args.amqp
         ),
     )?;
-    let port = 18_000 + (suffix % 1000) as u16;
+    let port = 18_000 + (suffix % 1000) as u16 + round as u16;
     let mut child = std::process::Command::new(&args.tally)
         .args(["--config"])
         .arg(&config)
@@ -272,21 +338,9 @@ async fn main() -> anyhow::Result<()> {
         "tally stored {done} of {} messages",
         args.messages
     );
-    let bare_per_s = args.messages as f64 / bare_s;
-    let tally_per_s = args.messages as f64 / tally_s;
-    println!(
-        "{}",
-        serde_json::json!({
-            "messages": args.messages,
-            "bare_lapin_s": bare_s,
-            "bare_lapin_per_s": bare_per_s,
-            "tally_s": tally_s,
-            "tally_per_s": tally_per_s,
-            "tally_cpu_s": tally_cpu_s,
-            "tally_cpu_us_per_message": tally_cpu_s * 1e6 / args.messages as f64,
-            "records": args.messages * 4,
-            "ratio_tally_to_bare": tally_per_s / bare_per_s,
-        })
-    );
-    Ok(())
+    Ok(Round {
+        bare_s,
+        tally_s,
+        tally_cpu_s,
+    })
 }
