@@ -94,6 +94,16 @@ pub async fn balances(
     account_id: &str,
 ) -> Result<Balances, BillingError> {
     let account = get_account(db, scope, account_id).await?;
+    balances_of(db, &account).await
+}
+
+/// The balances of an account already read in the caller's scope (a page
+/// that shows the account as well need not read it twice).
+pub async fn balances_of(
+    db: &Database,
+    account: &crate::accounts::Account,
+) -> Result<Balances, BillingError> {
+    let account_id = account.spec.account_id.as_str();
     let currency = account.spec.currency.code().to_string();
     let mut conn = db.pool.acquire().await?;
     let receivable = balance(&mut conn, &format!("receivable:{account_id}")).await?;

@@ -54,6 +54,11 @@ pub enum ReadError {
 /// cache; on a small machine more would only queue for the cores.
 const READERS: usize = 4;
 
+/// Compiled statements each connection keeps. A summary's text depends
+/// on its level, dimensions and filters, so a busy dashboard asks a few
+/// dozen distinct texts.
+const STATEMENTS_KEPT: usize = 64;
+
 /// Read-only connections to the SQLite file of a [`crate::Database`],
 /// opened when first needed and kept for the next read.
 pub struct SqliteReads {
@@ -97,6 +102,7 @@ impl SqliteReads {
             "PRAGMA busy_timeout = 30000; PRAGMA cache_size = -16384; \
              PRAGMA mmap_size = 268435456; PRAGMA query_only = 1;",
         )?;
+        c.set_prepared_statement_cache_capacity(STATEMENTS_KEPT);
         Ok(c)
     }
 
@@ -156,7 +162,9 @@ fn run<T>(
     params: &[Param],
     decode: &mut impl FnMut(&Row<'_>) -> rusqlite::Result<T>,
 ) -> rusqlite::Result<Vec<T>> {
-    let mut stmt = conn.prepare(sql)?;
+    // A dashboard asks the same few statements again and again with other
+    // binds: each connection keeps them compiled (see `open`).
+    let mut stmt = conn.prepare_cached(sql)?;
     for (i, p) in params.iter().enumerate() {
         let name = format!("${}", i + 1);
         // SQLite numbers named parameters in order of first appearance;

@@ -19,13 +19,14 @@
 //! keys of one account see the same answer) and the query with its range
 //! resolved, so "this month" is not served across a month's end.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use tally_core::{Identity, Role};
 use tally_db::Database;
+use tally_rate::plans::Owners;
 use tally_store::objects::RawObjects;
 
 use crate::ShowError;
@@ -46,6 +47,11 @@ pub struct SummaryCache {
     /// The `summary_version` read before `count_current` last ran to the
     /// end: until the counter moves, the cells and levels are current.
     counted_at: Arc<AtomicI64>,
+    /// Who owns which project, as read at a `summary_version`: ownership
+    /// moves the counter (triggers), so the map serves every summary
+    /// grouped by account until then instead of being read for each (a
+    /// large cloud's every project, twice).
+    owners: Arc<Mutex<Option<(i64, Arc<Owners>)>>>,
 }
 
 impl SummaryCache {
@@ -66,6 +72,7 @@ impl SummaryCache {
         SummaryCache {
             answers,
             counted_at: Arc::new(AtomicI64::new(i64::MIN)),
+            owners: Arc::new(Mutex::new(None)),
         }
     }
 
@@ -89,7 +96,12 @@ impl SummaryCache {
                 // the counter past it, so the next call counts again.
                 self.counted_at.store(version, Ordering::Release);
             }
-            summary::summarize_counted(db, rated, identity, &query, now)
+            let owners = if summary::needs_owners(identity, &query) {
+                self.owners_at(db, version).await?
+            } else {
+                Arc::new(Owners::default())
+            };
+            summary::summarize_counted(db, rated, identity, &query, &owners, now)
                 .await
                 .map(Arc::new)
         };
@@ -113,6 +125,26 @@ impl SummaryCache {
         let answer = compute(key.query.clone()).await?;
         answers.insert(key, answer.clone());
         Ok(answer)
+    }
+}
+
+impl SummaryCache {
+    /// Who owns which project at `version` (read before calling): the
+    /// remembered map while the counter has not moved, else read afresh.
+    /// Two callers may both read it after a change; the later one's map is
+    /// kept, and both are at least as new as `version`.
+    async fn owners_at(&self, db: &Database, version: i64) -> Result<Arc<Owners>, ShowError> {
+        let remembered = self.owners.lock().ok().and_then(|o| o.clone());
+        if let Some((at, owners)) = remembered
+            && at == version
+        {
+            return Ok(owners);
+        }
+        let owners = Arc::new(Owners::load(db).await?);
+        if let Ok(mut o) = self.owners.lock() {
+            *o = Some((version, Arc::clone(&owners)));
+        }
+        Ok(owners)
     }
 }
 

@@ -299,7 +299,7 @@ pub async fn account(
         }
         Err(e) => return Err(billing_error(e)),
     };
-    let balances = tally_bill::ledger::balances(&svc.db, &scope, &id)
+    let balances = tally_bill::ledger::balances_of(&svc.db, &account)
         .await
         .map_err(billing_error)?;
     let filter = SummaryQuery {
