@@ -19,8 +19,8 @@
 //! keys of one account see the same answer) and the query with its range
 //! resolved, so "this month" is not served across a month's end.
 
-use std::sync::{Arc, Mutex};
 use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
