@@ -39,6 +39,9 @@ struct Key {
     query: SummaryQuery,
 }
 
+/// The ownership map and the `summary_version` it was read at.
+type OwnersAt = (i64, Arc<Owners>);
+
 /// Summaries with remembered answers; cheap to clone (one shared cache).
 #[derive(Clone)]
 pub struct SummaryCache {
@@ -51,7 +54,7 @@ pub struct SummaryCache {
     /// moves the counter (triggers), so the map serves every summary
     /// grouped by account until then instead of being read for each (a
     /// large cloud's every project, twice).
-    owners: Arc<Mutex<Option<(i64, Arc<Owners>)>>>,
+    owners: Arc<Mutex<Option<OwnersAt>>>,
 }
 
 impl SummaryCache {
