@@ -32,10 +32,6 @@ use tally_store::RawStore;
 /// arrive in that time.
 const GATHER_PAUSE: Duration = Duration::from_millis(1);
 
-/// Batches being made durable at once (see `consume`): two keep the
-/// store's writer busy while this task settles the one before.
-const APPENDS_IN_FLIGHT: usize = 2;
-
 /// Records how long a batch spent in `stage` (ended now) in
 /// `tally_amqp_stage_seconds`, and returns now: the start of the next stage.
 fn stage_done(stage: &'static str, since: Instant) -> Instant {
@@ -246,26 +242,8 @@ async fn consume(store: &RawStore, config: &AmqpConfig) -> Result<(), ConsumerEr
         }
     };
     let write = async {
-        // Up to `APPENDS_IN_FLIGHT` batches are being made durable at once,
-        // so the store's writer takes the next one into the same log write
-        // and fsync instead of waiting for this task to hand it over after
-        // the previous reply. Each is settled (acknowledged, or nacked)
-        // strictly in the order it was gathered.
-        let mut appending = futures::stream::FuturesOrdered::new();
-        let mut gathering = true;
-        while gathering || !appending.is_empty() {
-            tokio::select! {
-                biased;
-                Some((batch, appended)) = appending.next(), if !appending.is_empty() => {
-                    settle(&channel, config, batch, appended).await?;
-                }
-                next = decoded_rx.recv(), if gathering && appending.len() < APPENDS_IN_FLIGHT => {
-                    match next {
-                        Some(batch) => appending.push_back(append(store, batch)),
-                        None => gathering = false,
-                    }
-                }
-            }
+        while let Some(decoded) = decoded_rx.recv().await {
+            commit_batch(store, &channel, config, decoded).await?;
         }
         Ok::<(), ConsumerError>(())
     };
@@ -324,28 +302,17 @@ fn decode_batch(store: &RawStore, batch: Vec<lapin::message::Delivery>) -> Decod
     }
 }
 
-/// Makes a batch's records durable; the batch comes back without them, to
-/// be settled.
-async fn append(
+async fn commit_batch(
     store: &RawStore,
-    mut batch: DecodedBatch,
-) -> (DecodedBatch, Result<(), tally_store::StoreError>) {
-    let started = Instant::now();
-    let appended = store.append(std::mem::take(&mut batch.records)).await;
-    stage_done("durable", started);
-    (batch, appended.map(|_| ()))
-}
-
-/// Acknowledges a batch whose records are durable (dead-lettering what
-/// could not be read first), or gives every message back to the broker
-/// when the store refused them. Durable first, acknowledged after: a crash
-/// in between redelivers the batch, and the store's dedupe counts it once.
-async fn settle(
     channel: &lapin::Channel,
     config: &AmqpConfig,
     batch: DecodedBatch,
-    appended: Result<(), tally_store::StoreError>,
 ) -> Result<(), ConsumerError> {
+    // Durable first, acknowledged after: a crash in between redelivers the
+    // batch, and the store's dedupe counts it once.
+    let started = Instant::now();
+    let appended = store.append(batch.records).await;
+    stage_done("durable", started);
     if let Err(e) = appended {
         if let Some(last) = batch.last_tag {
             channel
