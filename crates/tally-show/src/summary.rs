@@ -487,13 +487,13 @@ impl Level {
         }
     }
 
-    /// The start of the latest day behind a group of rows, where the
-    /// level keeps it.
-    fn last(self) -> String {
+    /// The start of the latest day behind one row, where the level keeps
+    /// it (a group's is the greatest of its rows').
+    fn row_last_day(self) -> Option<String> {
         match self {
-            Level::ProjectMonths | Level::ProjectMonthTotals => "CAST(NULL AS BIGINT)".into(),
-            Level::ResourceMonths => "MAX(u.last_day_us)".into(),
-            _ => format!("MAX({})", self.start()),
+            Level::ProjectMonths | Level::ProjectMonthTotals => None,
+            Level::ResourceMonths => Some("u.last_day_us".into()),
+            _ => Some(self.start()),
         }
     }
 
@@ -507,37 +507,11 @@ impl Level {
         matches!(self, Level::ResourceMonths | Level::ProjectMonthTotals)
     }
 
-    /// A row's last day when read one by one ([`Level::read_by_row`]).
-    fn row_last(self) -> &'static str {
+    /// The columns of a row's least and greatest unit.
+    fn unit_columns(self) -> (&'static str, &'static str) {
         match self {
-            Level::ResourceMonths => "u.last_day_us",
-            _ => "CAST(NULL AS BIGINT)",
-        }
-    }
-
-    /// A row's values after its text columns when read one by one, in the
-    /// order of a group's: least and greatest unit, currency, quantity and
-    /// amount (whole units and fraction), lines and unpriced lines.
-    fn row_values(self) -> &'static str {
-        match self {
-            Level::ProjectDayTotals | Level::ProjectMonthTotals => {
-                "u.unit_min, u.unit_max, u.currency, u.quantity_whole, u.quantity_micro, \
-                 u.amount_whole, u.amount_nano, u.line_count, u.error_count"
-            }
-            _ => {
-                "u.unit, u.unit, u.currency, u.quantity_whole, u.quantity_micro, \
-                 u.amount_whole, u.amount_nano, u.line_count, u.error_count"
-            }
-        }
-    }
-
-    /// The least and greatest unit of a group.
-    fn units(self) -> &'static str {
-        match self {
-            Level::ProjectDayTotals | Level::ProjectMonthTotals => {
-                "MIN(u.unit_min), MAX(u.unit_max)"
-            }
-            _ => "MIN(u.unit), MAX(u.unit)",
+            Level::ProjectDayTotals | Level::ProjectMonthTotals => ("u.unit_min", "u.unit_max"),
+            _ => ("u.unit", "u.unit"),
         }
     }
 
@@ -905,37 +879,44 @@ pub(crate) async fn summarize_counted(
     if let Some(a) = &query.account_id {
         condition(in_account, a);
     }
-    // Without a time bucket, rows are not split by day: a month of a
-    // resource's cells is one group, not 31 (the grouper ignores the start
-    // of a row then).
-    let (start, by_day) = if query.bucket == Bucket::Total {
-        (format!("MIN({})", level.start()), "")
-    } else {
-        (level.start(), "day, ")
-    };
-    let last = level.last();
-    let grouped: String = columns.iter().map(|c| format!("u.{c}, ")).collect();
     let from_level = level.from(names_projects(identity, query));
     let conditions = conditions.join(" AND ");
+    let (least, greatest) = level.unit_columns();
+    let null = || "CAST(NULL AS BIGINT)".to_string();
+    // Every form selects: day, last day, the text columns, least and
+    // greatest unit, currency, quantity and amount (whole units and
+    // fraction each), lines and unpriced lines (see `SumRow::decode`).
     let sql = if level.read_by_row() {
         format!(
-            "SELECT {start} AS day, {last} AS last_day{select}, {values} \
-             FROM {from_level} WHERE {conditions}",
+            "SELECT {start} AS day, {last} AS last_day{select}, {least}, {greatest}, u.currency, \
+             u.quantity_whole, u.quantity_micro, u.amount_whole, u.amount_nano, \
+             u.line_count, u.error_count FROM {from_level} WHERE {conditions}",
             start = level.start(),
-            last = level.row_last(),
-            values = level.row_values(),
+            last = level.row_last_day().unwrap_or_else(null),
         )
     } else {
+        // Without a time bucket, rows are not split by day: a month of a
+        // resource's cells is one group, not 31 (the grouper ignores the start
+        // of a row then).
+        let (start, by_day) = if query.bucket == Bucket::Total {
+            (format!("MIN({})", level.start()), "")
+        } else {
+            (level.start(), "day, ")
+        };
+        let grouped: String = columns.iter().map(|c| format!("u.{c}, ")).collect();
         format!(
             // Units are not grouped by: a row of several units shows no
             // quantity, so the least and greatest unit say all that is
             // needed (and a cost by project reads one row per project, not
             // one per unit).
-            "SELECT {start} AS day, {last} AS last_day{select}, {units}, u.currency, {sums}, \
-             CAST(SUM(u.line_count) AS BIGINT), CAST(SUM(u.error_count) AS BIGINT) \
+            "SELECT {start} AS day, {last} AS last_day{select}, MIN({least}), MAX({greatest}), \
+             u.currency, {sums}, CAST(SUM(u.line_count) AS BIGINT), \
+             CAST(SUM(u.error_count) AS BIGINT) \
              FROM {from_level} WHERE {conditions} GROUP BY {by_day}{grouped}u.currency",
+            last = level
+                .row_last_day()
+                .map_or_else(null, |d| format!("MAX({d})")),
             sums = level.sums(),
-            units = level.units(),
         )
     };
     let present = Present {

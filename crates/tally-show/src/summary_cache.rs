@@ -99,12 +99,14 @@ impl SummaryCache {
                 // the counter past it, so the next call counts again.
                 self.counted_at.store(version, Ordering::Release);
             }
-            let owners = if summary::needs_owners(identity, &query) {
-                self.owners_at(db, version).await?
-            } else {
-                Arc::new(Owners::default())
+            let owners = match summary::needs_owners(identity, &query) {
+                true => Some(self.owners_at(db, version).await?),
+                false => None,
             };
-            summary::summarize_counted(db, rated, identity, &query, &owners, now)
+            // Empty maps allocate nothing.
+            let none = Owners::default();
+            let owners = owners.as_deref().unwrap_or(&none);
+            summary::summarize_counted(db, rated, identity, &query, owners, now)
                 .await
                 .map(Arc::new)
         };
@@ -129,9 +131,7 @@ impl SummaryCache {
         answers.insert(key, answer.clone());
         Ok(answer)
     }
-}
 
-impl SummaryCache {
     /// Who owns which project at `version` (read before calling): the
     /// remembered map while the counter has not moved, else read afresh.
     /// Two callers may both read it after a change; the later one's map is

@@ -123,9 +123,12 @@ async fn publish(
 
 /// One round's figures.
 struct Round {
-    bare_s: f64,
-    tally_s: f64,
-    tally_cpu_s: f64,
+    /// Seconds the bare loop took.
+    bare_seconds: f64,
+    /// Seconds the consumer of `tally serve` took.
+    consumer_seconds: f64,
+    /// CPU seconds `tally serve` used meanwhile.
+    consumer_cpu_seconds: f64,
 }
 
 #[tokio::main]
@@ -140,19 +143,19 @@ async fn main() -> anyhow::Result<()> {
     let mut ratios = Vec::new();
     for round in 1..=args.rounds.max(1) {
         let r = measure_round(&args, &conn, &channel, round).await?;
-        let ratio = (n / r.tally_s) / (n / r.bare_s);
+        let ratio = (n / r.consumer_seconds) / (n / r.bare_seconds);
         ratios.push(ratio);
         println!(
             "{}",
             serde_json::json!({
                 "round": round,
                 "messages": args.messages,
-                "bare_lapin_s": r.bare_s,
-                "bare_lapin_per_s": n / r.bare_s,
-                "tally_s": r.tally_s,
-                "tally_per_s": n / r.tally_s,
-                "tally_cpu_s": r.tally_cpu_s,
-                "tally_cpu_us_per_message": r.tally_cpu_s * 1e6 / n,
+                "bare_lapin_s": r.bare_seconds,
+                "bare_lapin_per_s": n / r.bare_seconds,
+                "tally_s": r.consumer_seconds,
+                "tally_per_s": n / r.consumer_seconds,
+                "tally_cpu_s": r.consumer_cpu_seconds,
+                "tally_cpu_us_per_message": r.consumer_cpu_seconds * 1e6 / n,
                 "records": args.messages * 4,
                 "ratio_tally_to_bare": ratio,
             })
@@ -339,8 +342,8 @@ async fn measure_round(
         args.messages
     );
     Ok(Round {
-        bare_s,
-        tally_s,
-        tally_cpu_s,
+        bare_seconds: bare_s,
+        consumer_seconds: tally_s,
+        consumer_cpu_seconds: tally_cpu_s,
     })
 }
