@@ -889,7 +889,8 @@ impl Shared {
                 .record(started.elapsed().as_secs_f64());
             tracing::debug!(seq, records = count, "flushed log file to Parquet");
         }
-        self.memtable.write().expect("memtable lock").remove(&seq);
+        let flushed = self.memtable.write().expect("memtable lock").remove(&seq);
+        crate::background::drop_later(flushed);
         let path = wal::path(&self.wal_dir, seq);
         match std::fs::remove_file(&path) {
             Ok(()) => wal::sync_dir(&self.wal_dir).map_err(io("cannot sync the log directory"))?,
@@ -917,8 +918,10 @@ impl Shared {
             dedupe::Day,
             BTreeSet<(String, String)>,
         );
+        // At a lower priority than ingestion: nothing waits for it (the
+        // records are durable already), see the `background` module.
         let encoded: Encoded =
-            tokio::task::spawn_blocking(move || -> Result<Encoded, StoreError> {
+            crate::background::run("encode", move || -> Result<Encoded, StoreError> {
                 let mut by_date: BTreeMap<NaiveDate, Vec<&UsageRecord>> = BTreeMap::new();
                 // (project, domain) pairs the producers named: how accounts
                 // that own a Keystone domain find its projects.
@@ -975,9 +978,9 @@ impl Shared {
                 Ok((files, max_day, projects))
             })
             .await
-            .map_err(|e| StoreError::Io {
+            .ok_or_else(|| StoreError::Io {
                 context: "segment encoding task failed".into(),
-                source: std::io::Error::other(e.to_string()),
+                source: std::io::Error::other("the encoding thread did not finish"),
             })??;
         let (files, max_day, projects) = encoded;
         let mut entries = Vec::with_capacity(files.len());

@@ -13,10 +13,12 @@
 //!
 //! Modules: [`wal`] (log files and replay), [`codec`] (record bytes in the
 //! log), [`dedupe`] (the ingest-window index), [`segment`] (Parquet),
-//! [`catalog`] (segment rows in the billing database), [`objects`] (where
+//! [`catalog`] (segment rows in the billing database), `background`
+//! (bulk work at a lower CPU priority), [`objects`] (where
 //! files live), [`engine`] (the store that ties them together), [`lock`]
 //! (one writer per data directory).
 
+mod background;
 pub mod catalog;
 pub mod codec;
 pub mod counters;

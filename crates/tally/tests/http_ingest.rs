@@ -254,7 +254,16 @@ async fn dedupe_and_data_survive_a_restart_and_metrics_count() {
         metrics.contains("tally_ingest_records_accepted_total 50"),
         "{metrics}"
     );
-    assert!(metrics.contains("tally_wal_fsync_seconds"), "{metrics}");
+    // Histograms are exported with buckets (they add up across servers),
+    // not as summaries.
+    assert!(
+        metrics.contains("tally_wal_fsync_seconds_bucket{le=\"0.001\"}"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("tally_wal_group_records_bucket{le=\"500\"}"),
+        "{metrics}"
+    );
     server.stop();
 
     let server = Server::start(dir.path());
