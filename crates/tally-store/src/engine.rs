@@ -918,70 +918,76 @@ impl Shared {
             dedupe::Day,
             BTreeSet<(String, String)>,
         );
-        // At a lower priority than ingestion: nothing waits for it (the
-        // records are durable already), see the `background` module.
-        let encoded: Encoded =
-            crate::background::run("encode", move || -> Result<Encoded, StoreError> {
-                let mut by_date: BTreeMap<NaiveDate, Vec<&UsageRecord>> = BTreeMap::new();
-                // (project, domain) pairs the producers named: how accounts
-                // that own a Keystone domain find its projects.
-                let mut named: BTreeSet<(&str, &str)> = BTreeSet::new();
-                for r in chunks.iter().flat_map(|c| c.records.iter()) {
-                    by_date.entry(r.time.date_naive()).or_default().push(r);
-                    if let Some(d) = &r.domain_id {
-                        named.insert((&r.project_id, d));
+        let encode = move || -> Result<Encoded, StoreError> {
+            let mut by_date: BTreeMap<NaiveDate, Vec<&UsageRecord>> = BTreeMap::new();
+            // (project, domain) pairs the producers named: how accounts
+            // that own a Keystone domain find its projects.
+            let mut named: BTreeSet<(&str, &str)> = BTreeSet::new();
+            for r in chunks.iter().flat_map(|c| c.records.iter()) {
+                by_date.entry(r.time.date_naive()).or_default().push(r);
+                if let Some(d) = &r.domain_id {
+                    named.insert((&r.project_id, d));
+                }
+            }
+            let projects: BTreeSet<(String, String)> = named
+                .into_iter()
+                .map(|(p, d)| (p.to_string(), d.to_string()))
+                .collect();
+            let mut max_day = i32::MIN;
+            if write_keys {
+                let keys: Vec<(KeyHash, dedupe::Day)> =
+                    chunks.iter().flat_map(|c| c.keys.iter().copied()).collect();
+                max_day = keys.iter().map(|(_, d)| *d).max().unwrap_or(i32::MIN);
+                dedupe::write_key_file(&key_path, &keys)
+                    .map_err(io(format!("cannot write key file {}", key_path.display())))?;
+            }
+            let mut files = Vec::new();
+            for (n, (date, mut records)) in by_date.into_iter().enumerate() {
+                segment::sort(&mut records);
+                let path = format!("segments/date={date}/{id}-{n:04}.parquet");
+                let bytes = segment::encode(&records, zstd_level).map_err(|source| {
+                    StoreError::Segment {
+                        path: path.clone(),
+                        source,
                     }
-                }
-                let projects: BTreeSet<(String, String)> = named
-                    .into_iter()
-                    .map(|(p, d)| (p.to_string(), d.to_string()))
-                    .collect();
-                let mut max_day = i32::MIN;
-                if write_keys {
-                    let keys: Vec<(KeyHash, dedupe::Day)> =
-                        chunks.iter().flat_map(|c| c.keys.iter().copied()).collect();
-                    max_day = keys.iter().map(|(_, d)| *d).max().unwrap_or(i32::MIN);
-                    dedupe::write_key_file(&key_path, &keys)
-                        .map_err(io(format!("cannot write key file {}", key_path.display())))?;
-                }
-                let mut files = Vec::new();
-                for (n, (date, mut records)) in by_date.into_iter().enumerate() {
-                    segment::sort(&mut records);
-                    let path = format!("segments/date={date}/{id}-{n:04}.parquet");
-                    let bytes = segment::encode(&records, zstd_level).map_err(|source| {
-                        StoreError::Segment {
-                            path: path.clone(),
-                            source,
-                        }
-                    })?;
-                    let entry = SegmentEntry {
-                        path,
-                        flush_id: id.clone(),
-                        partition_date: date.to_string(),
-                        min_time_us: to_micros(records[0].time),
-                        max_time_us: to_micros(records[records.len() - 1].time),
-                        min_received_us: records
-                            .iter()
-                            .map(|r| to_micros(r.received_at))
-                            .min()
-                            .unwrap_or(0),
-                        max_received_us: records
-                            .iter()
-                            .map(|r| to_micros(r.received_at))
-                            .max()
-                            .unwrap_or(0),
-                        row_count: records.len() as i64,
-                        byte_size: bytes.len() as i64,
-                    };
-                    files.push((entry, bytes));
-                }
-                Ok((files, max_day, projects))
-            })
-            .await
-            .ok_or_else(|| StoreError::Io {
-                context: "segment encoding task failed".into(),
-                source: std::io::Error::other("the encoding thread did not finish"),
-            })??;
+                })?;
+                let entry = SegmentEntry {
+                    path,
+                    flush_id: id.clone(),
+                    partition_date: date.to_string(),
+                    min_time_us: to_micros(records[0].time),
+                    max_time_us: to_micros(records[records.len() - 1].time),
+                    min_received_us: records
+                        .iter()
+                        .map(|r| to_micros(r.received_at))
+                        .min()
+                        .unwrap_or(0),
+                    max_received_us: records
+                        .iter()
+                        .map(|r| to_micros(r.received_at))
+                        .max()
+                        .unwrap_or(0),
+                    row_count: records.len() as i64,
+                    byte_size: bytes.len() as i64,
+                };
+                files.push((entry, bytes));
+            }
+            Ok((files, max_day, projects))
+        };
+        let encoded = if origin == FlushOrigin::Import {
+            // An import's caller waits for it: this is the ingest path
+            // itself, and at a lower priority the caller's own parsing
+            // would starve it.
+            tokio::task::spawn_blocking(encode).await.ok()
+        } else {
+            // A sealed log file or a compaction: nothing waits for it (the
+            // records are durable already), see the `background` module.
+            crate::background::run("encode", encode).await
+        };
+        let encoded: Encoded = encoded.ok_or_else(|| StoreError::Io {
+            context: "segment encoding task failed".into(),
+            source: std::io::Error::other("the encoding thread did not finish"),
+        })??;
         let (files, max_day, projects) = encoded;
         let mut entries = Vec::with_capacity(files.len());
         for (entry, bytes) in files {
