@@ -11,6 +11,10 @@
 //! gives it the cores the ingest path leaves idle, and still a share (about
 //! a tenth at nice 10) when there are none, so a flush always finishes.
 //!
+//! An import (`tally ingest`) is not background work: its caller waits for
+//! the encoding, and at a lower priority the caller's own parsing would
+//! starve it, so it stays on tokio's blocking pool.
+//!
 //! Each job gets a thread of its own rather than a pool: jobs come seconds
 //! apart, and a lowered priority cannot be raised again by an unprivileged
 //! process, so a pooled thread could not be handed back to other work.
