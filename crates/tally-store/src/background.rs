@@ -34,14 +34,10 @@ where
     F: FnOnce() -> T + Send + 'static,
 {
     let (tx, rx) = oneshot::channel();
-    let spawned = std::thread::Builder::new()
-        .name(format!("tally-store-{name}"))
-        .spawn(move || {
-            lower_priority();
-            let _ = tx.send(job());
-        });
-    match spawned {
-        Ok(_) => rx.await.ok(),
+    match spawn_lowered(name, move || {
+        let _ = tx.send(job());
+    }) {
+        Ok(()) => rx.await.ok(),
         Err(e) => {
             tracing::error!(error = %e, "cannot start a background thread of the raw store");
             None
@@ -53,17 +49,23 @@ where
 /// records (each with its own attribute map) takes the better part of a
 /// second, which an async worker thread must not spend.
 pub(crate) fn drop_later<T: Send + 'static>(value: T) {
-    let spawned = std::thread::Builder::new()
-        .name("tally-store-free".into())
-        .spawn(move || {
-            lower_priority();
-            drop(value);
-        });
-    if let Err(e) = spawned {
+    if let Err(e) = spawn_lowered("free", move || drop(value)) {
         // The value went with the closure that was not run, so it is freed
         // here anyway.
         tracing::warn!(error = %e, "cannot start a thread to free memory; freed in place");
     }
+}
+
+/// Starts `job` on a thread of its own named `tally-store-{name}`, which
+/// lowers its own priority first.
+fn spawn_lowered(name: &str, job: impl FnOnce() + Send + 'static) -> std::io::Result<()> {
+    std::thread::Builder::new()
+        .name(format!("tally-store-{name}"))
+        .spawn(move || {
+            lower_priority();
+            job();
+        })
+        .map(drop)
 }
 
 /// Raises the calling thread's nice value to [`BACKGROUND_NICE`] (never
