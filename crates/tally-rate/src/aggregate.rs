@@ -755,7 +755,14 @@ fn dedupe(records: Vec<RawUsage>, carry: &[RawUsage]) -> Vec<RawUsage> {
     // deterministic.
     keep.sort_unstable_by(|&a, &b| {
         let (a, b) = (&records[a as usize], &records[b as usize]);
-        (&a.meter, a.time, a.received_at, a.key).cmp(&(&b.meter, b.time, b.received_at, b.key))
+        // The rating job shares one `Arc` per meter name: the same
+        // pointer is the same name, without comparing the text.
+        let meter = if Arc::ptr_eq(&a.meter, &b.meter) {
+            std::cmp::Ordering::Equal
+        } else {
+            a.meter.cmp(&b.meter)
+        };
+        meter.then_with(|| (a.time, a.received_at, a.key).cmp(&(b.time, b.received_at, b.key)))
     });
     let mut slots: Vec<Option<RawUsage>> = records.into_iter().map(Some).collect();
     keep.into_iter()

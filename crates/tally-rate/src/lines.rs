@@ -229,6 +229,31 @@ pub struct LineBatchBuilder {
     /// and reused address cannot be mistaken for the same set.
     last_group: Option<(BTreeMap<String, String>, String)>,
     last_attributes: Option<(Arc<Attributes>, String)>,
+    /// The same for the decimal columns: consecutive lines of a meter
+    /// mostly repeat their quantity, price and amount, and formatting a
+    /// `Decimal` costs more than comparing two.
+    last_quantity: DecimalText,
+    last_unit_price: DecimalText,
+    last_amount: DecimalText,
+}
+
+/// The last decimal a column received and its text (`normalize`d, so equal
+/// values, whatever their scale, have one text).
+#[derive(Default)]
+struct DecimalText(Option<(Decimal, String)>);
+
+impl DecimalText {
+    /// Appends `d` as a row of `b`.
+    fn append(&mut self, b: &mut StringBuilder, d: Decimal) {
+        match &self.0 {
+            Some((last, text)) if *last == d => b.append_value(text),
+            _ => {
+                let text = d.normalize().to_string();
+                b.append_value(&text);
+                self.0 = Some((d, text));
+            }
+        }
+    }
 }
 
 impl LineBatchBuilder {
@@ -256,6 +281,9 @@ impl LineBatchBuilder {
             error: text(0),
             last_group: None,
             last_attributes: None,
+            last_quantity: DecimalText::default(),
+            last_unit_price: DecimalText::default(),
+            last_amount: DecimalText::default(),
         }
     }
 
@@ -273,10 +301,6 @@ impl LineBatchBuilder {
     pub fn append(&mut self, row: &LineRow<'_>) {
         // Writing into a `StringBuilder` appends to the row being built;
         // `append_value("")` ends the row. Formatting into it cannot fail.
-        fn decimal(b: &mut StringBuilder, d: Decimal) {
-            let _ = write!(b, "{}", d.normalize());
-            b.append_value("");
-        }
         self.project_id.append_value(row.project_id);
         self.resource_id.append_value(row.resource_id);
         self.meter.append_value(row.meter);
@@ -295,13 +319,13 @@ impl LineBatchBuilder {
         }
         self.period_start.push(micros(row.period_start));
         self.period_end.push(micros(row.period_end));
-        decimal(&mut self.quantity, row.quantity);
+        self.last_quantity.append(&mut self.quantity, row.quantity);
         self.unit.append_value(row.unit);
         match row.unit_price {
-            Some(p) => decimal(&mut self.unit_price, p),
+            Some(p) => self.last_unit_price.append(&mut self.unit_price, p),
             None => self.unit_price.append_null(),
         }
-        decimal(&mut self.amount, row.amount);
+        self.last_amount.append(&mut self.amount, row.amount);
         self.currency.append_value(row.currency);
         self.plan_id.append_value(row.plan_id);
         self.plan_version.push(row.plan_version);
@@ -472,6 +496,25 @@ mod tests {
         assert_eq!(
             back[0].quantity.to_string(),
             "0.3333333333333333333333333333"
+        );
+    }
+
+    /// Consecutive equal decimals reuse the first one's text: equal values
+    /// at other scales must still read as the same normalized text, and a
+    /// different value right after must get its own.
+    #[test]
+    fn repeated_decimals_are_written_as_their_normalized_text() {
+        let d = |s: &str| s.parse::<Decimal>().unwrap();
+        let mut column = StringBuilder::new();
+        let mut last = DecimalText::default();
+        for v in ["1.00", "1", "1.0", "0.50", "0.5", "-0", "0", "1E-28"] {
+            last.append(&mut column, d(v));
+        }
+        let column = column.finish();
+        let texts: Vec<&str> = (0..column.len()).map(|i| column.value(i)).collect();
+        assert_eq!(
+            texts,
+            ["1", "1", "1", "0.5", "0.5", "0", "0", "0.0000000000000000000000000001"]
         );
     }
 }

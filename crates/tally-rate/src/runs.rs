@@ -14,7 +14,8 @@ use chrono::{DateTime, Utc};
 use object_store::buffered::BufWriter;
 use parquet::arrow::AsyncArrowWriter;
 use parquet::basic::{Compression, ZstdLevel};
-use parquet::file::properties::WriterProperties;
+use parquet::file::properties::{EnabledStatistics, WriterProperties};
+use parquet::schema::types::ColumnPath;
 use rust_decimal::Decimal;
 use serde::Serialize;
 use tally_core::RatedLine;
@@ -207,6 +208,8 @@ pub struct FileSink {
 }
 
 const ROW_GROUP: usize = 65_536;
+/// The line-file columns that keep row-group statistics.
+const PRUNED_BY: [&str; 5] = ["project_id", "resource_id", "meter", "period_start", "period_end"];
 const WRITE_BATCH: usize = 8_192;
 
 impl FileSink {
@@ -234,12 +237,21 @@ impl FileSink {
         }
         let files = |e: String| RatingError::Files(e);
         if self.writer.is_none() {
-            let props = WriterProperties::builder()
+            // Statistics only where a reader of the files would prune by
+            // them (whose lines, which meter, when): min/max of the other
+            // text columns cost a string comparison per value and per
+            // column, and nothing selects lines by amount text or JSON.
+            let mut props = WriterProperties::builder()
                 .set_compression(Compression::ZSTD(
                     ZstdLevel::try_new(1).expect("valid level"),
                 ))
                 .set_max_row_group_row_count(Some(ROW_GROUP))
-                .build();
+                .set_statistics_enabled(EnabledStatistics::None);
+            for column in PRUNED_BY {
+                props = props
+                    .set_column_statistics_enabled(ColumnPath::from(column), EnabledStatistics::Chunk);
+            }
+            let props = props.build();
             let object = BufWriter::new(self.rated.object_store(), self.rated.location(&self.path));
             self.writer = Some(
                 AsyncArrowWriter::try_new(object, crate::lines::schema(), Some(props))
@@ -258,22 +270,27 @@ impl FileSink {
 
     /// Finishes the file; returns its path if any line was written.
     pub async fn close(mut self) -> Result<Option<String>, RatingError> {
+        self.finish_file().await?;
+        Ok((self.written > 0).then_some(self.path))
+    }
+
+    /// Writes what is buffered, closes the file and syncs it; the cells'
+    /// last write too. Lines added afterwards would start a new file over
+    /// the old one, so `close` is all that may follow.
+    async fn finish_file(&mut self) -> Result<(), RatingError> {
         self.write_buffer().await?;
         if let Some(cells) = &mut self.cells {
             cells.flush().await?;
         }
-        match self.writer.take() {
-            None => Ok(None),
-            Some(w) => {
-                w.close()
-                    .await
-                    .map_err(|e| RatingError::Files(e.to_string()))?;
-                self.rated
-                    .sync_local(&self.path)
-                    .map_err(|e| RatingError::Files(e.to_string()))?;
-                Ok(Some(self.path))
-            }
+        if let Some(w) = self.writer.take() {
+            w.close()
+                .await
+                .map_err(|e| RatingError::Files(e.to_string()))?;
+            self.rated
+                .sync_local(&self.path)
+                .map_err(|e| RatingError::Files(e.to_string()))?;
         }
+        Ok(())
     }
 }
 
@@ -306,6 +323,10 @@ impl LineSink for FileSink {
             self.add(&l.cell_input(&lines), &l.row(&lines)).await?;
         }
         Ok(())
+    }
+
+    async fn finish(&mut self) -> Result<(), RatingError> {
+        self.finish_file().await
     }
 }
 
