@@ -793,7 +793,14 @@ struct FixedColumns<'a> {
 
 impl FixedColumns<'_> {
     /// Their names, in the order a gathered batch holds them.
-    const NAMES: [&'static str; 6] = ["key_hi", "key_lo", "time", "received_at", "volume", "segment"];
+    const NAMES: [&'static str; 6] = [
+        "key_hi",
+        "key_lo",
+        "time",
+        "received_at",
+        "volume",
+        "segment",
+    ];
 
     /// `batch` narrowed to these columns (no copy).
     fn project(batch: &RecordBatch) -> Result<RecordBatch, RatingError> {

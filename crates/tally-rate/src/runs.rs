@@ -209,7 +209,13 @@ pub struct FileSink {
 
 const ROW_GROUP: usize = 65_536;
 /// The line-file columns that keep row-group statistics.
-const PRUNED_BY: [&str; 5] = ["project_id", "resource_id", "meter", "period_start", "period_end"];
+const PRUNED_BY: [&str; 5] = [
+    "project_id",
+    "resource_id",
+    "meter",
+    "period_start",
+    "period_end",
+];
 const WRITE_BATCH: usize = 8_192;
 
 impl FileSink {
@@ -248,8 +254,10 @@ impl FileSink {
                 .set_max_row_group_row_count(Some(ROW_GROUP))
                 .set_statistics_enabled(EnabledStatistics::None);
             for column in PRUNED_BY {
-                props = props
-                    .set_column_statistics_enabled(ColumnPath::from(column), EnabledStatistics::Chunk);
+                props = props.set_column_statistics_enabled(
+                    ColumnPath::from(column),
+                    EnabledStatistics::Chunk,
+                );
             }
             let props = props.build();
             let object = BufWriter::new(self.rated.object_store(), self.rated.location(&self.path));
