@@ -24,8 +24,14 @@ use datafusion::arrow::ipc::writer::{IpcWriteOptions, StreamWriter};
 
 use crate::job::RatingError;
 
-/// Rows gathered per bucket before they are written as one IPC batch.
-const FLUSH_ROWS: usize = 8192;
+/// Rows a scan task holds across all its buckets before writing them, and
+/// the bounds on one bucket's share. A written batch is one sorted run of
+/// stage 2's visit: larger runs mean fewer streams read at once, but every
+/// bucket holds its share, so the share shrinks as buckets multiply (at
+/// 214 buckets, a 112 M-record month, 1,224 rows each).
+const PENDING_ROWS: usize = 256 * 1024;
+const MIN_FLUSH_ROWS: usize = 1024;
+const MAX_FLUSH_ROWS: usize = 8192;
 
 /// The 128-bit key of a (project, resource): computed once per row in the
 /// scan and carried as `resource_hi`/`resource_lo`, it picks the bucket here
@@ -51,6 +57,7 @@ pub struct BucketWriter {
     schema: SchemaRef,
     pending: Vec<Vec<RecordBatch>>,
     pending_rows: Vec<usize>,
+    flush_rows: usize,
     writers: Vec<Option<StreamWriter<BufWriter<File>>>>,
 }
 
@@ -63,6 +70,7 @@ impl BucketWriter {
             schema,
             pending: vec![Vec::new(); buckets],
             pending_rows: vec![0; buckets],
+            flush_rows: (PENDING_ROWS / buckets.max(1)).clamp(MIN_FLUSH_ROWS, MAX_FLUSH_ROWS),
             writers: (0..buckets).map(|_| None).collect(),
         }
     }
@@ -85,7 +93,7 @@ impl BucketWriter {
             let part = take_record_batch(batch, &UInt32Array::from(indices)).map_err(files_err)?;
             self.pending_rows[b] += part.num_rows();
             self.pending[b].push(part);
-            if self.pending_rows[b] >= FLUSH_ROWS {
+            if self.pending_rows[b] >= self.flush_rows {
                 self.flush(b)?;
             }
         }
