@@ -205,12 +205,43 @@ mod tests {
     use datafusion::arrow::array::{Int64Array, StringArray};
     use datafusion::arrow::datatypes::{DataType, Field, Schema};
 
+    /// Sorting a batch by resource key keeps every row (with its other
+    /// columns) and keeps rows of one key in their order.
+    #[test]
+    fn a_batch_sorted_by_resource_keeps_its_rows_and_their_order_within_a_key() {
+        let schema: SchemaRef = Arc::new(Schema::new(vec![
+            Field::new("resource_hi", DataType::UInt64, false),
+            Field::new("resource_lo", DataType::UInt64, false),
+            Field::new("n", DataType::Int64, false),
+        ]));
+        let hi = [3u64, 1, 3, 1, 2, 1];
+        let lo = [0u64, 5, 0, 4, 9, 5];
+        let batch = RecordBatch::try_new(
+            schema,
+            vec![
+                Arc::new(UInt64Array::from(hi.to_vec())),
+                Arc::new(UInt64Array::from(lo.to_vec())),
+                Arc::new(Int64Array::from_iter_values(0..6)),
+            ],
+        )
+        .unwrap();
+        let sorted = sorted_by_resource(&batch).unwrap();
+        let n = sorted
+            .column(2)
+            .as_any()
+            .downcast_ref::<Int64Array>()
+            .unwrap();
+        // (1,4) row 3; (1,5) rows 1 then 5; (2,9) row 4; (3,0) rows 0 then 2.
+        assert_eq!(n.values().to_vec(), vec![3, 1, 5, 4, 0, 2]);
+    }
+
     #[test]
     fn every_row_lands_in_its_bucket_once() {
         let schema: SchemaRef = Arc::new(Schema::new(vec![
             Field::new("project_id", DataType::Utf8, false),
             Field::new("resource_id", DataType::Utf8, false),
             Field::new("resource_hi", DataType::UInt64, false),
+            Field::new("resource_lo", DataType::UInt64, false),
             Field::new("n", DataType::Int64, false),
         ]));
         let dir = tempfile::tempdir().unwrap();
@@ -223,10 +254,11 @@ mod tests {
                 let projects: Vec<String> = (0..n).map(|i| format!("p{}", i % 13)).collect();
                 let resources: Vec<String> =
                     (0..n).map(|i| format!("r{}-{chunk}", i % 101)).collect();
-                let mut his = Vec::new();
+                let (mut his, mut los) = (Vec::new(), Vec::new());
                 for (p, r) in projects.iter().zip(&resources) {
                     expected[bucket_of(resource_key(p, r), buckets)] += 1;
                     his.push((resource_key(p, r) >> 64) as u64);
+                    los.push(resource_key(p, r) as u64);
                 }
                 let batch = RecordBatch::try_new(
                     schema.clone(),
@@ -234,6 +266,7 @@ mod tests {
                         Arc::new(StringArray::from(projects)),
                         Arc::new(StringArray::from(resources)),
                         Arc::new(UInt64Array::from(his)),
+                        Arc::new(UInt64Array::from(los)),
                         Arc::new(Int64Array::from_iter_values(0..n as i64)),
                     ],
                 )
@@ -244,7 +277,22 @@ mod tests {
         }
         let mut total = 0;
         for (b, want) in expected.iter().enumerate() {
-            let batch = concat_batches(&schema, &read_bucket(dir.path(), b, 2).unwrap()).unwrap();
+            let read = read_bucket(dir.path(), b, 2).unwrap();
+            // Each written batch is one sorted run of stage 2's visit.
+            for batch in &read {
+                let key = |c: usize| {
+                    batch
+                        .column(c)
+                        .as_any()
+                        .downcast_ref::<UInt64Array>()
+                        .unwrap()
+                        .values()
+                        .to_vec()
+                };
+                let keys: Vec<(u64, u64)> = key(2).into_iter().zip(key(3)).collect();
+                assert!(keys.is_sorted());
+            }
+            let batch = concat_batches(&schema, &read).unwrap();
             assert_eq!(batch.num_rows(), *want);
             let p = batch
                 .column(0)
