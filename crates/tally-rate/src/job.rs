@@ -418,19 +418,22 @@ where
             let mut kept = Vec::new();
             let mut writer =
                 (buckets > 1).then(|| BucketWriter::new(&dir, task, buckets, schema.clone()));
-            for batch in snapshot_rows {
-                match writer.as_mut() {
-                    Some(w) => w.route(&batch)?,
-                    None => kept.push(shuffle::sorted_by_resource(&batch)?),
+            // Rows go to their buckets, or stay in memory when one bucket
+            // holds the range; either way stage 2 gets batches sorted by
+            // resource key.
+            let mut place = |batch: RecordBatch| match writer.as_mut() {
+                Some(w) => w.route(&batch),
+                None => {
+                    kept.push(shuffle::sorted_by_resource(&[batch])?);
+                    Ok(())
                 }
+            };
+            for batch in snapshot_rows {
+                place(batch)?;
             }
             for mut stream in group {
                 while let Some(batch) = stream.next().await {
-                    let batch = with_record_keys(&batch?, &schema)?;
-                    match writer.as_mut() {
-                        Some(w) => w.route(&batch)?,
-                        None => kept.push(shuffle::sorted_by_resource(&batch)?),
-                    }
+                    place(with_record_keys(&batch?, &schema)?)?;
                 }
             }
             if let Some(w) = writer {
@@ -577,15 +580,7 @@ fn keyed_schema(scan: &SchemaRef) -> SchemaRef {
 }
 
 fn with_record_keys(batch: &RecordBatch, keyed: &SchemaRef) -> Result<RecordBatch, RatingError> {
-    let text = |name: &str| {
-        batch
-            .column_by_name(name)
-            .and_then(|c| c.as_any().downcast_ref::<StringArray>())
-            .ok_or_else(|| RatingError::Segment {
-                segment: "(scan)".into(),
-                message: format!("column '{name}' is missing or mistyped"),
-            })
-    };
+    let text = |name: &str| scan_column::<StringArray>(batch, name);
     let (source, id) = (text("source")?, text("id")?);
     let (project, resource) = (text("project_id")?, text("resource_id")?);
     let n = batch.num_rows();
@@ -745,7 +740,11 @@ async fn scan_plan(
     Ok(frame.create_physical_plan().await?)
 }
 
-fn column<'b, T: 'static>(batch: &'b RecordBatch, name: &str) -> Result<&'b T, RatingError> {
+/// A column of a scan batch by name and type.
+pub(crate) fn scan_column<'b, T: 'static>(
+    batch: &'b RecordBatch,
+    name: &str,
+) -> Result<&'b T, RatingError> {
     batch
         .column_by_name(name)
         .and_then(|c| c.as_any().downcast_ref::<T>())
@@ -770,12 +769,12 @@ struct TextColumns<'a> {
 impl<'a> TextColumns<'a> {
     fn of(batch: &'a RecordBatch) -> Result<TextColumns<'a>, RatingError> {
         Ok(TextColumns {
-            project: column(batch, "project_id")?,
-            resource: column(batch, "resource_id")?,
-            meter: column(batch, "meter")?,
-            kind: column(batch, "kind")?,
-            unit: column(batch, "unit")?,
-            attributes: column(batch, "attributes")?,
+            project: scan_column(batch, "project_id")?,
+            resource: scan_column(batch, "resource_id")?,
+            meter: scan_column(batch, "meter")?,
+            kind: scan_column(batch, "kind")?,
+            unit: scan_column(batch, "unit")?,
+            attributes: scan_column(batch, "attributes")?,
         })
     }
 }
@@ -821,12 +820,12 @@ impl FixedColumns<'_> {
 impl<'a> FixedColumns<'a> {
     fn of(batch: &'a RecordBatch) -> Result<FixedColumns<'a>, RatingError> {
         Ok(FixedColumns {
-            key_hi: column(batch, "key_hi")?,
-            key_lo: column(batch, "key_lo")?,
-            time: column(batch, "time")?,
-            received_at: column(batch, "received_at")?,
-            volume: column(batch, "volume")?,
-            segment: column(batch, "segment")?,
+            key_hi: scan_column(batch, "key_hi")?,
+            key_lo: scan_column(batch, "key_lo")?,
+            time: scan_column(batch, "time")?,
+            received_at: scan_column(batch, "received_at")?,
+            volume: scan_column(batch, "volume")?,
+            segment: scan_column(batch, "segment")?,
         })
     }
 }
@@ -908,8 +907,8 @@ impl<'a, S: LineSink> Consumer<'a, S> {
         let mut order: Vec<(u128, u32, u32)> =
             Vec::with_capacity(batches.iter().map(|b| b.num_rows()).sum());
         for (b, batch) in batches.iter().enumerate() {
-            let resource_hi: &UInt64Array = column(batch, "resource_hi")?;
-            let resource_lo: &UInt64Array = column(batch, "resource_lo")?;
+            let resource_hi: &UInt64Array = scan_column(batch, "resource_hi")?;
+            let resource_lo: &UInt64Array = scan_column(batch, "resource_lo")?;
             for row in 0..batch.num_rows() {
                 let (hi, lo) = (resource_hi.value(row), resource_lo.value(row));
                 order.push((

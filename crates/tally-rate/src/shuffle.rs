@@ -16,13 +16,13 @@ use std::io::BufWriter;
 use std::path::{Path, PathBuf};
 
 use datafusion::arrow::array::{RecordBatch, UInt32Array, UInt64Array};
-use datafusion::arrow::compute::{concat_batches, take_record_batch};
+use datafusion::arrow::compute::{interleave_record_batch, take_record_batch};
 use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::arrow::ipc::CompressionType;
 use datafusion::arrow::ipc::reader::StreamReader;
 use datafusion::arrow::ipc::writer::{IpcWriteOptions, StreamWriter};
 
-use crate::job::RatingError;
+use crate::job::{RatingError, scan_column};
 
 /// Rows a scan task holds across all its buckets before writing them, and
 /// the bounds on one bucket's share. A written batch is one sorted run of
@@ -78,10 +78,7 @@ impl BucketWriter {
     /// Routes a batch's rows to their buckets by its `resource_hi` column.
     pub fn route(&mut self, batch: &RecordBatch) -> Result<(), RatingError> {
         let buckets = self.pending.len();
-        let resource_hi = batch
-            .column_by_name("resource_hi")
-            .and_then(|c| c.as_any().downcast_ref::<UInt64Array>())
-            .ok_or_else(|| files_err("scan lacks column resource_hi"))?;
+        let resource_hi: &UInt64Array = scan_column(batch, "resource_hi")?;
         let mut rows: Vec<Vec<u32>> = vec![Vec::new(); buckets];
         for (i, hi) in resource_hi.values().iter().enumerate() {
             rows[bucket_of(u128::from(*hi) << 64, buckets)].push(i as u32);
@@ -104,8 +101,7 @@ impl BucketWriter {
         if self.pending[b].is_empty() {
             return Ok(());
         }
-        let batch = concat_batches(&self.schema, &self.pending[b]).map_err(files_err)?;
-        let batch = sorted_by_resource(&batch)?;
+        let batch = sorted_by_resource(&self.pending[b])?;
         self.pending[b].clear();
         self.pending_rows[b] = 0;
         if self.writers[b].is_none() {
@@ -143,7 +139,8 @@ impl BucketWriter {
     }
 }
 
-/// `batch` with its rows ordered by resource key (ties in their order).
+/// `batches` as one batch, its rows ordered by resource key (ties in
+/// their order: by batch, then by row), gathered in one copy.
 ///
 /// Stage 2 visits a bucket's rows in resource-key order. Segments are in
 /// time order, so without this each row it visits lies somewhere else in
@@ -151,23 +148,28 @@ impl BucketWriter {
 /// which cost more than all the copying. With every batch sorted, that
 /// visit reads each batch front to back, a few hundred sequential streams
 /// at once.
-pub fn sorted_by_resource(batch: &RecordBatch) -> Result<RecordBatch, RatingError> {
-    let column = |name: &str| {
-        batch
-            .column_by_name(name)
-            .and_then(|c| c.as_any().downcast_ref::<UInt64Array>())
-            .ok_or_else(|| files_err(format!("scan lacks column {name}")))
-    };
-    let (hi, lo) = (column("resource_hi")?, column("resource_lo")?);
-    let mut order: Vec<(u64, u64, u32)> = (0..batch.num_rows())
-        .map(|i| (hi.value(i), lo.value(i), i as u32))
-        .collect();
-    if order.is_sorted() {
-        return Ok(batch.clone());
+pub fn sorted_by_resource(batches: &[RecordBatch]) -> Result<RecordBatch, RatingError> {
+    let mut order: Vec<(u64, u64, u32, u32)> =
+        Vec::with_capacity(batches.iter().map(|b| b.num_rows()).sum());
+    for (b, batch) in batches.iter().enumerate() {
+        let hi: &UInt64Array = scan_column(batch, "resource_hi")?;
+        let lo: &UInt64Array = scan_column(batch, "resource_lo")?;
+        for i in 0..batch.num_rows() {
+            order.push((hi.value(i), lo.value(i), b as u32, i as u32));
+        }
+    }
+    match batches {
+        [] => return Err(files_err("no rows to sort")),
+        [one] if order.is_sorted() => return Ok(one.clone()),
+        _ => {}
     }
     order.sort_unstable();
-    let indices = UInt32Array::from_iter_values(order.into_iter().map(|(_, _, i)| i));
-    take_record_batch(batch, &indices).map_err(files_err)
+    let positions: Vec<(usize, usize)> = order
+        .into_iter()
+        .map(|(_, _, b, i)| (b as usize, i as usize))
+        .collect();
+    let refs: Vec<&RecordBatch> = batches.iter().collect();
+    interleave_record_batch(&refs, &positions).map_err(files_err)
 }
 
 fn bucket_file(dir: &Path, bucket: usize, task: usize) -> PathBuf {
@@ -203,6 +205,7 @@ mod tests {
     use std::sync::Arc;
 
     use datafusion::arrow::array::{Int64Array, StringArray};
+    use datafusion::arrow::compute::concat_batches;
     use datafusion::arrow::datatypes::{DataType, Field, Schema};
 
     /// Sorting a batch by resource key keeps every row (with its other
@@ -225,7 +228,7 @@ mod tests {
             ],
         )
         .unwrap();
-        let sorted = sorted_by_resource(&batch).unwrap();
+        let sorted = sorted_by_resource(&[batch]).unwrap();
         let n = sorted
             .column(2)
             .as_any()
