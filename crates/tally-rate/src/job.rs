@@ -938,6 +938,10 @@ impl<'a, S: LineSink> Consumer<'a, S> {
                 if current_key != Some(key) {
                     if current_key.is_some() {
                         let done = std::mem::take(&mut self.current);
+                        // Resources of a cloud have about as many records
+                        // each: sized like the last one, the next one's
+                        // records are not copied as the vector grows.
+                        self.current.records.reserve(done.records.len());
                         self.finish_resource(done).await?;
                     }
                     current_key = Some(key);

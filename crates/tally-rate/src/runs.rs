@@ -216,6 +216,8 @@ const PRUNED_BY: [&str; 5] = [
     "period_start",
     "period_end",
 ];
+/// The line-file columns written without a dictionary.
+const UNIQUE_TEXT: [&str; 2] = ["quantity", "amount"];
 const WRITE_BATCH: usize = 8_192;
 
 impl FileSink {
@@ -253,6 +255,12 @@ impl FileSink {
                 ))
                 .set_max_row_group_row_count(Some(ROW_GROUP))
                 .set_statistics_enabled(EnabledStatistics::None);
+            // Quantities and amounts are nearly unique per line: a
+            // dictionary of them is abandoned after its first megabyte,
+            // but every value is hashed into it until then.
+            for column in UNIQUE_TEXT {
+                props = props.set_column_dictionary_enabled(ColumnPath::from(column), false);
+            }
             for column in PRUNED_BY {
                 props = props.set_column_statistics_enabled(
                     ColumnPath::from(column),
