@@ -110,41 +110,48 @@ def main():
         subprocess.run([a.tally, "--data-dir", data, "plan", "apply", "--default", plan], check=True,
                        stdout=subprocess.DEVNULL)
 
-        # Each repetition starts from the same billing database: otherwise
-        # the cells of earlier runs stay for the hour before superseded runs
-        # are cleaned, and every later run inserts into a larger table.
+        # Each repetition after the first starts from the billing database
+        # the first one started from: otherwise the cells of earlier runs
+        # stay for the hour before superseded runs are cleaned, and every
+        # later run inserts into a larger table.
         db = os.path.join(data, "tally.db")
         # The write-ahead log holds committed pages too, until a checkpoint.
         kept = [f for f in (db, db + "-wal") if os.path.exists(f)]
-        for f in kept:
-            shutil.copyfile(f, f + ".bench-start")
+        if a.repeat > 1:
+            for f in kept:
+                shutil.copyfile(f, f + ".bench-start")
         tally_runs, duck_runs = [], []
         glob = os.path.join(data, "raw", "segments", "*", "*.parquet")
         out_path = os.path.join(a.dir, f"duckdb-lines-{instances}x{minutes}.parquet")
         code = DUCKDB_SQL % {"prices": [(r, p) for _, r, p in PRICES], "glob": glob, "out": out_path}
-        for rep in range(a.repeat):
-            for suffix in ("-wal", "-shm"):
-                if os.path.exists(db + suffix):
-                    os.remove(db + suffix)
-            for f in kept:
-                shutil.copyfile(f + ".bench-start", f)
-            print(f"==> [{rep + 1}/{a.repeat}] tally rate --period 2026-10 ({records} records)", file=sys.stderr)
-            secs, rss, out = run_measured([a.tally, "--data-dir", data, "rate", "--period", "2026-10",
-                                           "--output", "json"])
-            run = json.loads(out)
-            tally_runs.append({"seconds": round(secs, 2), "records_per_second": round(run["records_read"] / secs),
-                               "peak_rss_mib": round(rss), "records_read": run["records_read"],
-                               "lines": run["lines"]})
-            if rep + 1 < a.repeat:
-                # The restored database does not know this run: its files go too.
-                shutil.rmtree(os.path.join(data, "rated", run["run_id"]), ignore_errors=True)
+        try:
+            for rep in range(a.repeat):
+                if rep > 0:
+                    for suffix in ("-wal", "-shm"):
+                        if os.path.exists(db + suffix):
+                            os.remove(db + suffix)
+                    for f in kept:
+                        shutil.copyfile(f + ".bench-start", f)
+                print(f"==> [{rep + 1}/{a.repeat}] tally rate --period 2026-10 ({records} records)", file=sys.stderr)
+                secs, rss, out = run_measured([a.tally, "--data-dir", data, "rate", "--period", "2026-10",
+                                               "--output", "json"])
+                run = json.loads(out)
+                tally_runs.append({"seconds": round(secs, 2),
+                                   "records_per_second": round(run["records_read"] / secs),
+                                   "peak_rss_mib": round(rss), "records_read": run["records_read"],
+                                   "lines": run["lines"]})
+                if rep + 1 < a.repeat:
+                    # The restored database will not know this run: its files go too.
+                    shutil.rmtree(os.path.join(data, "rated", run["run_id"]), ignore_errors=True)
 
-            print(f"==> [{rep + 1}/{a.repeat}] DuckDB, same Parquet files", file=sys.stderr)
-            dsecs, drss, dout = run_measured([sys.executable, "-c", code])
-            duck_runs.append({"seconds": round(dsecs, 2), "records_per_second": round(records / dsecs),
-                              "peak_rss_mib": round(drss), "lines": int(dout.strip().splitlines()[-1])})
-        for f in kept:
-            os.remove(f + ".bench-start")
+                print(f"==> [{rep + 1}/{a.repeat}] DuckDB, same Parquet files", file=sys.stderr)
+                dsecs, drss, dout = run_measured([sys.executable, "-c", code])
+                duck_runs.append({"seconds": round(dsecs, 2), "records_per_second": round(records / dsecs),
+                                  "peak_rss_mib": round(drss), "lines": int(dout.strip().splitlines()[-1])})
+        finally:
+            for f in kept:
+                if os.path.exists(f + ".bench-start"):
+                    os.remove(f + ".bench-start")
         tally, duck = median_run(tally_runs), median_run(duck_runs)
         secs, dsecs = tally["seconds"], duck["seconds"]
         tally["all_seconds"] = [r["seconds"] for r in tally_runs]

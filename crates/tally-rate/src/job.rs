@@ -938,9 +938,12 @@ impl<'a, S: LineSink> Consumer<'a, S> {
                 if current_key != Some(key) {
                     if current_key.is_some() {
                         let done = std::mem::take(&mut self.current);
-                        // Resources of a cloud have about as many records
-                        // each: sized like the last one, the next one's
-                        // records are not copied as the vector grows.
+                        // The next resource's vector starts at the last
+                        // one's size: grown by doubling, it copied its
+                        // records again at every step (vector growth was a
+                        // visible part of stage 2's memmove). A resource of
+                        // another kind may get more room than it needs,
+                        // one resource's worth at most.
                         self.current.records.reserve(done.records.len());
                         self.finish_resource(done).await?;
                     }

