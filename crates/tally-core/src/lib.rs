@@ -24,6 +24,7 @@ pub mod rated;
 pub mod record;
 pub mod rollup;
 pub mod service;
+pub mod summary_levels;
 pub mod volume;
 
 pub use document::DocumentError;

@@ -33,6 +33,7 @@ use sqlx::Any;
 use tally_core::rollup::{
     AMOUNT_SCALE, DAY_US, QUANTITY_SCALE, next_utc_month_start, utc_month_start,
 };
+use tally_core::summary_levels::WholeMonthLevels;
 use tally_db::{Backend, Database};
 
 use crate::job::RatingError;
@@ -146,6 +147,125 @@ pub fn exact_sum_sql(whole: Option<&str>, fraction: &str, scale: u32) -> String 
     )
 }
 
+/// The SQL of the quantity and amount sums of a level, from the resource
+/// cells (`cells`) or from a level below (split columns).
+fn sums_sql(cells: bool, prefix: &str) -> String {
+    let q = if cells {
+        exact_sum_sql(None, &format!("{prefix}quantity_micro"), QUANTITY_SCALE)
+    } else {
+        exact_sum_sql(
+            Some(&format!("{prefix}quantity_whole")),
+            &format!("{prefix}quantity_micro"),
+            QUANTITY_SCALE,
+        )
+    };
+    let a = if cells {
+        exact_sum_sql(None, &format!("{prefix}amount_nano"), AMOUNT_SCALE)
+    } else {
+        exact_sum_sql(
+            Some(&format!("{prefix}amount_whole")),
+            &format!("{prefix}amount_nano"),
+            AMOUNT_SCALE,
+        )
+    };
+    format!(
+        "{q}, {a}, CAST(SUM({prefix}line_count) AS BIGINT), CAST(SUM({prefix}error_count) AS BIGINT)"
+    )
+}
+
+const LEVEL_COLUMNS: &str =
+    "quantity_whole, quantity_micro, amount_whole, amount_nano, line_count, error_count";
+
+/// Recomputes the per-project-and-day totals and the cloud's days from
+/// `usage_project_days`, for the days `days` selects (an SQL condition on
+/// `day_us`).
+async fn derive_day_levels(
+    tx: &mut sqlx::Transaction<'static, Any>,
+    days: &str,
+) -> Result<(), RatingError> {
+    let sums = sums_sql(false, "");
+    for sql in [
+        format!("DELETE FROM usage_project_day_totals WHERE {days}"),
+        format!(
+            "INSERT INTO usage_project_day_totals (day_us, project_id, currency, unit_min, unit_max, {LEVEL_COLUMNS}) \
+             SELECT day_us, project_id, currency, MIN(unit), MAX(unit), {sums} \
+             FROM usage_project_days WHERE {days} GROUP BY day_us, project_id, currency"
+        ),
+        format!("DELETE FROM usage_cloud_days WHERE {days}"),
+        format!(
+            "INSERT INTO usage_cloud_days (day_us, meter, unit, currency, attributes, {LEVEL_COLUMNS}) \
+             SELECT day_us, meter, unit, currency, attributes, {sums} \
+             FROM usage_project_days WHERE {days} GROUP BY day_us, meter, unit, currency, attributes"
+        ),
+    ] {
+        // Only numbers and fixed names are generated into this text.
+        sqlx::query(sqlx::AssertSqlSafe(sql))
+            .execute(&mut **tx)
+            .await?;
+    }
+    Ok(())
+}
+
+/// Recomputes the project-days in `[first, end)` that `days` (an SQL
+/// condition on `day_us`) selects, from the cells that count.
+async fn project_days_from_cells(
+    tx: &mut sqlx::Transaction<'static, Any>,
+    first: i64,
+    end: i64,
+    days: &str,
+) -> Result<(), RatingError> {
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "DELETE FROM usage_project_days WHERE day_us >= {first} AND day_us < {end} AND {days}"
+    )))
+    .execute(&mut **tx)
+    .await?;
+    // The cells that count are those whose run's coverage holds them (the
+    // same join as every resource-level summary).
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "INSERT INTO usage_project_days (day_us, project_id, meter, unit, currency, attributes, {LEVEL_COLUMNS}) \
+         SELECT day_us, project_id, meter, unit, currency, attributes, {sums} FROM \
+         (SELECT (u.from_us / {DAY_US}) * {DAY_US} AS day_us, u.* FROM usage_rollups u JOIN rated_coverage c \
+          ON c.run_id = u.run_id AND u.from_us >= c.from_us AND u.to_us <= c.to_us \
+          WHERE u.from_us >= {first} AND u.from_us < {end}) counted \
+         WHERE {days} \
+         GROUP BY day_us, project_id, meter, unit, currency, attributes",
+        sums = sums_sql(true, ""),
+    )))
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+/// Recomputes a month's per-project levels from `usage_project_days`.
+async fn derive_month_levels(
+    tx: &mut sqlx::Transaction<'static, Any>,
+    month: i64,
+    next: i64,
+) -> Result<(), RatingError> {
+    let sums = sums_sql(false, "");
+    for sql in [
+        format!("DELETE FROM usage_project_months WHERE month_us = {month}"),
+        format!(
+            "INSERT INTO usage_project_months (month_us, project_id, meter, unit, currency, attributes, {LEVEL_COLUMNS}) \
+             SELECT {month}, project_id, meter, unit, currency, attributes, {sums} \
+             FROM usage_project_days WHERE day_us >= {month} AND day_us < {next} \
+             GROUP BY project_id, meter, unit, currency, attributes"
+        ),
+        format!("DELETE FROM usage_project_month_totals WHERE month_us = {month}"),
+        format!(
+            "INSERT INTO usage_project_month_totals (month_us, project_id, currency, unit_min, unit_max, {LEVEL_COLUMNS}) \
+             SELECT {month}, project_id, currency, MIN(unit), MAX(unit), {sums} \
+             FROM usage_project_months WHERE month_us = {month} GROUP BY project_id, currency"
+        ),
+    ] {
+        // Only numbers and fixed names are generated into this text.
+        sqlx::query(sqlx::AssertSqlSafe(sql))
+            .execute(&mut **tx)
+            .await?;
+    }
+    Ok(())
+}
+
 /// Recomputes the levels of every dirty day (and of the months holding
 /// them). Returns how many days were recomputed: 0 when nothing was dirty,
 /// which costs one indexed read.
@@ -166,114 +286,28 @@ pub async fn refresh(db: &Database) -> Result<usize, RatingError> {
     let (Some(&first), Some(&last)) = (days.first(), days.last()) else {
         return Ok(0);
     };
-    let dirty = "SELECT day_us FROM usage_summary_dirty";
-    let q = |w: Option<&str>, f: &str| exact_sum_sql(w, f, QUANTITY_SCALE);
-    let a = |w: Option<&str>, f: &str| exact_sum_sql(w, f, AMOUNT_SCALE);
-    let columns =
-        "quantity_whole, quantity_micro, amount_whole, amount_nano, line_count, error_count";
-    let counts = "CAST(SUM(line_count) AS BIGINT), CAST(SUM(error_count) AS BIGINT)";
+    let dirty = "day_us IN (SELECT day_us FROM usage_summary_dirty)";
+    let cell_sums = sums_sql(true, "u.");
 
-    sqlx::query(sqlx::AssertSqlSafe(format!(
-        "DELETE FROM usage_project_days WHERE day_us IN ({dirty})"
-    )))
-    .execute(&mut *tx)
-    .await?;
-    // The cells that count are those whose run's coverage holds them (the
-    // same join as every resource-level summary).
-    sqlx::query(sqlx::AssertSqlSafe(format!(
-        "INSERT INTO usage_project_days (day_us, project_id, meter, unit, currency, attributes, {columns}) \
-         SELECT (u.from_us / {DAY_US}) * {DAY_US}, u.project_id, u.meter, u.unit, u.currency, u.attributes, \
-         {quantity}, {amount}, CAST(SUM(u.line_count) AS BIGINT), CAST(SUM(u.error_count) AS BIGINT) \
-         FROM usage_rollups u JOIN rated_coverage c \
-         ON c.run_id = u.run_id AND u.from_us >= c.from_us AND u.to_us <= c.to_us \
-         WHERE u.from_us >= {first} AND u.from_us < {end} \
-         AND (u.from_us / {DAY_US}) * {DAY_US} IN ({dirty}) \
-         GROUP BY (u.from_us / {DAY_US}) * {DAY_US}, u.project_id, u.meter, u.unit, u.currency, u.attributes",
-        quantity = q(None, "u.quantity_micro"),
-        amount = a(None, "u.amount_nano"),
-        end = last + DAY_US,
-    )))
-    .execute(&mut *tx)
-    .await?;
-
-    sqlx::query(sqlx::AssertSqlSafe(format!(
-        "DELETE FROM usage_project_day_totals WHERE day_us IN ({dirty})"
-    )))
-    .execute(&mut *tx)
-    .await?;
-    sqlx::query(sqlx::AssertSqlSafe(format!(
-        "INSERT INTO usage_project_day_totals (day_us, project_id, currency, unit_min, unit_max, {columns}) \
-         SELECT day_us, project_id, currency, MIN(unit), MAX(unit), {quantity}, {amount}, {counts} \
-         FROM usage_project_days WHERE day_us IN ({dirty}) \
-         GROUP BY day_us, project_id, currency",
-        quantity = q(Some("quantity_whole"), "quantity_micro"),
-        amount = a(Some("amount_whole"), "amount_nano"),
-    )))
-    .execute(&mut *tx)
-    .await?;
-
-    sqlx::query(sqlx::AssertSqlSafe(format!(
-        "DELETE FROM usage_cloud_days WHERE day_us IN ({dirty})"
-    )))
-    .execute(&mut *tx)
-    .await?;
-    sqlx::query(sqlx::AssertSqlSafe(format!(
-        "INSERT INTO usage_cloud_days (day_us, meter, unit, currency, attributes, {columns}) \
-         SELECT day_us, meter, unit, currency, attributes, {quantity}, {amount}, {counts} \
-         FROM usage_project_days WHERE day_us IN ({dirty}) \
-         GROUP BY day_us, meter, unit, currency, attributes",
-        quantity = q(Some("quantity_whole"), "quantity_micro"),
-        amount = a(Some("amount_whole"), "amount_nano"),
-    )))
-    .execute(&mut *tx)
-    .await?;
+    project_days_from_cells(&mut tx, first, last + DAY_US, dirty).await?;
+    derive_day_levels(&mut tx, dirty).await?;
 
     let mut months: Vec<(i64, i64)> = days.iter().map(|d| month_of(*d)).collect();
     months.dedup();
     for (month, next) in months {
-        sqlx::query("DELETE FROM usage_project_months WHERE month_us = $1")
-            .bind(month)
-            .execute(&mut *tx)
-            .await?;
-        sqlx::query(sqlx::AssertSqlSafe(format!(
-            "INSERT INTO usage_project_months (month_us, project_id, meter, unit, currency, attributes, {columns}) \
-             SELECT {month}, project_id, meter, unit, currency, attributes, {quantity}, {amount}, {counts} \
-             FROM usage_project_days WHERE day_us >= {month} AND day_us < {next} \
-             GROUP BY project_id, meter, unit, currency, attributes",
-            quantity = q(Some("quantity_whole"), "quantity_micro"),
-            amount = a(Some("amount_whole"), "amount_nano"),
-        )))
-        .execute(&mut *tx)
-        .await?;
+        derive_month_levels(&mut tx, month, next).await?;
         sqlx::query("DELETE FROM usage_resource_months WHERE month_us = $1")
             .bind(month)
             .execute(&mut *tx)
             .await?;
         sqlx::query(sqlx::AssertSqlSafe(format!(
-            "INSERT INTO usage_resource_months (month_us, project_id, resource_id, meter, unit, currency, attributes, last_day_us, {columns}) \
+            "INSERT INTO usage_resource_months (month_us, project_id, resource_id, meter, unit, currency, attributes, last_day_us, {LEVEL_COLUMNS}) \
              SELECT {month}, u.project_id, u.resource_id, u.meter, u.unit, u.currency, u.attributes, \
-             MAX((u.from_us / {DAY_US}) * {DAY_US}), {quantity}, {amount}, \
-             CAST(SUM(u.line_count) AS BIGINT), CAST(SUM(u.error_count) AS BIGINT) \
+             MAX((u.from_us / {DAY_US}) * {DAY_US}), {cell_sums} \
              FROM usage_rollups u JOIN rated_coverage c \
              ON c.run_id = u.run_id AND u.from_us >= c.from_us AND u.to_us <= c.to_us \
              WHERE u.from_us >= {month} AND u.from_us < {next} \
              GROUP BY u.project_id, u.resource_id, u.meter, u.unit, u.currency, u.attributes",
-            quantity = q(None, "u.quantity_micro"),
-            amount = a(None, "u.amount_nano"),
-        )))
-        .execute(&mut *tx)
-        .await?;
-        sqlx::query("DELETE FROM usage_project_month_totals WHERE month_us = $1")
-            .bind(month)
-            .execute(&mut *tx)
-            .await?;
-        sqlx::query(sqlx::AssertSqlSafe(format!(
-            "INSERT INTO usage_project_month_totals (month_us, project_id, currency, unit_min, unit_max, {columns}) \
-             SELECT {month}, project_id, currency, MIN(unit), MAX(unit), {quantity}, {amount}, {counts} \
-             FROM usage_project_months WHERE month_us = {month} \
-             GROUP BY project_id, currency",
-            quantity = q(Some("quantity_whole"), "quantity_micro"),
-            amount = a(Some("amount_whole"), "amount_nano"),
         )))
         .execute(&mut *tx)
         .await?;
@@ -288,10 +322,263 @@ pub async fn refresh(db: &Database) -> Result<usize, RatingError> {
     Ok(days.len())
 }
 
+/// Rows per insert statement of level rows written from memory (SQLite
+/// caps a statement's variables at 32,766; PostgreSQL at 65,535).
+const LEVEL_ROWS_PER_STATEMENT: usize = 500;
+
+/// Writes the levels of the whole months a committing run covers, from the
+/// sums it made of its own cells, inside the commit's `tx` (which must hold
+/// [`lock`] and have given the run the months' coverage). Those months
+/// count only the run's cells, so nothing else needs grouping; their days
+/// are no longer dirty. Days of the run outside whole months must be
+/// marked with [`mark_in`] as before. Returns how many rows it wrote from
+/// memory.
+pub async fn write_whole_months(
+    tx: &mut sqlx::Transaction<'static, Any>,
+    backend: Backend,
+    levels: &WholeMonthLevels,
+) -> Result<usize, RatingError> {
+    let overflow = |e: tally_core::summary_levels::LevelOverflow| RatingError::Files(e.to_string());
+    let resource_months = levels.resource_months().map_err(overflow)?;
+    for &(month, next) in levels.months() {
+        let in_month = format!("day_us >= {month} AND day_us < {next}");
+        // Project-days are fewer than cells but still many (a third of
+        // them in a month of 2,800 instances); grouping the run's cells
+        // inside the database writes them faster than binding each row.
+        project_days_from_cells(tx, month, next, "TRUE").await?;
+        derive_day_levels(tx, &in_month).await?;
+        derive_month_levels(tx, month, next).await?;
+
+        sqlx::query("DELETE FROM usage_resource_months WHERE month_us = $1")
+            .bind(month)
+            .execute(&mut **tx)
+            .await?;
+        let resources: Vec<_> = resource_months
+            .iter()
+            .filter(|(k, _, _)| k.month_us == month)
+            .collect();
+        for chunk in resources.chunks(LEVEL_ROWS_PER_STATEMENT) {
+            let sql = format!(
+                "INSERT INTO usage_resource_months (month_us, project_id, resource_id, meter, unit, currency, attributes, last_day_us, {LEVEL_COLUMNS}) VALUES {}",
+                tally_db::values_placeholders(backend, chunk.len(), 14)
+            );
+            // Only placeholders are generated into this text.
+            let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
+            for (k, v, last_day) in chunk {
+                q = q
+                    .bind(k.month_us)
+                    .bind(&k.project_id)
+                    .bind(&k.resource_id)
+                    .bind(&k.meter)
+                    .bind(&k.unit)
+                    .bind(&k.currency)
+                    .bind(&k.attributes)
+                    .bind(*last_day)
+                    .bind(v.quantity.whole)
+                    .bind(v.quantity.fraction)
+                    .bind(v.amount.whole)
+                    .bind(v.amount.fraction)
+                    .bind(v.line_count)
+                    .bind(v.error_count);
+            }
+            q.execute(&mut **tx).await?;
+        }
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "DELETE FROM usage_summary_dirty WHERE {in_month}"
+        )))
+        .execute(&mut **tx)
+        .await?;
+    }
+    Ok(resource_months.len())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use chrono::{TimeZone, Utc};
+    use tally_core::rollup::{CellKey, DailyCell};
+
+    /// Every row of every level table, as text, in order.
+    async fn dump_levels(db: &Database) -> Vec<String> {
+        let mut rows = Vec::new();
+        for (table, key) in [
+            (
+                "usage_project_days",
+                "day_us, project_id, meter, unit, currency, attributes",
+            ),
+            (
+                "usage_project_day_totals",
+                "day_us, project_id, currency, unit_min, unit_max",
+            ),
+            (
+                "usage_cloud_days",
+                "day_us, meter, unit, currency, attributes",
+            ),
+            (
+                "usage_project_months",
+                "month_us, project_id, meter, unit, currency, attributes",
+            ),
+            (
+                "usage_project_month_totals",
+                "month_us, project_id, currency, unit_min, unit_max",
+            ),
+            (
+                "usage_resource_months",
+                "month_us, project_id, resource_id, meter, unit, currency, attributes, last_day_us",
+            ),
+        ] {
+            let sql = format!(
+                "SELECT {key}, quantity_whole, quantity_micro, amount_whole, amount_nano, line_count, error_count \
+                 FROM {table} ORDER BY {key}"
+            );
+            let got: Vec<sqlx::any::AnyRow> = sqlx::query(sqlx::AssertSqlSafe(sql))
+                .fetch_all(&db.pool)
+                .await
+                .unwrap();
+            use sqlx::{Column, Row};
+            for r in got {
+                let mut text = vec![table.to_string()];
+                for (i, c) in r.columns().iter().enumerate() {
+                    let v = r
+                        .try_get::<i64, _>(i)
+                        .map(|v| v.to_string())
+                        .or_else(|_| r.try_get::<String, _>(i))
+                        .unwrap();
+                    text.push(format!("{}={v}", c.name()));
+                }
+                rows.push(text.join(" "));
+            }
+        }
+        rows
+    }
+
+    /// A month of cells that exercise the sums: fractions that carry,
+    /// negative amounts (credits), a key written in two parts, two
+    /// projects, two resources, two attribute sets.
+    fn october_cells() -> Vec<DailyCell> {
+        let day = |d: u32| {
+            Utc.with_ymd_and_hms(2026, 10, d, 0, 0, 0)
+                .unwrap()
+                .timestamp_micros()
+        };
+        let mut cells = Vec::new();
+        for d in 1..=31u32 {
+            for (i, (project, resource, attributes)) in [
+                ("p1", "vm1", r#"{"flavor":"m1.small"}"#),
+                ("p1", "vm2", r#"{"flavor":"m1.large"}"#),
+                ("p2", "vm3", r#"{"flavor":"m1.small"}"#),
+                ("p2", "vm3", r#"{"flavor":"m1.large"}"#),
+            ]
+            .into_iter()
+            .enumerate()
+            {
+                let n = i64::from(d) * 7 + i as i64;
+                cells.push(DailyCell {
+                    key: CellKey {
+                        from_us: day(d),
+                        to_us: day(d) + DAY_US,
+                        project_id: project.into(),
+                        resource_id: resource.into(),
+                        meter: "instance".into(),
+                        unit: "hour".into(),
+                        currency: "EUR".into(),
+                        attributes: attributes.into(),
+                    },
+                    quantity_micro: 23_999_999 + n * 333_333,
+                    amount_nano: if n % 5 == 0 {
+                        -1_234_567_891
+                    } else {
+                        n * 987_654_321
+                    },
+                    line_count: 24,
+                    error_count: n % 2,
+                });
+            }
+        }
+        // One key in two parts, as two flushes of a partition write it.
+        let mut part = cells[5].clone();
+        part.amount_nano = 999_999_999;
+        cells.push(part);
+        cells
+    }
+
+    /// The levels a run adds up from its own cells are the rows the SQL
+    /// recomputation makes from the stored cells, to the last digit.
+    async fn whole_month_levels_equal_the_recomputed_ones(url: String) {
+        let db = Database::open(&url).await.unwrap();
+        let (from, to) = (
+            Utc.with_ymd_and_hms(2026, 10, 1, 0, 0, 0)
+                .unwrap()
+                .timestamp_micros(),
+            Utc.with_ymd_and_hms(2026, 11, 1, 0, 0, 0)
+                .unwrap()
+                .timestamp_micros(),
+        );
+        let cells = october_cells();
+        crate::cells::insert(&db, "r1", &cells).await.unwrap();
+        sqlx::query("INSERT INTO rated_coverage (run_id, from_us, to_us) VALUES ('r1', $1, $2)")
+            .bind(from)
+            .bind(to)
+            .execute(&db.pool)
+            .await
+            .unwrap();
+        // A stale row of an older run, which both paths must replace.
+        sqlx::query(
+            "INSERT INTO usage_project_days (day_us, project_id, meter, unit, currency, attributes, \
+             quantity_whole, quantity_micro, amount_whole, amount_nano, line_count, error_count) \
+             VALUES ($1, 'p9', 'instance', 'hour', 'EUR', '{}', 1, 0, 1, 0, 1, 0)",
+        )
+        .bind(from)
+        .execute(&db.pool)
+        .await
+        .unwrap();
+        mark(&db, from, to).await.unwrap();
+        assert_eq!(refresh(&db).await.unwrap(), 31);
+        let recomputed = dump_levels(&db).await;
+        assert!(recomputed.len() > 31 * 3, "{recomputed:?}");
+        assert!(!recomputed.iter().any(|r| r.contains("p9")));
+
+        let mut levels = WholeMonthLevels::new(from, to, 10_000);
+        let mut other = WholeMonthLevels::new(from, to, 10_000);
+        for (i, c) in cells.iter().enumerate() {
+            if i % 3 == 0 {
+                other.add(c)
+            } else {
+                levels.add(c)
+            }
+        }
+        levels.merge(other);
+        let mut tx = db.begin_write().await.unwrap();
+        lock(&mut tx, db.backend).await.unwrap();
+        // Stale again, and a dirty day: both are the month's, so both go.
+        sqlx::query("UPDATE usage_project_days SET amount_whole = amount_whole + 1")
+            .execute(&mut *tx)
+            .await
+            .unwrap();
+        mark_in(&mut tx, db.backend, from, from + DAY_US)
+            .await
+            .unwrap();
+        write_whole_months(&mut tx, db.backend, &levels)
+            .await
+            .unwrap();
+        tx.commit().await.unwrap();
+        assert_eq!(dump_levels(&db).await, recomputed);
+        assert_eq!(refresh(&db).await.unwrap(), 0, "the month's days are clean");
+    }
+
+    #[tokio::test]
+    async fn whole_month_levels_equal_the_recomputed_ones_on_sqlite() {
+        let dir = tempfile::tempdir().unwrap();
+        whole_month_levels_equal_the_recomputed_ones(Database::sqlite_url_in(dir.path())).await;
+    }
+
+    #[tokio::test]
+    async fn whole_month_levels_equal_the_recomputed_ones_on_postgres() {
+        whole_month_levels_equal_the_recomputed_ones(tally_db::testing::fresh_postgres_url(
+            "whole_month_levels",
+        ))
+        .await;
+    }
 
     #[test]
     fn days_overlapping_a_range_include_partial_days() {

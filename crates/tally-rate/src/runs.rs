@@ -20,6 +20,7 @@ use rust_decimal::Decimal;
 use serde::Serialize;
 use tally_core::RatedLine;
 use tally_core::rollup::CellInput;
+use tally_core::summary_levels::WholeMonthLevels;
 use tally_db::Database;
 use tally_store::objects::RawObjects;
 
@@ -288,9 +289,19 @@ impl FileSink {
     }
 
     /// Finishes the file; returns its path if any line was written.
-    pub async fn close(mut self) -> Result<Option<String>, RatingError> {
+    pub async fn close(self) -> Result<Option<String>, RatingError> {
+        Ok(self.close_with_levels().await?.0)
+    }
+
+    /// Finishes the file; returns its path if any line was written, and
+    /// the levels of the whole months its cells add up to (if it keeps
+    /// cells).
+    pub async fn close_with_levels(
+        mut self,
+    ) -> Result<(Option<String>, Option<WholeMonthLevels>), RatingError> {
         self.finish_file().await?;
-        Ok((self.written > 0).then_some(self.path))
+        let levels = self.cells.as_mut().map(CellWriter::take_levels);
+        Ok(((self.written > 0).then_some(self.path), levels))
     }
 
     /// Writes what is buffered, closes the file and syncs it; the cells'
@@ -392,14 +403,21 @@ pub async fn run_and_commit(
         })
         .await?;
         let mut files = Vec::new();
+        let mut levels: Option<WholeMonthLevels> = None;
         for sink in sinks {
-            files.extend(sink.close().await?);
+            let (file, part) = sink.close_with_levels().await?;
+            files.extend(file);
+            match (&mut levels, part) {
+                (Some(all), Some(part)) => all.merge(part),
+                (None, part) => levels = part,
+                (Some(_), None) => {}
+            }
         }
-        Ok::<_, RatingError>((totals, segments, files))
+        Ok::<_, RatingError>((totals, segments, files, levels))
     }
     .await;
 
-    let (mut totals, segments, files) = match outcome {
+    let (mut totals, segments, files, levels) = match outcome {
         Ok(o) => o,
         Err(e) => {
             if let Err(cleanup) = cells::delete(db, &run_id).await {
@@ -419,11 +437,18 @@ pub async fn run_and_commit(
     totals.amount = totals.amount.normalize();
     let finished = Utc::now();
     let (from_us, to_us) = (window.from.timestamp_micros(), window.to.timestamp_micros());
+    let committing = Instant::now();
     let mut tx = db.begin_write().await?;
     // The days whose current usage changes are marked for the summary
-    // levels in the same transaction that changes coverage.
+    // levels in the same transaction that changes coverage, except those
+    // of whole months, whose levels the run added up itself (written
+    // below, once the coverage is the run's).
     crate::levels::lock(&mut tx, db.backend).await?;
-    crate::levels::mark_in(&mut tx, db.backend, from_us, to_us).await?;
+    let whole_months = levels.as_ref().map_or(&[][..], |l| l.months());
+    let marked_from = whole_months.first().map_or(to_us, |m| m.0);
+    let marked_to = whole_months.last().map_or(to_us, |m| m.1);
+    crate::levels::mark_in(&mut tx, db.backend, from_us, marked_from).await?;
+    crate::levels::mark_in(&mut tx, db.backend, marked_to, to_us).await?;
     let overlapping: Vec<(String, i64, i64)> = sqlx::query_as(
         "SELECT run_id, from_us, to_us FROM rated_coverage WHERE to_us > $1 AND from_us < $2",
     )
@@ -477,6 +502,10 @@ pub async fn run_and_commit(
         .bind(&run_id)
         .execute(&mut *tx)
         .await?;
+    let level_rows = match &levels {
+        Some(levels) => crate::levels::write_whole_months(&mut tx, db.backend, levels).await?,
+        None => 0,
+    };
     let json = |v: &Vec<String>| serde_json::to_string(v).expect("strings serialize");
     sqlx::query(
         "UPDATE rating_runs SET status = 'complete', finished_at_us = $1, records_read = $2, duplicates = $3, \
@@ -497,6 +526,12 @@ pub async fn run_and_commit(
     .execute(&mut *tx)
     .await?;
     tx.commit().await?;
+    tracing::info!(
+        seconds = committing.elapsed().as_secs_f64(),
+        level_rows,
+        "rating run committed"
+    );
+    let refreshing = Instant::now();
     if !cut_mid_day.is_empty() {
         // Also done by every summary before it answers; doing it now keeps
         // that first summary fast.
@@ -506,8 +541,13 @@ pub async fn run_and_commit(
     }
     // Also done by every summary before it answers; doing it now keeps
     // that first summary fast.
-    if let Err(e) = crate::levels::refresh(db).await {
-        tracing::warn!(error = %e, "could not recompute the summary levels");
+    match crate::levels::refresh(db).await {
+        Ok(days) => tracing::info!(
+            seconds = refreshing.elapsed().as_secs_f64(),
+            days,
+            "summary levels of the run's other days recomputed"
+        ),
+        Err(e) => tracing::warn!(error = %e, "could not recompute the summary levels"),
     }
     if let Err(e) = delete_superseded(db, rated, finished - config.superseded_grace).await {
         // The run is committed; leftover files only cost disk and are
