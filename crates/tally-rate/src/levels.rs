@@ -326,11 +326,11 @@ pub async fn refresh(db: &Database) -> Result<usize, RatingError> {
 /// caps a statement's variables at 32,766; PostgreSQL at 65,535).
 const LEVEL_ROWS_PER_STATEMENT: usize = 500;
 
-/// Writes the levels of the whole months a committing run covers, from the
-/// sums it made of its own cells, inside the commit's `tx` (which must hold
-/// [`lock`] and have given the run the months' coverage). Those months
-/// count only the run's cells, so nothing else needs grouping; their days
-/// are no longer dirty. Days of the run outside whole months must be
+/// Writes the levels of the whole months a committing run covers inside
+/// the commit's `tx` (which must hold [`lock`] and have given the run the
+/// months' coverage): the resource months from the sums the run made of
+/// its own cells, everything else grouped as [`refresh`] groups it. Those
+/// months count only the run's cells; their days are no longer dirty. Days of the run outside whole months must be
 /// marked with [`mark_in`] as before. Returns how many rows it wrote from
 /// memory.
 pub async fn write_whole_months(
