@@ -515,6 +515,15 @@ mod tests {
                 .timestamp_micros(),
         );
         let cells = october_cells();
+        sqlx::query(
+            "INSERT INTO rating_runs (run_id, from_us, to_us, period_seconds, plan_id, status, started_at_us, currency) \
+             VALUES ('r1', $1, $2, 3600, '', 'complete', $1, 'EUR')",
+        )
+        .bind(from)
+        .bind(to)
+        .execute(&db.pool)
+        .await
+        .unwrap();
         crate::cells::insert(&db, "r1", &cells).await.unwrap();
         sqlx::query("INSERT INTO rated_coverage (run_id, from_us, to_us) VALUES ('r1', $1, $2)")
             .bind(from)
