@@ -19,7 +19,7 @@ use std::collections::HashMap;
 use chrono::DateTime;
 
 use crate::rollup::{
-    AMOUNT_SCALE, DAY_US, DailyCell, QUANTITY_SCALE, next_utc_month_start, utc_month_start,
+    AMOUNT_SCALE, CellKey, DAY_US, DailyCell, QUANTITY_SCALE, next_utc_month_start, utc_month_start,
 };
 
 /// A value of a summary level: whole units and the fraction left, in
@@ -107,25 +107,6 @@ pub struct LevelValues {
     pub error_count: i64,
 }
 
-/// The key of a resource-month row.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct ResourceMonthKey {
-    /// Start of the UTC month (µs).
-    pub month_us: i64,
-    /// The paying project.
-    pub project_id: String,
-    /// The resource.
-    pub resource_id: String,
-    /// The meter.
-    pub meter: String,
-    /// The meter's unit.
-    pub unit: String,
-    /// The amount's currency.
-    pub currency: String,
-    /// The cell's attributes (JSON, sorted keys).
-    pub attributes: String,
-}
-
 /// A resource-month's sums and the last day it had usage.
 #[derive(Debug, Clone, Copy, Default)]
 struct ResourceMonthSums {
@@ -155,7 +136,7 @@ pub struct LevelOverflow {
 pub struct WholeMonthLevels {
     /// `[start, end)` of each whole month, in µs, in order.
     months: Vec<(i64, i64)>,
-    resource_months: HashMap<ResourceMonthKey, ResourceMonthSums>,
+    resource_months: HashMap<CellKey, ResourceMonthSums>,
     limit: usize,
     gave_up: bool,
 }
@@ -202,11 +183,11 @@ impl WholeMonthLevels {
         if self.gave_up { &[] } else { &self.months }
     }
 
-    fn month_of(&self, day_us: i64) -> Option<i64> {
+    fn month_of(&self, day_us: i64) -> Option<(i64, i64)> {
         self.months
             .iter()
             .find(|(start, end)| day_us >= *start && day_us < *end)
-            .map(|(start, _)| *start)
+            .copied()
     }
 
     fn give_up(&mut self) {
@@ -222,20 +203,16 @@ impl WholeMonthLevels {
             return;
         }
         let day_us = cell.key.from_us.div_euclid(DAY_US) * DAY_US;
-        let Some(month_us) = self.month_of(day_us) else {
+        let Some((month, next)) = self.month_of(day_us) else {
             return;
         };
-        let k = &cell.key;
+        // A resource month is keyed as a cell spanning the month.
         let r = self
             .resource_months
-            .entry(ResourceMonthKey {
-                month_us,
-                project_id: k.project_id.clone(),
-                resource_id: k.resource_id.clone(),
-                meter: k.meter.clone(),
-                unit: k.unit.clone(),
-                currency: k.currency.clone(),
-                attributes: k.attributes.clone(),
+            .entry(CellKey {
+                from_us: month,
+                to_us: next,
+                ..cell.key.clone()
             })
             .or_default();
         r.sums.add(cell);
@@ -262,11 +239,9 @@ impl WholeMonthLevels {
         }
     }
 
-    /// The resource-month rows with each one's last day with usage (µs),
-    /// in key order.
-    pub fn resource_months(
-        &self,
-    ) -> Result<Vec<(&ResourceMonthKey, LevelValues, i64)>, LevelOverflow> {
+    /// The resource-month rows, keyed as cells spanning their month, with
+    /// each one's last day with usage (µs), in key order.
+    pub fn resource_months(&self) -> Result<Vec<(&CellKey, LevelValues, i64)>, LevelOverflow> {
         let mut rows = self
             .resource_months
             .iter()
@@ -286,7 +261,6 @@ impl WholeMonthLevels {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::rollup::CellKey;
     use chrono::{TimeZone, Utc};
     use proptest::prelude::*;
 

@@ -330,9 +330,9 @@ const LEVEL_ROWS_PER_STATEMENT: usize = 500;
 /// the commit's `tx` (which must hold [`lock`] and have given the run the
 /// months' coverage): the resource months from the sums the run made of
 /// its own cells, everything else grouped as [`refresh`] groups it. Those
-/// months count only the run's cells; their days are no longer dirty. Days of the run outside whole months must be
-/// marked with [`mark_in`] as before. Returns how many rows it wrote from
-/// memory.
+/// months count only the run's cells; their days are no longer dirty.
+/// Days of the run outside whole months must be marked with [`mark_in`]
+/// as before. Returns how many rows it wrote from memory.
 pub async fn write_whole_months(
     tx: &mut sqlx::Transaction<'static, Any>,
     backend: Backend,
@@ -355,7 +355,7 @@ pub async fn write_whole_months(
             .await?;
         let resources: Vec<_> = resource_months
             .iter()
-            .filter(|(k, _, _)| k.month_us == month)
+            .filter(|(k, _, _)| k.from_us == month)
             .collect();
         for chunk in resources.chunks(LEVEL_ROWS_PER_STATEMENT) {
             let sql = format!(
@@ -366,7 +366,7 @@ pub async fn write_whole_months(
             let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
             for (k, v, last_day) in chunk {
                 q = q
-                    .bind(k.month_us)
+                    .bind(k.from_us)
                     .bind(&k.project_id)
                     .bind(&k.resource_id)
                     .bind(&k.meter)
