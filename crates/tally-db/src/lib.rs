@@ -16,7 +16,9 @@ use sqlx::any::AnyPoolOptions;
 use sqlx::migrate::MigrateDatabase;
 use sqlx::{Any, Executor};
 
+mod appends;
 mod reads;
+pub use appends::{AppendError, SqliteAppends};
 pub use reads::{Param, ReadError, SqliteReads};
 /// The SQLite binding [`SqliteReads`] decodes rows with.
 pub use rusqlite;
@@ -97,6 +99,8 @@ pub struct Database {
     pub backend: Backend,
     /// Read-only connections for reads of many rows, on SQLite only.
     reads: Option<Arc<SqliteReads>>,
+    /// The connection bulk appends write through, on SQLite only.
+    appends: Option<Arc<SqliteAppends>>,
 }
 
 fn install_drivers() {
@@ -197,15 +201,19 @@ impl Database {
                 url: redact(url),
                 source,
             })?;
-        let reads = match backend {
-            Backend::Sqlite => Some(SqliteReads::new(sqlite_path(url).into())),
-            Backend::Postgres => None,
+        let (reads, appends) = match backend {
+            Backend::Sqlite => (
+                Some(SqliteReads::new(sqlite_path(url).into())),
+                Some(SqliteAppends::new(sqlite_path(url).into())),
+            ),
+            Backend::Postgres => (None, None),
         };
         Ok(Database {
             pool,
             url: url.to_string(),
             backend,
             reads,
+            appends,
         })
     }
 
@@ -214,6 +222,13 @@ impl Database {
     /// rows arrive over the network through the pool anyway.
     pub fn sqlite_reads(&self) -> Option<&Arc<SqliteReads>> {
         self.reads.as_ref()
+    }
+
+    /// The connection for appends of many rows, when the backend is SQLite
+    /// (see [`SqliteAppends`]); `None` on PostgreSQL, where a multi-row
+    /// `INSERT` through the pool is one round trip anyway.
+    pub fn sqlite_appends(&self) -> Option<&Arc<SqliteAppends>> {
+        self.appends.as_ref()
     }
 
     /// Begins a transaction that will write. On SQLite it takes the write

@@ -9,8 +9,8 @@
 //! blocking pool, on a read-only connection of its own, with every row
 //! decoded where SQLite produces it and the whole result handed over once.
 //!
-//! Only reads go through here. Writes stay on the sqlx pool, so a write's
-//! locking and migrations have one home. In WAL mode each statement here
+//! Only reads go through here. Writes stay on the sqlx pool, except bulk
+//! appends of rows the caller already holds (`appends.rs`). In WAL mode each statement here
 //! reads the last committed state, the same as the pool's connections.
 
 use std::path::{Path, PathBuf};

@@ -5,10 +5,13 @@
 //! run's coverage holds them (see `0007_show.sql`). This module writes,
 //! rebuilds and deletes cells; the show module reads them.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
 use chrono::{DateTime, Utc};
 use tally_core::rollup::{CellInput, DailyCell, DailyCells};
 use tally_core::summary_levels::WholeMonthLevels;
-use tally_db::{Backend, Database};
+use tally_db::Database;
 use tally_store::objects::RawObjects;
 
 use crate::job::RatingError;
@@ -17,6 +20,8 @@ use crate::job::RatingError;
 /// whatever the number of resources.
 const FLUSH_CELLS: usize = 20_000;
 const CELL_COLUMNS: usize = 13;
+const CELL_COLUMN_NAMES: &str = "run_id, from_us, to_us, project_id, resource_id, meter, unit, currency, \
+     attributes, quantity_micro, amount_nano, line_count, error_count";
 /// Resource-month rows a partition adds up in memory for the whole months
 /// of its run (see [`WholeMonthLevels`]) before it leaves them to the
 /// stored cells: about 300 bytes each, so at most ~150 MiB per partition.
@@ -36,6 +41,10 @@ pub struct CellWriter {
     cells: DailyCells,
     levels: WholeMonthLevels,
     writing: Option<tokio::task::JoinHandle<Result<(), RatingError>>>,
+    /// Set when the writer is dropped unflushed: a write in flight on
+    /// SQLite runs on a blocking thread that aborting cannot stop, so it
+    /// reads this before it commits.
+    withdrawn: Arc<AtomicBool>,
 }
 
 impl CellWriter {
@@ -51,6 +60,7 @@ impl CellWriter {
                 LEVEL_ROWS,
             ),
             writing: None,
+            withdrawn: Arc::new(AtomicBool::new(false)),
         }
     }
 
@@ -78,9 +88,10 @@ impl CellWriter {
             self.levels.add(cell);
         }
         let (db, run_id) = (self.db.clone(), self.run_id.clone());
-        self.writing = Some(tokio::spawn(
-            async move { insert(&db, &run_id, &cells).await },
-        ));
+        let withdrawn = self.withdrawn.clone();
+        self.writing = Some(tokio::spawn(async move {
+            insert_unless(&db, run_id, cells, withdrawn).await
+        }));
         Ok(())
     }
 
@@ -112,6 +123,7 @@ impl Drop for CellWriter {
     /// write in flight is stopped (its transaction rolls back) so that it
     /// cannot land after the run's cells were deleted.
     fn drop(&mut self) {
+        self.withdrawn.store(true, Ordering::SeqCst);
         if let Some(w) = self.writing.take() {
             w.abort();
         }
@@ -120,27 +132,67 @@ impl Drop for CellWriter {
 
 /// Writes cells of `run_id`. Cells of one key may be written twice (two
 /// flushes of a partition); readers add them up.
-pub async fn insert(db: &Database, run_id: &str, cells: &[DailyCell]) -> Result<(), RatingError> {
-    // SQLite's statements are cached by text, so a longer one is compiled
-    // once; beyond 200 rows the B-tree inserts are all that is left (40
-    // rows: 3.9 s for a 10 M month's 438,223 cells, 200 rows: 3.6 s).
-    // PostgreSQL pays per round trip.
-    let rows_per_statement = match db.backend {
-        Backend::Sqlite => 200,
-        Backend::Postgres => 1000,
-    };
+pub async fn insert(
+    db: &Database,
+    run_id: String,
+    cells: Vec<DailyCell>,
+) -> Result<(), RatingError> {
+    insert_unless(db, run_id, cells, Arc::new(AtomicBool::new(false))).await
+}
+
+/// [`insert`], rolled back instead of committed if `withdrawn` is set by
+/// the time the cells are written.
+async fn insert_unless(
+    db: &Database,
+    run_id: String,
+    cells: Vec<DailyCell>,
+    withdrawn: Arc<AtomicBool>,
+) -> Result<(), RatingError> {
+    if let Some(appends) = db.sqlite_appends() {
+        // One compiled statement, each value bound from the cell where it
+        // is: a month's 438,243 cells cost sqlx's Any driver about as much
+        // as SQLite's B-tree inserts did (docs/benchmarks.md).
+        appends
+            .append(withdrawn, move |conn| {
+                let mut stmt = conn.prepare_cached(&format!(
+                    "INSERT INTO usage_rollups ({CELL_COLUMN_NAMES}) VALUES \
+                     (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)"
+                ))?;
+                for c in &cells {
+                    let k = &c.key;
+                    stmt.execute(tally_db::rusqlite::params![
+                        run_id,
+                        k.from_us,
+                        k.to_us,
+                        k.project_id,
+                        k.resource_id,
+                        k.meter,
+                        k.unit,
+                        k.currency,
+                        k.attributes,
+                        c.quantity_micro,
+                        c.amount_nano,
+                        c.line_count,
+                        c.error_count,
+                    ])?;
+                }
+                Ok(())
+            })
+            .await?;
+        return Ok(());
+    }
+    // PostgreSQL pays per round trip: many rows per statement.
     let mut tx = db.begin_write().await?;
-    for chunk in cells.chunks(rows_per_statement) {
+    for chunk in cells.chunks(1000) {
         let sql = format!(
-            "INSERT INTO usage_rollups (run_id, from_us, to_us, project_id, resource_id, meter, unit, currency, \
-             attributes, quantity_micro, amount_nano, line_count, error_count) VALUES {}",
+            "INSERT INTO usage_rollups ({CELL_COLUMN_NAMES}) VALUES {}",
             tally_db::values_placeholders(db.backend, chunk.len(), CELL_COLUMNS)
         );
         // Only placeholders are generated into this text.
         let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
         for c in chunk {
             q = q
-                .bind(run_id)
+                .bind(&run_id)
                 .bind(c.key.from_us)
                 .bind(c.key.to_us)
                 .bind(&c.key.project_id)
@@ -198,7 +250,7 @@ pub async fn build_from_files(
     let cells = cells
         .drain()
         .map_err(|e| RatingError::Files(e.to_string()))?;
-    insert(db, run_id, &cells).await
+    insert(db, run_id.to_string(), cells).await
 }
 
 /// Makes sure every run that holds coverage has its cells: runs missing

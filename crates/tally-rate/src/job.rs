@@ -68,6 +68,9 @@ pub enum RatingError {
     /// The billing database failed.
     #[error("billing database: {0}")]
     Database(sqlx::Error),
+    /// Appending daily cells to the billing database failed.
+    #[error("{0}")]
+    Append(#[from] tally_db::AppendError),
     /// Writing or reading line files failed.
     #[error("rated-line files: {0}")]
     Files(String),

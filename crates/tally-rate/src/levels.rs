@@ -524,7 +524,9 @@ mod tests {
         .execute(&db.pool)
         .await
         .unwrap();
-        crate::cells::insert(&db, "r1", &cells).await.unwrap();
+        crate::cells::insert(&db, "r1".to_string(), cells.clone())
+            .await
+            .unwrap();
         sqlx::query("INSERT INTO rated_coverage (run_id, from_us, to_us) VALUES ('r1', $1, $2)")
             .bind(from)
             .bind(to)
