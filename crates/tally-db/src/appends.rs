@@ -84,17 +84,7 @@ impl SqliteAppends {
             &self.path,
             OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
         )?;
-        // The pool's settings (see `Database::open`; the file is in WAL
-        // mode since the pool opened it): a committed append survives
-        // power loss like any other write, waits for a writer of another
-        // connection instead of failing, and reads the index pages it
-        // inserts into through the memory map rather than a read() copy
-        // each (they outgrow the page cache on a large file).
-        c.execute_batch(
-            "PRAGMA busy_timeout = 30000; PRAGMA synchronous = FULL; \
-             PRAGMA foreign_keys = ON; PRAGMA cache_size = -16384; \
-             PRAGMA mmap_size = 268435456;",
-        )?;
+        c.execute_batch(crate::SQLITE_SETTINGS)?;
         Ok(c)
     }
 

@@ -23,6 +23,20 @@ pub use reads::{Param, ReadError, SqliteReads};
 /// The SQLite binding [`SqliteReads`] decodes rows with.
 pub use rusqlite;
 
+/// What every connection to the SQLite file sets: the pool's, and the
+/// rusqlite ones of [`SqliteReads`] and [`SqliteAppends`].
+///
+/// FULL makes a committed write (a catalog change the raw store relies on
+/// before it deletes a write-ahead log file, a run's cells) survive power
+/// loss; the busy timeout makes a connection wait for another one's write
+/// lock or checkpoint instead of failing. Summaries read a large file's
+/// cells and appends insert into its indexes: a 16 MiB page cache per
+/// connection (SQLite's default is 2 MiB) and pages read through a 256 MiB
+/// memory map instead of a read() copy each. The journal mode is a
+/// property of the file, set once by the pool.
+const SQLITE_SETTINGS: &str = "PRAGMA busy_timeout = 30000; PRAGMA synchronous = FULL; \
+     PRAGMA foreign_keys = ON; PRAGMA cache_size = -16384; PRAGMA mmap_size = 268435456;";
+
 /// The pool type every data-layer crate uses.
 pub type Pool = sqlx::AnyPool;
 
@@ -158,19 +172,9 @@ impl Database {
                     .after_connect(|conn, _| {
                         Box::pin(async move {
                             // WAL lets CLI commands read while a server
-                            // writes; FULL makes a committed catalog change
-                            // survive power loss, which the raw store relies
-                            // on before it deletes a write-ahead log file.
-                            // Summaries read a large file's cells: a
-                            // 16 MiB page cache per connection (SQLite's
-                            // default is 2 MiB) and reads through a 256 MiB
-                            // memory map instead of a read() copy per page.
-                            conn.execute(
-                                "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; \
-                                 PRAGMA busy_timeout = 30000; PRAGMA foreign_keys = ON; \
-                                 PRAGMA cache_size = -16384; PRAGMA mmap_size = 268435456;",
-                            )
-                            .await?;
+                            // writes.
+                            conn.execute("PRAGMA journal_mode = WAL;").await?;
+                            conn.execute(SQLITE_SETTINGS).await?;
                             Ok(())
                         })
                     })

@@ -10,8 +10,9 @@
 //! decoded where SQLite produces it and the whole result handed over once.
 //!
 //! Only reads go through here. Writes stay on the sqlx pool, except bulk
-//! appends of rows the caller already holds (`appends.rs`). In WAL mode each statement here
-//! reads the last committed state, the same as the pool's connections.
+//! appends of rows the caller already holds (`appends.rs`). In WAL mode
+//! each statement here reads the last committed state, the same as the
+//! pool's connections.
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -95,13 +96,8 @@ impl SqliteReads {
             &self.path,
             OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
         )?;
-        // The same read settings as the pool's connections (see
-        // `Database::open`); a writer's checkpoint can hold a reader back
-        // briefly, hence the busy timeout.
-        c.execute_batch(
-            "PRAGMA busy_timeout = 30000; PRAGMA cache_size = -16384; \
-             PRAGMA mmap_size = 268435456; PRAGMA query_only = 1;",
-        )?;
+        c.execute_batch(crate::SQLITE_SETTINGS)?;
+        c.execute_batch("PRAGMA query_only = 1;")?;
         c.set_prepared_statement_cache_capacity(STATEMENTS_KEPT);
         Ok(c)
     }
