@@ -24,10 +24,10 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use arrow::array::{
-    Array, ArrayRef, Decimal128Array, RecordBatch, StringArray, TimestampMicrosecondArray,
-    UInt32Array, UInt64Array,
+    Array, ArrayRef, Decimal128Array, DictionaryArray, RecordBatch, StringArray, StringViewArray,
+    TimestampMicrosecondArray, UInt32Array, UInt64Array,
 };
-use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef, UInt32Type};
 use chrono::{DateTime, Duration, Utc};
 use datafusion::arrow::compute::interleave_record_batch;
 use datafusion::common::ScalarValue;
@@ -419,15 +419,15 @@ where
         let snapshot_rows = std::mem::take(&mut carried_rows);
         scans.push(tokio::spawn(async move {
             let mut kept = Vec::new();
-            let mut writer =
-                (buckets > 1).then(|| BucketWriter::new(&dir, task, buckets, schema.clone()));
+            let mut writer = (buckets > 1).then(|| BucketWriter::new(&dir, task, buckets, &schema));
             // Rows go to their buckets, or stay in memory when one bucket
-            // holds the range; either way stage 2 gets batches sorted by
-            // resource key.
+            // holds the range; either way stage 2 gets compact batches
+            // sorted by resource key.
             let mut place = |batch: RecordBatch| match writer.as_mut() {
                 Some(w) => w.route(&batch),
                 None => {
-                    kept.push(shuffle::sorted_by_resource(&[batch])?);
+                    let rows: Vec<u32> = (0..batch.num_rows() as u32).collect();
+                    kept.push(shuffle::compact_by_resource(&[(&batch, &rows)])?);
                     Ok(())
                 }
             };
@@ -537,7 +537,7 @@ where
 /// The rating scan's schema before keys are added, as `scan_plan` selects
 /// it: used when a run reads no segment, only a carry snapshot.
 fn scan_schema() -> SchemaRef {
-    let segment = tally_store::segment::schema();
+    let segment = viewed_segment_schema();
     let mut fields: Vec<Field> = [
         "source",
         "id",
@@ -563,6 +563,27 @@ fn scan_schema() -> SchemaRef {
     Arc::new(Schema::new(fields))
 }
 
+/// The segment schema with every text column read as `Utf8View`: the
+/// Parquet reader then makes each value of a dictionary-encoded page a view
+/// into the page's dictionary instead of copying its text, and rows of one
+/// page with equal text have equal views, which the shuffle's dictionaries
+/// use (see `shuffle::compact_by_resource`).
+fn viewed_segment_schema() -> SchemaRef {
+    let segment = tally_store::segment::schema();
+    let fields: Vec<Field> = segment
+        .fields()
+        .iter()
+        .map(|f| match f.data_type() {
+            DataType::Utf8 => f.as_ref().clone().with_data_type(DataType::Utf8View),
+            _ => f.as_ref().clone(),
+        })
+        .collect();
+    Arc::new(Schema::new_with_metadata(
+        fields,
+        segment.metadata().clone(),
+    ))
+}
+
 /// The scan's schema with `source` and `id` replaced by the record key
 /// (`key_hi`, `key_lo`), plus the resource key (`resource_hi`,
 /// `resource_lo`): both hashed once, in the parallel scan; the record key
@@ -583,7 +604,7 @@ fn keyed_schema(scan: &SchemaRef) -> SchemaRef {
 }
 
 fn with_record_keys(batch: &RecordBatch, keyed: &SchemaRef) -> Result<RecordBatch, RatingError> {
-    let text = |name: &str| scan_column::<StringArray>(batch, name);
+    let text = |name: &str| scan_column::<StringViewArray>(batch, name);
     let (source, id) = (text("source")?, text("id")?);
     let (project, resource) = (text("project_id")?, text("resource_id")?);
     let n = batch.num_rows();
@@ -712,7 +733,7 @@ async fn scan_plan(
             ));
         in_range.or(before)
     };
-    let schema = tally_store::segment::schema();
+    let schema = viewed_segment_schema();
     let mut union: Option<DataFrame> = None;
     for (index, segment) in segments.iter().enumerate() {
         let url = format!("{RAW_URL}/{}", raw.location(&segment.path));
@@ -757,27 +778,116 @@ pub(crate) fn scan_column<'b, T: 'static>(
         })
 }
 
-/// The text columns of a scan batch, looked up once per batch. Stage 2
-/// reads them where they lie: copying a row's ~150 bytes of text into
-/// resource order cost more than reading it in place once.
-struct TextColumns<'a> {
-    project: &'a StringArray,
-    resource: &'a StringArray,
-    meter: &'a StringArray,
-    kind: &'a StringArray,
-    unit: &'a StringArray,
-    attributes: &'a StringArray,
+/// A text column of a compact batch (see [`shuffle::compact_by_resource`]):
+/// a key per row into the distinct values the batch holds.
+struct TextColumn<'a> {
+    keys: &'a UInt32Array,
+    values: &'a StringArray,
 }
 
-impl<'a> TextColumns<'a> {
-    fn of(batch: &'a RecordBatch) -> Result<TextColumns<'a>, RatingError> {
-        Ok(TextColumns {
-            project: scan_column(batch, "project_id")?,
-            resource: scan_column(batch, "resource_id")?,
-            meter: scan_column(batch, "meter")?,
-            kind: scan_column(batch, "kind")?,
-            unit: scan_column(batch, "unit")?,
-            attributes: scan_column(batch, "attributes")?,
+impl<'a> TextColumn<'a> {
+    fn of(batch: &'a RecordBatch, name: &str) -> Result<TextColumn<'a>, RatingError> {
+        let dictionary: &DictionaryArray<UInt32Type> = scan_column(batch, name)?;
+        let values = dictionary
+            .values()
+            .as_any()
+            .downcast_ref::<StringArray>()
+            .ok_or_else(|| RatingError::Segment {
+                segment: "(scan)".into(),
+                message: format!("column '{name}' is not a dictionary of text"),
+            })?;
+        Ok(TextColumn {
+            keys: dictionary.keys(),
+            values,
+        })
+    }
+
+    /// The row's index into `values`; `None` for a null.
+    fn key(&self, row: usize) -> Option<usize> {
+        self.keys
+            .is_valid(row)
+            .then(|| self.keys.value(row) as usize)
+    }
+
+    /// The row's text ("" for a null).
+    fn value(&self, row: usize) -> &'a str {
+        self.key(row).map_or("", |k| self.values.value(k))
+    }
+}
+
+/// The text of one compact batch, with what stage 2 makes of each distinct
+/// value made once per batch rather than once per row: meter and unit names
+/// interned, kinds parsed, attributes parsed when first read.
+struct BatchText<'a> {
+    project: TextColumn<'a>,
+    resource: TextColumn<'a>,
+    meter: TextColumn<'a>,
+    kind: TextColumn<'a>,
+    unit: TextColumn<'a>,
+    attributes: TextColumn<'a>,
+    /// Per value of `meter`, its interned name.
+    meters: Vec<Arc<str>>,
+    /// Per value of `unit`, its interned name.
+    units: Vec<Arc<str>>,
+    /// Per value of `kind`, the kind or why it is none (reported only if a
+    /// row has it).
+    kinds: Vec<Result<MeterKind, String>>,
+    /// Per value of `attributes`, the parsed set, filled when a row first
+    /// reads it (a malformed set fails the run only if a row has it).
+    parsed: Vec<Option<Arc<Attributes>>>,
+}
+
+impl<'a> BatchText<'a> {
+    /// `meters` and `units` intern names across batches, so that records of
+    /// one meter share one `Arc` (which `dedupe` compares by address first).
+    fn of(
+        batch: &'a RecordBatch,
+        meters: &mut HashMap<String, Arc<str>>,
+        units: &mut HashMap<String, Arc<str>>,
+    ) -> Result<BatchText<'a>, RatingError> {
+        let intern = |map: &mut HashMap<String, Arc<str>>, s: &str| -> Arc<str> {
+            match map.get(s) {
+                Some(a) => a.clone(),
+                None => {
+                    let a: Arc<str> = Arc::from(s);
+                    map.insert(s.to_string(), a.clone());
+                    a
+                }
+            }
+        };
+        let (meter, unit) = (
+            TextColumn::of(batch, "meter")?,
+            TextColumn::of(batch, "unit")?,
+        );
+        let kind = TextColumn::of(batch, "kind")?;
+        let attributes = TextColumn::of(batch, "attributes")?;
+        Ok(BatchText {
+            project: TextColumn::of(batch, "project_id")?,
+            resource: TextColumn::of(batch, "resource_id")?,
+            meters: meter
+                .values
+                .iter()
+                .map(|m| intern(meters, m.unwrap_or("")))
+                .collect(),
+            units: unit
+                .values
+                .iter()
+                .map(|u| intern(units, u.unwrap_or("")))
+                .collect(),
+            kinds: kind
+                .values
+                .iter()
+                .map(|k| {
+                    k.unwrap_or("")
+                        .parse::<MeterKind>()
+                        .map_err(|e| e.to_string())
+                })
+                .collect(),
+            parsed: vec![None; attributes.values.len()],
+            meter,
+            kind,
+            unit,
+            attributes,
         })
     }
 }
@@ -841,9 +951,6 @@ struct ResourceRows {
     records: Vec<RawUsage>,
     /// Latest record before the range, per raw meter.
     carry: BTreeMap<Arc<str>, RawUsage>,
-    /// Parsed attributes by their JSON text: a resource's records mostly
-    /// repeat a few attribute sets.
-    attributes: HashMap<String, Arc<Attributes>>,
 }
 
 /// The carried state a worker saw, for the run's snapshots.
@@ -899,10 +1006,13 @@ impl<'a, S: LineSink> Consumer<'a, S> {
     /// hashes are taken as one resource, the same trust the ingest dedupe
     /// index places in 128-bit keys.
     async fn push_bucket(&mut self, batches: &[RecordBatch]) -> Result<(), RatingError> {
-        let text: Vec<TextColumns<'_>> = batches
+        let mut text: Vec<BatchText<'_>> = batches
             .iter()
-            .map(TextColumns::of)
+            .map(|b| BatchText::of(b, &mut self.meters, &mut self.units))
             .collect::<Result<_, _>>()?;
+        // Parsed attributes by their text, for the bucket: a resource's
+        // records mostly repeat a few attribute sets, in every batch.
+        let mut parsed: HashMap<&str, Arc<Attributes>> = HashMap::new();
         let fixed: Vec<RecordBatch> = batches
             .iter()
             .map(FixedColumns::project)
@@ -923,7 +1033,7 @@ impl<'a, S: LineSink> Consumer<'a, S> {
         }
         order.sort_unstable();
         // Every batch is sorted by resource key already (see
-        // `shuffle::sorted_by_resource`), so this order reads each batch
+        // `shuffle::compact_by_resource`), so this order reads each batch
         // front to back. Gather the fixed-width columns in that order into
         // contiguous slices first: one tight copy loop per column beats
         // reading six columns row by row.
@@ -937,7 +1047,7 @@ impl<'a, S: LineSink> Consumer<'a, S> {
             let slice = interleave_record_batch(&refs, &positions)?;
             let f = FixedColumns::of(&slice)?;
             for (row, &(key, b, r)) in chunk.iter().enumerate() {
-                let (t, r) = (&text[b as usize], r as usize);
+                let (t, r) = (&mut text[b as usize], r as usize);
                 if current_key != Some(key) {
                     if current_key.is_some() {
                         let done = std::mem::take(&mut self.current);
@@ -954,13 +1064,7 @@ impl<'a, S: LineSink> Consumer<'a, S> {
                     self.current.project = t.project.value(r).to_string();
                     self.current.resource = t.resource.value(r).to_string();
                 }
-                let record = read_row(
-                    (&f, row),
-                    (t, r),
-                    &mut self.meters,
-                    &mut self.units,
-                    &mut self.current.attributes,
-                )?;
+                let record = read_row((&f, row), (t, r), &mut parsed)?;
                 if record.time < self.request.window.from {
                     match self.current.carry.get(&record.meter) {
                         Some(held) if !later(&record, held) => {}
@@ -1072,57 +1176,57 @@ impl<'a, S: LineSink> Consumer<'a, S> {
 }
 
 /// One record from its fixed-width columns (gathered, at `row`) and its
-/// text (in its scan batch, at `at`).
-fn read_row(
+/// text (in its compact batch, at `at`).
+fn read_row<'b>(
     (c, row): (&FixedColumns<'_>, usize),
-    (t, at): (&TextColumns<'_>, usize),
-    meters: &mut HashMap<String, Arc<str>>,
-    units: &mut HashMap<String, Arc<str>>,
-    attributes: &mut HashMap<String, Arc<Attributes>>,
+    (t, at): (&mut BatchText<'b>, usize),
+    parsed: &mut HashMap<&'b str, Arc<Attributes>>,
 ) -> Result<RawUsage, RatingError> {
     let segment = c.segment.value(row);
     let bad = |message: String| RatingError::Segment {
         segment: format!("#{segment}"),
         message,
     };
-    let intern = |map: &mut HashMap<String, Arc<str>>, s: &str| -> Arc<str> {
-        match map.get(s) {
-            Some(a) => a.clone(),
-            None => {
-                let a: Arc<str> = Arc::from(s);
-                map.insert(s.to_string(), a.clone());
-                a
-            }
-        }
-    };
     let instant = |v: i64| {
         DateTime::from_timestamp_micros(v).ok_or_else(|| bad(format!("timestamp {v} out of range")))
     };
     let (hi, lo) = (c.key_hi.value(row), c.key_lo.value(row));
-    let text = t.attributes.value(at);
-    let attrs = match attributes.get(text) {
+    let attributes_key = t
+        .attributes
+        .key(at)
+        .ok_or_else(|| bad("attributes are null".into()))?;
+    let attrs = match &t.parsed[attributes_key] {
         Some(a) => a.clone(),
         None => {
-            let parsed: Attributes = serde_json::from_str(text)
-                .map_err(|e| bad(format!("attributes are not a JSON object: {e}")))?;
-            let a = Arc::new(parsed);
-            attributes.insert(text.to_string(), a.clone());
+            let text = t.attributes.values.value(attributes_key);
+            let a = match parsed.get(text) {
+                Some(a) => a.clone(),
+                None => {
+                    let a = Arc::new(
+                        serde_json::from_str::<Attributes>(text)
+                            .map_err(|e| bad(format!("attributes are not a JSON object: {e}")))?,
+                    );
+                    parsed.insert(text, a.clone());
+                    a
+                }
+            };
+            t.parsed[attributes_key] = Some(a.clone());
             a
         }
     };
+    let kind = match t.kind.key(at) {
+        Some(k) => t.kinds[k].clone().map_err(bad)?,
+        None => return Err(bad("kind is null".into())),
+    };
     Ok(RawUsage {
-        meter: intern(meters, t.meter.value(at)),
+        meter: t.meters[t.meter.key(at).ok_or_else(|| bad("meter is null".into()))?].clone(),
         time: instant(c.time.value(row))?,
         received_at: instant(c.received_at.value(row))?,
         key: (u128::from(hi) << 64) | u128::from(lo),
-        kind: t
-            .kind
-            .value(at)
-            .parse::<MeterKind>()
-            .map_err(|e| bad(e.to_string()))?,
+        kind,
         volume: tally_store::segment::volume_from_i128(c.volume.value(row))
             .map_err(|e| bad(e.to_string()))?,
-        unit: (!t.unit.is_null(at)).then(|| intern(units, t.unit.value(at))),
+        unit: t.unit.key(at).map(|k| t.units[k].clone()),
         attributes: attrs,
         segment,
     })
